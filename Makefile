@@ -1,0 +1,61 @@
+# Tether's entry points. CI runs `make test` (through .ci/run); everything installs itself.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+export PATH := $(HOME)/.cargo/bin:/usr/local/go/bin:$(PATH)
+
+CARGO ?= cargo
+RUN_DIR := $(CURDIR)/.run
+CLUSTER_DIR := $(RUN_DIR)/cluster
+# The control plane's binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm), built
+# once from their Go modules and cached by version.
+CONTROLPLANE_BIN = $(shell bash hack/controlplane-bin.sh)
+
+.PHONY: help deps controlplane fmt lint unit e2e test run stop cluster-up cluster-down crds bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+deps: ## Install the Debian packages the tests and demo need (only the missing ones)
+	@bash hack/deps.sh
+
+controlplane: deps ## Build (or find cached) the control-plane binaries
+	@bash hack/controlplane-bin.sh
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## Formatting check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit: ## Unit and component tests (no control plane)
+	$(CARGO) test --workspace --exclude tether-e2e --locked
+
+e2e: deps ## End-to-end tests against the local control plane
+	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" $(CARGO) test -p tether-e2e --locked -- --nocapture
+	@bash hack/check-no-leftovers.sh "$(CLUSTER_DIR)"
+
+test: deps lint unit e2e ## Everything CI checks: lint, unit tests, end-to-end tests
+
+cluster-up: deps ## Start the control plane in the background; use as: eval "$$(make -s cluster-up)"
+	@TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" $(CARGO) run -q --locked -p tether-e2e --bin tether-cluster -- --state-dir "$(CLUSTER_DIR)" up
+
+cluster-down: ## Stop the control plane started by cluster-up
+	@$(CARGO) run -q --locked -p tether-e2e --bin tether-cluster -- --state-dir "$(CLUSTER_DIR)" down
+
+run: cluster-up ## The local demo
+	@echo "The control plane is running. Use it with:"
+	@echo '  eval "$$(make -s cluster-up)"; kubectl get namespaces'
+	@echo "Stop it with: make stop"
+
+stop: cluster-down ## Stop everything `make run` started
+
+crds: ## Regenerate crds/ from the Rust types
+	$(CARGO) run -q --locked -p tether-operator -- crd > crds/gitrepository.yaml
+
+bench: ## Benchmarks that print figures
+	@echo "no benchmarks yet"
+
+clean: cluster-down
+	rm -rf $(RUN_DIR)

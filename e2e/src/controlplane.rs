@@ -1,0 +1,352 @@
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+//!
+//! The binaries come from `hack/controlplane-bin.sh`, which builds them from their Go modules once and
+//! caches them by version. Certificates, keys and the admin kubeconfig are made fresh for every start.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::process::{Lifetime, Process, free_port};
+
+/// How long the control plane may take to become ready.
+pub const READY_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The folder holding kube-apiserver, kube-controller-manager, kubectl, etcd and helm.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    dir: PathBuf,
+}
+
+impl Binaries {
+    /// `TETHER_CONTROLPLANE_BIN` when set, else whatever `hack/controlplane-bin.sh` builds or finds cached.
+    pub fn locate() -> Result<Self> {
+        if let Some(dir) = std::env::var_os("TETHER_CONTROLPLANE_BIN") {
+            return Self::at(PathBuf::from(dir));
+        }
+        let script = crate::workspace_root().join("hack/controlplane-bin.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} failed:\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = stdout.lines().last().unwrap_or_default().trim();
+        Self::at(PathBuf::from(dir))
+    }
+
+    fn at(dir: PathBuf) -> Result<Self> {
+        for name in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"] {
+            if !dir.join(name).is_file() {
+                bail!(
+                    "{} has no {name}; run hack/controlplane-bin.sh to build the control plane",
+                    dir.display()
+                );
+            }
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// A running control plane. Dropping it stops every process.
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: PathBuf,
+    binaries: Binaries,
+    api_port: u16,
+    processes: Vec<Process>,
+}
+
+impl ControlPlane {
+    /// Makes certificates in `dir` and starts etcd, kube-apiserver and kube-controller-manager; returns
+    /// once `/readyz` answers ok and the `default` namespace exists.
+    pub fn start(dir: &Path, binaries: Binaries, lifetime: Lifetime) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let pki = Pki::write(dir)?;
+        let api_port = free_port()?;
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, pki.kubeconfig(api_port))?;
+
+        let mut plane = Self {
+            dir: dir.to_path_buf(),
+            binaries,
+            api_port,
+            processes: Vec::new(),
+        };
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        plane.spawn(
+            "etcd",
+            vec![
+                "--name=tether".into(),
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=tether={peer_url}"),
+                // A throwaway store: durability buys nothing here and costs every write a sync.
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+            lifetime,
+        )?;
+        let p = |name: &str| dir.join(name).display().to_string();
+        plane.spawn(
+            "kube-apiserver",
+            vec![
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={api_port}"),
+                format!("--cert-dir={}", p("apiserver-certs")),
+                format!("--tls-cert-file={}", p("apiserver.crt")),
+                format!("--tls-private-key-file={}", p("apiserver.key")),
+                format!("--client-ca-file={}", p("ca.crt")),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                "--authorization-mode=RBAC".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                "--allow-privileged=true".into(),
+                "--profiling=false".into(),
+            ],
+            lifetime,
+        )?;
+        // The controller manager serves its own health port, which nothing here uses: a free port keeps
+        // two control planes on one machine apart.
+        let kcm_port = free_port()?;
+        plane.spawn(
+            "kube-controller-manager",
+            vec![
+                format!("--kubeconfig={}", kubeconfig.display()),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={kcm_port}"),
+                format!("--service-account-private-key-file={}", p("sa.key")),
+                format!("--root-ca-file={}", p("ca.crt")),
+                "--profiling=false".into(),
+            ],
+            lifetime,
+        )?;
+        plane.wait_ready()?;
+        Ok(plane)
+    }
+
+    fn spawn(&mut self, name: &str, args: Vec<String>, lifetime: Lifetime) -> Result<()> {
+        let log = self.dir.join(format!("{name}.log"));
+        let process = Process::spawn(name, &self.binaries.path(name), &args, &log, lifetime)?;
+        self.processes.push(process);
+        Ok(())
+    }
+
+    /// Polls `/readyz` and the `default` namespace with the real kubectl until both answer.
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            for p in &mut self.processes {
+                p.check_running()?;
+            }
+            let last = match self.kubectl_output(&["get", "--raw", "/readyz"]) {
+                Ok(body) if body.trim() == "ok" => {
+                    match self.kubectl_output(&["get", "namespace", "default", "-o", "name"]) {
+                        Ok(_) => return Ok(()),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Ok(body) => body,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "the control plane in {} was not ready within {READY_DEADLINE:?}; last answer: {last}",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn kubectl_output(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(self.binaries.path("kubectl"))
+            .env("KUBECONFIG", self.kubeconfig())
+            .args(["--request-timeout=5s"])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Pids by process name, in start order.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .map(|p| (p.name().to_string(), p.pid()))
+            .collect()
+    }
+
+    /// A kube client for the admin user, bound to the calling runtime.
+    pub async fn client(&self) -> Result<kube::Client> {
+        client_for(&self.kubeconfig()).await
+    }
+
+    /// Leaves the processes running (for `make cluster-up`) and returns their pids.
+    pub fn detach(mut self) -> Vec<(String, u32)> {
+        let pids = self.pids();
+        for p in std::mem::take(&mut self.processes) {
+            p.release();
+        }
+        pids
+    }
+
+    /// Stops every process, the last started first.
+    pub fn stop(&mut self) {
+        while let Some(mut p) = self.processes.pop() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The certificates of one control plane: a CA, the API server's serving certificate, an admin client
+/// certificate (group `system:masters`) and the service-account signing key.
+struct Pki {
+    ca_pem: String,
+    admin_cert_pem: String,
+    admin_key_pem: String,
+}
+
+impl Pki {
+    fn write(dir: &Path) -> Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name = dn("tether-local-ca", None);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate()?;
+        let mut server = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+        ])?;
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress([10, 96, 0, 1].into()));
+        server.distinguished_name = dn("kube-apiserver", None);
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = server.signed_by(&server_key, &issuer)?;
+
+        let admin_key = KeyPair::generate()?;
+        let mut admin = CertificateParams::new(Vec::<String>::new())?;
+        admin.distinguished_name = dn("tether-admin", Some("system:masters"));
+        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
+
+        let sa_key = KeyPair::generate()?;
+
+        let files = [
+            ("ca.crt", ca_cert.pem()),
+            ("apiserver.crt", server_cert.pem()),
+            ("apiserver.key", server_key.serialize_pem()),
+            ("sa.key", sa_key.serialize_pem()),
+            ("sa.pub", sa_key.public_key_pem()),
+        ];
+        for (name, pem) in files {
+            std::fs::write(dir.join(name), pem)?;
+        }
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            admin_cert_pem: admin_cert.pem(),
+            admin_key_pem: admin_key.serialize_pem(),
+        })
+    }
+
+    fn kubeconfig(&self, port: u16) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: tether-local\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: tether-admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: tether-local\n  context:\n    cluster: tether-local\n    user: tether-admin\n    namespace: default\ncurrent-context: tether-local\n",
+            ca = b64(&self.ca_pem),
+            cert = b64(&self.admin_cert_pem),
+            key = b64(&self.admin_key_pem),
+        );
+        out
+    }
+}
+
+fn dn(common_name: &str, organization: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    if let Some(org) = organization {
+        dn.push(DnType::OrganizationName, org);
+    }
+    dn
+}

@@ -1,0 +1,18 @@
+//! Tether's end-to-end harness: real parts, started by the tests themselves.
+//!
+//! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback ports, with fresh
+//!   certificates and an admin kubeconfig, like controller-runtime's envtest.
+//! - [`cluster`]: the one control plane a test binary shares, and a fresh namespace per test.
+//! - [`kubectl`]: the real `kubectl`, pointed at that control plane.
+//! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
+
+pub mod cluster;
+pub mod controlplane;
+pub mod kubectl;
+pub mod process;
+
+/// The workspace root (the folder of the top `Cargo.toml`).
+pub fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}

@@ -1,0 +1,3 @@
+//! End-to-end tests against the local control plane (one per test binary; a namespace per test).
+
+mod harness;

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what Tether's build, tests and demo need on a fresh Debian machine, and only what is missing.
+# Needs root (or sudo) for apt-get. The Go-built control plane is hack/controlplane-bin.sh's job.
+set -euo pipefail
+
+packages=(
+  git ca-certificates openssl           # the git CLI the tests push with; test certificates
+  pkg-config libssl-dev                 # git2's TLS and SSH transports
+  nginx fcgiwrap                        # the HTTPS git server: git http-backend behind nginx
+  openssh-server openssh-client         # the SSH git server and ssh-keygen
+  nftables iproute2                     # the network-namespace test with no inbound access
+  util-linux procps                     # setpriv (child processes die with the tests), ps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}" >&2
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq >&2
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+for tool in cargo go; do
+  command -v "$tool" >/dev/null || { echo "deps: $tool is not on PATH (Rust via rustup, Go >= 1.24 are needed)" >&2; exit 1; }
+done
