@@ -1,0 +1,319 @@
+//! Agents: bearer-token authentication, and the websocket session of one connected operator
+//! (watch set, catch-up, push notices, keepalive).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tether_protocol::{AgentMessage, DEAD_AFTER, HubMessage, PING_INTERVAL, RepoId, SUBPROTOCOL};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, timeout};
+use tracing::{info, warn};
+
+use crate::config::AgentConfig;
+use crate::server::Shared;
+
+/// The agent whose token hash matches the request's `Authorization: Bearer` token, if any. Every
+/// configured hash is compared, in constant time, whatever matches first.
+pub fn authenticate<'a>(agents: &'a [AgentConfig], headers: &HeaderMap) -> Option<&'a AgentConfig> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    if token.is_empty() {
+        return None;
+    }
+    let hash = Sha256::digest(token.as_bytes());
+    let mut found = None;
+    for agent in agents {
+        let equal = bool::from(agent.token_sha256.as_slice().ct_eq(hash.as_slice()));
+        if equal && found.is_none() {
+            found = Some(agent);
+        }
+    }
+    found
+}
+
+fn offers_subprotocol(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL)
+}
+
+/// `GET /v1/connect`: authenticate, then upgrade to a websocket session.
+pub(crate) async fn connect(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(agent) = authenticate(&shared.config.agents, &headers).cloned() else {
+        shared
+            .metrics
+            .agent_refusals
+            .with_label_values(&["unauthorized"])
+            .inc();
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown bearer token\n",
+        )
+            .into_response();
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if !offers_subprotocol(&headers) {
+        shared
+            .metrics
+            .agent_refusals
+            .with_label_values(&["subprotocol"])
+            .inc();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("the websocket subprotocol {SUBPROTOCOL} is required\n"),
+        )
+            .into_response();
+    }
+    let Ok(permit) = Arc::clone(&shared.agent_slots).try_acquire_owned() else {
+        shared
+            .metrics
+            .agent_refusals
+            .with_label_values(&["too_many_connections"])
+            .inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many agents connected\n",
+        )
+            .into_response();
+    };
+    let tracker = shared.tracker.clone();
+    ws.protocols([SUBPROTOCOL])
+        .on_upgrade(move |socket| tracker.track_future(session(socket, agent, shared, permit)))
+}
+
+/// Decrements the connected-agents gauge when the session ends, however it ends.
+struct Connected(prometheus::IntGauge);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn send(sink: &mut Sink, message: Message) -> Result<(), &'static str> {
+    // A peer that does not take a frame within DEAD_AFTER is as good as dead.
+    match timeout(DEAD_AFTER, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("send failed"),
+        Err(_) => Err("send timed out"),
+    }
+}
+
+async fn send_hub(sink: &mut Sink, message: &HubMessage) -> Result<(), &'static str> {
+    send(sink, Message::Text(message.to_json().into())).await
+}
+
+async fn session(
+    socket: WebSocket,
+    agent: AgentConfig,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) {
+    shared.metrics.agents_connected.inc();
+    let _connected = Connected(shared.metrics.agents_connected.clone());
+    info!(agent = %agent.name, "agent connected");
+
+    let mut subscription = shared.fanout.subscribe();
+    let outbox = subscription.outbox_handle();
+    let (mut sink, mut stream) = socket.split();
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut last_heard = Instant::now();
+
+    let reason: &str = loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => {
+                let frame = CloseFrame { code: close_code::AWAY, reason: "hub shutting down".into() };
+                let _ = send(&mut sink, Message::Close(Some(frame))).await;
+                break "hub shutting down";
+            }
+            incoming = stream.next() => {
+                let message = match incoming {
+                    None => break "connection closed",
+                    Some(Err(_)) => break "connection error",
+                    Some(Ok(m)) => m,
+                };
+                last_heard = Instant::now();
+                match message {
+                    Message::Text(text) => {
+                        if let Err(e) = on_text(text.as_str(), &agent, &shared, &mut subscription, &mut sink).await {
+                            break e;
+                        }
+                    }
+                    Message::Binary(_) => {
+                        let err = HubMessage::Error { message: "binary frames are not part of tether.v1".into() };
+                        if let Err(e) = send_hub(&mut sink, &err).await {
+                            break e;
+                        }
+                    }
+                    Message::Close(_) => break "closed by agent",
+                    // Pongs only prove liveness; pings are answered by the websocket layer.
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            () = outbox.ready() => {
+                let mut failed = None;
+                for (notice, received) in outbox.drain() {
+                    if let Err(e) = send_hub(&mut sink, &HubMessage::Push(notice)).await {
+                        failed = Some(e);
+                        break;
+                    }
+                    shared.metrics.notices_sent.inc();
+                    shared.metrics.fanout_latency.observe(received.elapsed().as_secs_f64());
+                }
+                if let Some(e) = failed {
+                    break e;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= DEAD_AFTER {
+                    break "silent for too long";
+                }
+                if let Err(e) = send(&mut sink, Message::Ping(Bytes::new())).await {
+                    break e;
+                }
+            }
+        }
+    };
+    info!(agent = %agent.name, reason, "agent disconnected");
+}
+
+async fn on_text(
+    text: &str,
+    agent: &AgentConfig,
+    shared: &Shared,
+    subscription: &mut crate::fanout::Subscription,
+    sink: &mut Sink,
+) -> Result<(), &'static str> {
+    let repos = match AgentMessage::from_json(text) {
+        Ok(AgentMessage::Watch { repos }) => repos,
+        Err(e) => {
+            warn!(agent = %agent.name, error = %e, "unreadable message from agent");
+            return send_hub(
+                sink,
+                &HubMessage::Error {
+                    message: e.to_string(),
+                },
+            )
+            .await;
+        }
+    };
+    let limit = shared.config.max_watched_repos;
+    if repos.len() > limit {
+        shared
+            .metrics
+            .agent_refusals
+            .with_label_values(&["watch_too_large"])
+            .inc();
+        let message = format!(
+            "a watch of {} repositories exceeds this hub's limit of {limit}; the previous watch set stays",
+            repos.len()
+        );
+        return send_hub(sink, &HubMessage::Error { message }).await;
+    }
+    let (allowed, refused): (Vec<RepoId>, Vec<RepoId>) =
+        repos.into_iter().partition(|r| agent.repos.matches(r));
+    if !refused.is_empty() {
+        shared
+            .metrics
+            .agent_refusals
+            .with_label_values(&["repo_not_allowed"])
+            .inc_by(refused.len() as u64);
+        let names: Vec<&str> = refused.iter().map(RepoId::as_str).collect();
+        warn!(agent = %agent.name, refused = ?names, "agent asked for repositories outside its globs");
+        let message = format!(
+            "agent {:?} may not hear about {}; they are not watched",
+            agent.name,
+            names.join(", ")
+        );
+        send_hub(sink, &HubMessage::Error { message }).await?;
+    }
+    let allowed: Vec<RepoId> = allowed
+        .into_iter()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    // Subscribe before reading the store: a push racing with this watch then shows up in the
+    // catch-up, as a notice, or both, but never in neither.
+    subscription.set_watch(allowed.iter().cloned().collect());
+    info!(agent = %agent.name, repos = allowed.len(), "watch set updated");
+
+    let store = shared.store.clone();
+    let latest = match tokio::task::spawn_blocking(move || store.latest(&allowed)).await {
+        Ok(Ok(latest)) => latest,
+        Ok(Err(e)) => {
+            warn!(agent = %agent.name, error = %e, category = e.category(), "catch-up read failed");
+            send_hub(
+                sink,
+                &HubMessage::Error {
+                    message: "catch-up unavailable: the hub's store failed".into(),
+                },
+            )
+            .await?;
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(agent = %agent.name, error = %e, "catch-up task failed");
+            Vec::new()
+        }
+    };
+    send_hub(sink, &HubMessage::Catchup { latest }).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::RepoGlobs;
+    use axum::http::HeaderValue;
+
+    fn agent(name: &str, token: &str) -> AgentConfig {
+        AgentConfig {
+            name: name.into(),
+            token_sha256: Sha256::digest(token.as_bytes()).into(),
+            repos: RepoGlobs::new(&["**".to_string()]).unwrap(),
+        }
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn the_matching_token_names_its_agent() {
+        let agents = [agent("a", "ta"), agent("b", "tb")];
+        assert_eq!(authenticate(&agents, &bearer("tb")).unwrap().name, "b");
+        assert!(authenticate(&agents, &bearer("tc")).is_none());
+        assert!(authenticate(&agents, &bearer("")).is_none());
+        assert!(authenticate(&agents, &HeaderMap::new()).is_none());
+    }
+}

@@ -1,0 +1,611 @@
+//! The hub's configuration file: what it reads, how it is checked, and the secrets it resolves.
+//!
+//! The file is YAML (see `hub/examples/hub.yaml` and `docs/hub.md`). Secrets are never written in it:
+//! each names a file or an environment variable, read once at start-up. [`Config::load`] reports every
+//! problem at once, each naming the field (`agents[1].token_sha256: ...`).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobBuilder, GlobMatcher};
+use serde::Deserialize;
+use tether_protocol::RepoId;
+
+use crate::webhook::Provider;
+
+/// Default cap on a webhook body: GitHub's own maximum is 25 MiB, but push payloads are small.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default cap on open connections (agents and webhook requests together).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default cap on the repositories one agent may watch.
+pub const DEFAULT_MAX_WATCHED_REPOS: usize = 10_000;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    tls: Option<RawTls>,
+    data_dir: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    max_watched_repos: Option<usize>,
+    #[serde(default)]
+    agents: Vec<RawAgent>,
+    #[serde(default)]
+    webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: String,
+    token_sha256: String,
+    #[serde(default)]
+    repos: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    provider: String,
+    #[serde(default)]
+    repos: Vec<String>,
+    secret: RawSecretSource,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretSource {
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+/// A secret value. Its `Debug` shows nothing of it, so it cannot leak into a log by accident.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wrap secret bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The secret bytes, for verification only.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A set of globs over normalised repository ids. `*` stays within one path segment; `**` crosses them.
+#[derive(Debug, Clone)]
+pub struct RepoGlobs {
+    patterns: Vec<String>,
+    matchers: Vec<GlobMatcher>,
+}
+
+impl RepoGlobs {
+    /// Compile globs; the error names the first bad pattern.
+    pub fn new(patterns: &[String]) -> Result<Self, (String, globset::Error)> {
+        let mut matchers = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let glob: Glob = GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| (p.clone(), e))?;
+            matchers.push(glob.compile_matcher());
+        }
+        Ok(Self {
+            patterns: patterns.to_vec(),
+            matchers,
+        })
+    }
+
+    /// Whether any glob matches the repository.
+    pub fn matches(&self, repo: &RepoId) -> bool {
+        self.matchers.iter().any(|m| m.is_match(repo.as_str()))
+    }
+
+    /// The patterns as written.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// An agent allowed to connect.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// A name for logs and errors.
+    pub name: String,
+    /// SHA-256 of the agent's bearer token.
+    pub token_sha256: [u8; 32],
+    /// The repositories it may hear about.
+    pub repos: RepoGlobs,
+}
+
+/// A webhook secret for one provider and a set of repositories.
+#[derive(Debug, Clone)]
+pub struct WebhookSecret {
+    /// The forge this secret verifies.
+    pub provider: Provider,
+    /// The repositories a delivery verified by this secret may notify.
+    pub repos: RepoGlobs,
+    /// The secret value.
+    pub secret: Secret,
+}
+
+/// TLS certificate and key files (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// The validated configuration, secrets resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// TLS, if the hub terminates it itself.
+    pub tls: Option<TlsFiles>,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Largest webhook body accepted.
+    pub max_body_bytes: usize,
+    /// Largest number of connections served at once.
+    pub max_connections: usize,
+    /// Largest watch set accepted from one agent.
+    pub max_watched_repos: usize,
+    /// The agents.
+    pub agents: Vec<AgentConfig>,
+    /// The webhook secrets.
+    pub webhooks: Vec<WebhookSecret>,
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The YAML error, with its line and column.
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// The file parsed but some fields are wrong.
+    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// One line per problem, each naming its field.
+        problems: Vec<String>,
+    },
+}
+
+impl ConfigError {
+    /// A short fixed name for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "config_read",
+            ConfigError::Parse { .. } => "config_parse",
+            ConfigError::Invalid { .. } => "config_invalid",
+        }
+    }
+}
+
+/// Where secrets and the environment come from; tests substitute their own.
+pub trait Environment {
+    /// The value of an environment variable.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file, resolving secrets from files and the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, path, &ProcessEnv)
+    }
+
+    /// Parse and validate config text. `path` is used in messages and to resolve relative file paths.
+    pub fn from_yaml(
+        text: &str,
+        path: &Path,
+        env: &dyn Environment,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut problems = Vec::new();
+
+        let listen_text = raw.listen.as_deref().unwrap_or("0.0.0.0:8443");
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "listen: {listen_text:?} is not an address like 0.0.0.0:8443"
+            ));
+            SocketAddr::from(([0, 0, 0, 0], 8443))
+        });
+
+        let tls = raw.tls.map(|t| {
+            let cert_file = relative_to(base, &t.cert_file);
+            let key_file = relative_to(base, &t.key_file);
+            if !cert_file.is_file() {
+                problems.push(format!(
+                    "tls.cert_file: {} does not exist or is not a file",
+                    cert_file.display()
+                ));
+            }
+            if !key_file.is_file() {
+                problems.push(format!(
+                    "tls.key_file: {} does not exist or is not a file",
+                    key_file.display()
+                ));
+            }
+            TlsFiles {
+                cert_file,
+                key_file,
+            }
+        });
+
+        let data_dir = match raw.data_dir {
+            Some(d) => relative_to(base, &d),
+            None => {
+                problems.push(
+                    "data_dir: missing; the hub keeps the latest sha per repository there".into(),
+                );
+                PathBuf::new()
+            }
+        };
+
+        let max_body_bytes = positive(
+            raw.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            "max_body_bytes",
+            &mut problems,
+        );
+        let max_connections = positive(
+            raw.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            "max_connections",
+            &mut problems,
+        );
+        let max_watched_repos = positive(
+            raw.max_watched_repos,
+            DEFAULT_MAX_WATCHED_REPOS,
+            "max_watched_repos",
+            &mut problems,
+        );
+
+        let mut agents = Vec::new();
+        for (i, a) in raw.agents.into_iter().enumerate() {
+            let field = format!("agents[{i}]");
+            if a.name.trim().is_empty() {
+                problems.push(format!("{field}.name: empty"));
+            }
+            if agents.iter().any(|x: &AgentConfig| x.name == a.name) {
+                problems.push(format!("{field}.name: {:?} is used twice", a.name));
+            }
+            let token_sha256 = match parse_sha256(&a.token_sha256) {
+                Some(h) => h,
+                None => {
+                    problems.push(format!(
+                        "{field}.token_sha256: expected 64 hex characters (sha256sum of the token), got {} characters",
+                        a.token_sha256.trim().len()
+                    ));
+                    [0; 32]
+                }
+            };
+            if agents
+                .iter()
+                .any(|x: &AgentConfig| x.token_sha256 == token_sha256)
+                && token_sha256 != [0; 32]
+            {
+                problems.push(format!(
+                    "{field}.token_sha256: the same token hash is given to another agent"
+                ));
+            }
+            if a.repos.is_empty() {
+                problems.push(format!(
+                    "{field}.repos: empty; list the repository globs this agent may hear about (e.g. \"github.com/acme/**\")"
+                ));
+            }
+            let repos = globs(&a.repos, &format!("{field}.repos"), &mut problems);
+            agents.push(AgentConfig {
+                name: a.name,
+                token_sha256,
+                repos,
+            });
+        }
+
+        let mut webhooks = Vec::new();
+        for (i, w) in raw.webhooks.into_iter().enumerate() {
+            let field = format!("webhooks[{i}]");
+            let provider = match w.provider.parse::<Provider>() {
+                Ok(p) => p,
+                Err(()) => {
+                    problems.push(format!(
+                        "{field}.provider: {:?} is not one of {}",
+                        w.provider,
+                        Provider::ALL.map(Provider::name).join(", ")
+                    ));
+                    continue;
+                }
+            };
+            if w.repos.is_empty() {
+                problems.push(format!(
+                    "{field}.repos: empty; list the repository globs this secret covers (\"**\" for all)"
+                ));
+            }
+            let repos = globs(&w.repos, &format!("{field}.repos"), &mut problems);
+            let secret = match (&w.secret.file, &w.secret.env) {
+                (Some(file), None) => {
+                    let file = relative_to(base, file);
+                    match std::fs::read(&file) {
+                        Ok(bytes) => Some(Secret::new(trim_newline(bytes))),
+                        Err(e) => {
+                            problems.push(format!(
+                                "{field}.secret.file: cannot read {}: {e}",
+                                file.display()
+                            ));
+                            None
+                        }
+                    }
+                }
+                (None, Some(name)) => match env.var(name) {
+                    Some(v) => Some(Secret::new(v.trim_end_matches(['\r', '\n']).as_bytes())),
+                    None => {
+                        problems.push(format!(
+                            "{field}.secret.env: environment variable {name} is not set"
+                        ));
+                        None
+                    }
+                },
+                _ => {
+                    problems.push(format!(
+                        "{field}.secret: give exactly one of `file` (a path) or `env` (a variable name); secrets are never written inline"
+                    ));
+                    None
+                }
+            };
+            if let Some(secret) = secret {
+                if secret.expose().is_empty() {
+                    problems.push(format!("{field}.secret: the secret is empty"));
+                }
+                webhooks.push(WebhookSecret {
+                    provider,
+                    repos,
+                    secret,
+                });
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+        Ok(Config {
+            listen,
+            tls,
+            data_dir,
+            max_body_bytes,
+            max_connections,
+            max_watched_repos,
+            agents,
+            webhooks,
+        })
+    }
+}
+
+fn relative_to(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn positive(
+    value: Option<usize>,
+    default: usize,
+    field: &str,
+    problems: &mut Vec<String>,
+) -> usize {
+    match value {
+        Some(0) => {
+            problems.push(format!("{field}: must be greater than zero"));
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
+fn globs(patterns: &[String], field: &str, problems: &mut Vec<String>) -> RepoGlobs {
+    match RepoGlobs::new(patterns) {
+        Ok(g) => g,
+        Err((p, e)) => {
+            problems.push(format!("{field}: bad glob {p:?}: {e}"));
+            RepoGlobs {
+                patterns: Vec::new(),
+                matchers: Vec::new(),
+            }
+        }
+    }
+}
+
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(text.trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
+    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+        bytes.pop();
+    }
+    bytes
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct Env(HashMap<&'static str, &'static str>);
+    impl Environment for Env {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hub.yaml");
+        let text = std::fs::read_to_string(&dir).unwrap();
+        let env = Env(HashMap::from([
+            ("TETHER_GITHUB_SECRET", "s3cret"),
+            ("TETHER_GITLAB_TOKEN", "t0ken"),
+            ("TETHER_GENERIC_SECRET", "g3neric"),
+        ]));
+        // The example's secret files do not exist here; only env-sourced ones resolve.
+        match Config::from_yaml(&text, &dir, &env) {
+            Ok(c) => assert!(!c.agents.is_empty()),
+            Err(ConfigError::Invalid { problems, .. }) => {
+                for p in &problems {
+                    assert!(
+                        p.contains(".secret.file") || p.contains("tls."),
+                        "unexpected problem: {p}"
+                    );
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let text = format!(
+            r#"
+listen: "nowhere"
+max_body_bytes: 0
+agents:
+  - name: a
+    token_sha256: "abc"
+    repos: ["github.com/acme/*"]
+  - name: a
+    token_sha256: "{HASH}"
+    repos: []
+webhooks:
+  - provider: sourcehut
+    repos: ["**"]
+    secret: {{ env: X }}
+  - provider: github
+    repos: ["**"]
+    secret: {{ env: MISSING }}
+  - provider: gitlab
+    repos: ["["]
+    secret: {{ env: X, file: /x }}
+"#
+        );
+        let env = Env(HashMap::from([("X", "x")]));
+        let err = Config::from_yaml(&text, Path::new("/etc/hub.yaml"), &env).unwrap_err();
+        assert_eq!(err.category(), "config_invalid");
+        let msg = err.to_string();
+        for needle in [
+            "listen:",
+            "data_dir: missing",
+            "max_body_bytes: must be greater than zero",
+            "agents[0].token_sha256: expected 64 hex",
+            "agents[1].name: \"a\" is used twice",
+            "agents[1].repos: empty",
+            "webhooks[0].provider: \"sourcehut\"",
+            "webhooks[1].secret.env: environment variable MISSING is not set",
+            "webhooks[2].repos: bad glob",
+            "webhooks[2].secret: give exactly one",
+        ] {
+            assert!(msg.contains(needle), "missing {needle:?} in:\n{msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_inline_secrets_are_refused() {
+        let text = "data_dir: /tmp\nwebhooks:\n  - provider: github\n    repos: ['**']\n    secret: { value: hunter2 }\n";
+        let err = Config::from_yaml(text, Path::new("h.yaml"), &Env(HashMap::new())).unwrap_err();
+        assert_eq!(err.category(), "config_parse");
+        assert!(err.to_string().contains("unknown field `value`"), "{err}");
+    }
+
+    #[test]
+    fn secrets_resolve_from_files_and_env_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gh"), "from-file\n").unwrap();
+        let text = format!(
+            "data_dir: data\nagents:\n  - name: a\n    token_sha256: {HASH}\n    repos: ['github.com/acme/*']\nwebhooks:\n  - provider: github\n    repos: ['**']\n    secret: {{ file: gh }}\n  - provider: gitlab\n    repos: ['**']\n    secret: {{ env: GL }}\n"
+        );
+        let env = Env(HashMap::from([("GL", "from-env")]));
+        let cfg = Config::from_yaml(&text, &dir.path().join("hub.yaml"), &env).unwrap();
+        assert_eq!(cfg.webhooks[0].secret.expose(), b"from-file");
+        assert_eq!(cfg.webhooks[1].secret.expose(), b"from-env");
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("from-file") && !debug.contains("from-env"));
+    }
+
+    #[test]
+    fn single_star_stays_in_one_segment() {
+        let g = RepoGlobs::new(&["github.com/acme/*".to_string()]).unwrap();
+        let id = |s: &str| tether_protocol::normalize(s).unwrap();
+        assert!(g.matches(&id("github.com/acme/app")));
+        assert!(!g.matches(&id("github.com/acme/sub/app")));
+        assert!(!g.matches(&id("github.com/other/app")));
+        let all = RepoGlobs::new(&["**".to_string()]).unwrap();
+        assert!(all.matches(&id("gitlab.com:2222/group/name")));
+    }
+}

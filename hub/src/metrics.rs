@@ -1,0 +1,147 @@
+//! The hub's Prometheus metrics, all prefixed `tether_hub_`, in one registry created at start.
+//!
+//! Labels are bounded: provider and outcome names are fixed sets; no repository, agent or delivery id.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Why the metrics could not be set up or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// A metric could not be registered (a duplicate name: a programming error).
+    #[error("cannot register metric: {0}")]
+    Register(#[source] prometheus::Error),
+    /// The text exposition could not be produced.
+    #[error("cannot encode metrics: {0}")]
+    Encode(#[source] prometheus::Error),
+}
+
+impl MetricsError {
+    /// A short fixed name for logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            MetricsError::Register(_) => "metrics_register",
+            MetricsError::Encode(_) => "metrics_encode",
+        }
+    }
+}
+
+/// The hub's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Agents with an open websocket.
+    pub agents_connected: IntGauge,
+    /// Webhook deliveries by provider and outcome.
+    pub webhooks: IntCounterVec,
+    /// Agent connections or watches refused, by reason.
+    pub agent_refusals: IntCounterVec,
+    /// Push notices sent to agents.
+    pub notices_sent: IntCounter,
+    /// Notices replaced by a later one for the same repository before a slow agent took them.
+    pub notices_coalesced: IntCounter,
+    /// Seconds from a webhook's arrival to its notice being written to an agent's socket.
+    pub fanout_latency: Histogram,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let agents_connected = IntGauge::new(
+            "tether_hub_agents_connected",
+            "Agents with an open websocket",
+        )
+        .map_err(MetricsError::Register)?;
+        let webhooks = IntCounterVec::new(
+            Opts::new(
+                "tether_hub_webhooks_total",
+                "Webhook deliveries by provider and outcome",
+            ),
+            &["provider", "outcome"],
+        )
+        .map_err(MetricsError::Register)?;
+        let agent_refusals = IntCounterVec::new(
+            Opts::new(
+                "tether_hub_agent_refusals_total",
+                "Agent connections or watched repositories refused, by reason",
+            ),
+            &["reason"],
+        )
+        .map_err(MetricsError::Register)?;
+        let notices_sent = IntCounter::new(
+            "tether_hub_notices_sent_total",
+            "Push notices sent to agents",
+        )
+        .map_err(MetricsError::Register)?;
+        let notices_coalesced = IntCounter::new(
+            "tether_hub_notices_coalesced_total",
+            "Notices replaced by a later one for the same repository before delivery",
+        )
+        .map_err(MetricsError::Register)?;
+        let fanout_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "tether_hub_fanout_latency_seconds",
+                "Seconds from a webhook's arrival to its notice being written to an agent",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .map_err(MetricsError::Register)?;
+        for c in [
+            Box::new(agents_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhooks.clone()),
+            Box::new(agent_refusals.clone()),
+            Box::new(notices_sent.clone()),
+            Box::new(notices_coalesced.clone()),
+            Box::new(fanout_latency.clone()),
+        ] {
+            registry.register(c).map_err(MetricsError::Register)?;
+        }
+        Ok(Self {
+            registry,
+            agents_connected,
+            webhooks,
+            agent_refusals,
+            notices_sent,
+            notices_coalesced,
+            fanout_latency,
+        })
+    }
+
+    /// Count a webhook delivery.
+    pub fn webhook(&self, provider: &str, outcome: &str) {
+        self.webhooks.with_label_values(&[provider, outcome]).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Result<String, MetricsError> {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .map_err(MetricsError::Encode)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_with_the_hub_prefix() {
+        let m = Metrics::new().unwrap();
+        m.webhook("github", "accepted");
+        m.fanout_latency.observe(0.01);
+        let text = m.render().unwrap();
+        assert!(
+            text.contains("tether_hub_webhooks_total{outcome=\"accepted\",provider=\"github\"} 1")
+        );
+        assert!(text.contains("tether_hub_agents_connected 0"));
+        assert!(text.contains("tether_hub_fanout_latency_seconds_bucket"));
+    }
+}

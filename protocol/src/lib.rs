@@ -1,0 +1,16 @@
+//! The contract between `tether-hub` and `tether-operator`.
+//!
+//! - [`repo`]: repository identity, the normalised form of a clone URL that both sides compare.
+//! - [`message`]: the versioned JSON messages on the agent's websocket, and the connection constants.
+//! - [`backoff`]: the reconnect policy (exponential backoff, full jitter, reset after a stable period).
+
+pub mod backoff;
+pub mod message;
+pub mod repo;
+
+pub use backoff::Backoff;
+pub use message::{
+    AgentMessage, CONNECT_PATH, DEAD_AFTER, HubMessage, Notice, PING_INTERVAL, RepoState,
+    SUBPROTOCOL,
+};
+pub use repo::{RepoError, RepoId, normalize};

@@ -1,0 +1,444 @@
+//! Repository identity: the normalised form of a clone URL that the hub and the operator both compare.
+//!
+//! A [`RepoId`] is `host[:port]/path`: the host lower-cased, the scheme, the user info, a default port
+//! (443 for https, 80 for http, 22 for ssh, 9418 for git), a trailing `.git` and trailing slashes dropped,
+//! query and fragment ignored. The path keeps its case: some forges treat paths case-sensitively.
+//! So `https://github.com/Org/App.git`, `ssh://git@github.com/Org/App` and `git@github.com:Org/App.git`
+//! all become `github.com/Org/App`.
+//!
+//! Local repositories (`file:///srv/git/app.git` or an absolute path `/srv/git/app.git`) become
+//! `file/srv/git/app`: the literal `file` stands where a host would be.
+//!
+//! Accepted forms:
+//! - `scheme://[user[:password]@]host[:port]/path` for `https`, `http`, `ssh`, `git`, `git+ssh`, `ssh+git`;
+//! - `file:///path` and `/path`;
+//! - scp-like `[user@]host:path` (as git understands it);
+//! - an id already normalised, `host[:port]/path`, so that [`normalize`] is idempotent. A string without a
+//!   scheme of the shape `host:digits/...` is read as a normalised id with a port, not as scp-like syntax.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The normalised identity of a git repository, `host[:port]/path`. Build one with [`normalize`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RepoId(String);
+
+impl RepoId {
+    /// The id as a string, `host[:port]/path`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RepoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for RepoId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for RepoId {
+    type Err = RepoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        normalize(s)
+    }
+}
+
+// Deserialising normalises, so a peer cannot smuggle in an id that `normalize` would not produce.
+impl<'de> Deserialize<'de> for RepoId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        normalize(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a URL could not be read as a repository.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RepoError {
+    /// The string was empty or only whitespace.
+    #[error("empty repository URL")]
+    Empty,
+    /// The scheme is not one git clones over.
+    #[error(
+        "repository URL {url:?}: unsupported scheme {scheme:?} (use https, http, ssh, git or file)"
+    )]
+    UnsupportedScheme {
+        /// The URL, with any password removed.
+        url: String,
+        /// The scheme found.
+        scheme: String,
+    },
+    /// No host could be found.
+    #[error("repository URL {url:?}: no host")]
+    MissingHost {
+        /// The URL, with any password removed.
+        url: String,
+    },
+    /// No path after the host.
+    #[error("repository URL {url:?}: no repository path after the host")]
+    MissingPath {
+        /// The URL, with any password removed.
+        url: String,
+    },
+    /// The port is not a number from 1 to 65535.
+    #[error("repository URL {url:?}: invalid port {port:?}")]
+    InvalidPort {
+        /// The URL, with any password removed.
+        url: String,
+        /// The port text found.
+        port: String,
+    },
+    /// The URL holds characters that have no place in a repository URL.
+    #[error("repository URL {url:?}: contains whitespace or control characters")]
+    InvalidCharacters {
+        /// The URL, with any password removed.
+        url: String,
+    },
+}
+
+impl RepoError {
+    /// A short fixed name for metrics and events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            RepoError::Empty => "empty",
+            RepoError::UnsupportedScheme { .. } => "unsupported_scheme",
+            RepoError::MissingHost { .. } => "missing_host",
+            RepoError::MissingPath { .. } => "missing_path",
+            RepoError::InvalidPort { .. } => "invalid_port",
+            RepoError::InvalidCharacters { .. } => "invalid_characters",
+        }
+    }
+}
+
+/// Normalise a clone URL (https, ssh, scp-like, git, file) to its [`RepoId`].
+///
+/// ```
+/// use tether_protocol::repo::normalize;
+/// let a = normalize("https://github.com/Org/App.git").unwrap();
+/// let b = normalize("git@github.com:Org/App.git").unwrap();
+/// assert_eq!(a, b);
+/// assert_eq!(a.as_str(), "github.com/Org/App");
+/// ```
+pub fn normalize(url: &str) -> Result<RepoId, RepoError> {
+    let trimmed = url.trim();
+    if trimmed.is_empty() {
+        return Err(RepoError::Empty);
+    }
+    if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RepoError::InvalidCharacters {
+            url: redact(trimmed),
+        });
+    }
+    // Query and fragment never name a different repository.
+    let trimmed = trimmed.split(['?', '#']).next().unwrap_or(trimmed);
+
+    if let Some((scheme, rest)) = trimmed.split_once("://") {
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => Some(443),
+            "http" => Some(80),
+            "ssh" | "git+ssh" | "ssh+git" => Some(22),
+            "git" => Some(9418),
+            "file" => return local(trimmed, rest),
+            _ => {
+                return Err(RepoError::UnsupportedScheme {
+                    url: redact(trimmed),
+                    scheme,
+                });
+            }
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        return build(trimmed, authority, path, default_port);
+    }
+
+    if trimmed.starts_with('/') {
+        return local(trimmed, trimmed);
+    }
+
+    // An IPv6 literal without a scheme can only be a normalised id: `[::1]:8443/path`.
+    if trimmed.starts_with('[') {
+        return match trimmed.find('/') {
+            Some(s) => build(trimmed, &trimmed[..s], &trimmed[s..], None),
+            None => Err(RepoError::MissingPath {
+                url: redact(trimmed),
+            }),
+        };
+    }
+
+    // No scheme: either an id already normalised (`host[:port]/path`) or scp-like `[user@]host:path`.
+    let slash = trimmed.find('/');
+    let colon = trimmed.find(':');
+    match (colon, slash) {
+        (Some(c), slash) if slash.is_none_or(|s| c < s) => {
+            let after = &trimmed[c + 1..];
+            let digits = after.split('/').next().unwrap_or("");
+            let looks_like_port = !trimmed[..c].contains('@')
+                && !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && after.len() > digits.len();
+            if looks_like_port {
+                let i = c + 1 + digits.len();
+                build(trimmed, &trimmed[..i], &trimmed[i..], None)
+            } else {
+                // scp-like: everything after the colon is the path, relative to the login's home.
+                build(trimmed, &trimmed[..c], after, None)
+            }
+        }
+        (_, Some(s)) => build(trimmed, &trimmed[..s], &trimmed[s..], None),
+        (_, None) => Err(RepoError::MissingPath {
+            url: redact(trimmed),
+        }),
+    }
+}
+
+/// Assemble `host[:port]/path` from an authority (`[userinfo@]host[:port]`) and a path.
+fn build(
+    url: &str,
+    authority: &str,
+    path: &str,
+    default_port: Option<u16>,
+) -> Result<RepoId, RepoError> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = split_port(url, host_port)?;
+    if host.is_empty() {
+        return Err(RepoError::MissingHost { url: redact(url) });
+    }
+    let host = host.to_ascii_lowercase();
+    let path = clean_path(path);
+    if path.is_empty() {
+        return Err(RepoError::MissingPath { url: redact(url) });
+    }
+    let id = match port {
+        Some(p) if Some(p) != default_port => format!("{host}:{p}/{path}"),
+        _ => format!("{host}/{path}"),
+    };
+    Ok(RepoId(id))
+}
+
+/// Split `host[:port]`, keeping IPv6 literals (`[::1]:8443`) whole.
+fn split_port<'a>(url: &str, host_port: &'a str) -> Result<(&'a str, Option<u16>), RepoError> {
+    let (host, port) = if host_port.starts_with('[') {
+        match host_port.find(']') {
+            Some(end) => {
+                let rest = &host_port[end + 1..];
+                let port = rest.strip_prefix(':');
+                (&host_port[..=end], port)
+            }
+            None => return Err(RepoError::MissingHost { url: redact(url) }),
+        }
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(RepoError::InvalidPort {
+                    url: redact(url),
+                    port: p.to_string(),
+                });
+            }
+        },
+    };
+    Ok((host, port))
+}
+
+fn local(url: &str, path: &str) -> Result<RepoId, RepoError> {
+    // `file://host/path` is rare; `file:///path` leaves an empty host and `path` starts with '/'.
+    let path = path.strip_prefix("localhost").unwrap_or(path);
+    if !path.starts_with('/') {
+        return Err(RepoError::UnsupportedScheme {
+            url: redact(url),
+            scheme: "file (with a remote host)".to_string(),
+        });
+    }
+    let path = clean_path(path);
+    if path.is_empty() {
+        return Err(RepoError::MissingPath { url: redact(url) });
+    }
+    Ok(RepoId(format!("file/{path}")))
+}
+
+/// Drop leading and trailing slashes, empty segments and one trailing `.git`.
+fn clean_path(path: &str) -> String {
+    let joined = path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect::<Vec<_>>()
+        .join("/");
+    match joined.strip_suffix(".git") {
+        Some(stripped) => stripped.trim_end_matches('/').to_string(),
+        None => joined,
+    }
+}
+
+/// The URL with any password in its user info replaced, for error messages.
+fn redact(url: &str) -> String {
+    let (prefix, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{prefix}{user}:***@{host}{}", &rest[authority_end..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn id(url: &str) -> String {
+        normalize(url).unwrap().to_string()
+    }
+
+    #[test]
+    fn https_ssh_and_scp_forms_of_one_repo_meet() {
+        let want = "github.com/Org/App";
+        for url in [
+            "https://github.com/Org/App.git",
+            "https://github.com/Org/App",
+            "https://github.com/Org/App/",
+            "https://GitHub.COM/Org/App.git/",
+            "https://user:token@github.com/Org/App.git",
+            "https://github.com:443/Org/App.git",
+            "ssh://git@github.com/Org/App",
+            "ssh://git@github.com:22/Org/App.git",
+            "git+ssh://git@github.com/Org/App.git",
+            "git@github.com:Org/App.git",
+            "git@github.com:/Org/App.git",
+            "github.com:Org/App",
+            "git://github.com/Org/App.git",
+            "github.com/Org/App",
+            "https://github.com/Org/App.git?foo=bar#frag",
+            "  https://github.com/Org/App.git\n",
+        ] {
+            assert_eq!(id(url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn non_default_ports_are_kept() {
+        assert_eq!(
+            id("ssh://git@gitlab.com:2222/group/name.git"),
+            "gitlab.com:2222/group/name"
+        );
+        assert_eq!(
+            id("https://git.example.com:8443/a/b.git"),
+            "git.example.com:8443/a/b"
+        );
+        assert_eq!(id("http://gogs-server:80/john/x"), "gogs-server/john/x");
+        assert_eq!(
+            id("http://gogs-server:3000/john/x"),
+            "gogs-server:3000/john/x"
+        );
+        // A port of 443 over ssh is not the ssh default.
+        assert_eq!(id("ssh://git@h.example:443/a"), "h.example:443/a");
+    }
+
+    #[test]
+    fn normalize_is_idempotent() {
+        for url in [
+            "ssh://git@gitlab.com:2222/group/name.git",
+            "https://github.com/Org/App.git",
+            "file:///srv/git/app.git",
+            "https://[::1]:8443/a/b.git",
+            "git@host.example:team/repo.git",
+        ] {
+            let once = id(url);
+            assert_eq!(id(&once), once, "{url}");
+        }
+    }
+
+    #[test]
+    fn local_paths_become_file_ids() {
+        assert_eq!(id("file:///srv/git/app.git"), "file/srv/git/app");
+        assert_eq!(id("file://localhost/srv/git/app"), "file/srv/git/app");
+        assert_eq!(id("/srv/git/app.git/"), "file/srv/git/app");
+        assert_eq!(id("file/srv/git/app"), "file/srv/git/app");
+    }
+
+    #[test]
+    fn ipv6_hosts_keep_brackets() {
+        assert_eq!(id("https://[::1]:8443/a/b.git"), "[::1]:8443/a/b");
+        assert_eq!(id("https://[::1]/a/b.git"), "[::1]/a/b");
+    }
+
+    #[test]
+    fn path_case_is_preserved_host_case_is_not() {
+        assert_eq!(id("https://EXAMPLE.org/A/B"), "example.org/A/B");
+    }
+
+    #[test]
+    fn errors_name_the_url_without_its_password() {
+        let err = normalize("ftp://user:hunter2@example.org/a").unwrap_err();
+        assert_eq!(err.category(), "unsupported_scheme");
+        let text = err.to_string();
+        assert!(text.contains("ftp://user:***@example.org/a"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+
+        assert_eq!(normalize("").unwrap_err(), RepoError::Empty);
+        assert_eq!(
+            normalize("https://github.com").unwrap_err().category(),
+            "missing_path"
+        );
+        assert_eq!(
+            normalize("https://github.com/.git").unwrap_err().category(),
+            "missing_path"
+        );
+        assert_eq!(
+            normalize("https:///a/b").unwrap_err().category(),
+            "missing_host"
+        );
+        assert_eq!(
+            normalize("https://h:99999/a").unwrap_err().category(),
+            "invalid_port"
+        );
+        assert_eq!(
+            normalize("https://h/a b").unwrap_err().category(),
+            "invalid_characters"
+        );
+        assert_eq!(
+            normalize("justaname").unwrap_err().category(),
+            "missing_path"
+        );
+        assert!(
+            normalize("https://h:99999/a")
+                .unwrap_err()
+                .to_string()
+                .contains("https://h:99999/a")
+        );
+    }
+
+    #[test]
+    fn deserialising_normalises() {
+        let got: RepoId = serde_json::from_str("\"git@github.com:Org/App.git\"").unwrap();
+        assert_eq!(got.as_str(), "github.com/Org/App");
+        assert!(serde_json::from_str::<RepoId>("\"ftp://x/y\"").is_err());
+        assert_eq!(
+            serde_json::to_string(&got).unwrap(),
+            "\"github.com/Org/App\""
+        );
+    }
+}
