@@ -3,11 +3,14 @@
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback ports, with fresh
 //!   certificates and an admin kubeconfig, like controller-runtime's envtest.
 //! - [`cluster`]: the one control plane a test binary shares, and a fresh namespace per test.
+//! - [`git_server`]: real git servers (HTTPS via nginx and `git http-backend`, SSH via `sshd`, `file://`)
+//!   and [`git_server::Upstream`], a repository the tests commit to and push with the real `git` CLI.
 //! - [`kubectl`]: the real `kubectl`, pointed at that control plane.
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
 
 pub mod cluster;
 pub mod controlplane;
+pub mod git_server;
 pub mod kubectl;
 pub mod process;
 
