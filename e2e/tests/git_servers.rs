@@ -226,7 +226,7 @@ fn ssh_with_the_key_and_known_host_lists_refs_and_pushes() -> Result<()> {
         "{key}"
     );
     // The same known_hosts line, given as text, works like the server's own file.
-    let from_text = server.remote_with_known_hosts(&upstream, &known)?;
+    let from_text = server.remote_with_known_hosts(&upstream, known)?;
     from_text.ls_remote()?;
     Ok(())
 }
@@ -237,7 +237,7 @@ fn ssh_refuses_a_wrong_host_key_an_unknown_host_and_a_wrong_client_key() -> Resu
     let upstream = Upstream::new("guarded")?;
     seeded(&upstream)?;
 
-    let impostor = server.remote_with_known_hosts(&upstream, &server.wrong_known_hosts())?;
+    let impostor = server.remote_with_known_hosts(&upstream, server.wrong_known_hosts())?;
     let err = impostor
         .ls_remote()
         .err()
@@ -287,6 +287,44 @@ fn one_repository_is_served_over_https_ssh_and_file_alike() -> Result<()> {
             "{}",
             remote.url()
         );
+    }
+    Ok(())
+}
+
+#[test]
+fn servers_end_with_the_thread_that_started_them_even_when_leaked() -> Result<()> {
+    // Leak both servers so Drop never runs: only the kernel's parent-death signal can stop them.
+    let (https_port, ssh_port, dirs) = std::thread::spawn(|| -> Result<_> {
+        let https = HttpsGitServer::start()?;
+        let ssh = SshGitServer::start()?;
+        let ports = (https.port(), ssh.port());
+        let https_dir = https.root().parent().map(std::path::Path::to_path_buf);
+        let ssh_dir = ssh
+            .client_key_path()
+            .parent()
+            .map(std::path::Path::to_path_buf);
+        std::mem::forget(https);
+        std::mem::forget(ssh);
+        Ok((ports.0, ports.1, [https_dir, ssh_dir]))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the starting thread panicked"))??;
+
+    for port in [https_port, ssh_port] {
+        wait_until(
+            &format!("port {port} to close"),
+            Duration::from_secs(10),
+            || {
+                ensure!(
+                    std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+                    "still accepting"
+                );
+                Ok(())
+            },
+        )?;
+    }
+    for dir in dirs.into_iter().flatten() {
+        std::fs::remove_dir_all(dir)?;
     }
     Ok(())
 }

@@ -20,8 +20,8 @@ pub struct SshGitServer {
     sshd: Process,
     port: u16,
     user: String,
-    host_public_key: String,
-    other_host_public_key: String,
+    known_hosts: String,
+    wrong_known_hosts: String,
     dir: TempDir,
     files: AtomicUsize,
 }
@@ -46,10 +46,9 @@ impl SshGitServer {
         let user = run_tool("id", &["-un"], None)?;
         let port = free_port()?;
         std::fs::write(d.join("sshd_config"), sshd_config(d, port, &user))?;
-        std::fs::write(
-            d.join("known_hosts"),
-            format!("{}\n", host_line(port, &host_public_key)?),
-        )?;
+        let known_hosts = host_line(port, &host_public_key)?;
+        let wrong_known_hosts = host_line(port, &other_host_public_key)?;
+        std::fs::write(d.join("known_hosts"), format!("{known_hosts}\n"))?;
 
         let log = d.join("sshd.log");
         let sshd = Process::spawn(
@@ -68,8 +67,8 @@ impl SshGitServer {
             sshd,
             port,
             user,
-            host_public_key,
-            other_host_public_key,
+            known_hosts,
+            wrong_known_hosts,
             dir,
             files: AtomicUsize::new(0),
         };
@@ -119,14 +118,13 @@ impl SshGitServer {
     }
 
     /// The server's host key as a `known_hosts` line: `[127.0.0.1]:PORT ssh-ed25519 AAAA...`.
-    pub fn known_hosts(&self) -> String {
-        // Checked when the server started, so it cannot fail here.
-        host_line(self.port, &self.host_public_key).unwrap_or_default()
+    pub fn known_hosts(&self) -> &str {
+        &self.known_hosts
     }
 
     /// A `known_hosts` line for this address with a different host key, as if the server were an impostor.
-    pub fn wrong_known_hosts(&self) -> String {
-        host_line(self.port, &self.other_host_public_key).unwrap_or_default()
+    pub fn wrong_known_hosts(&self) -> &str {
+        &self.wrong_known_hosts
     }
 
     /// `upstream` over SSH with the client key and the right `known_hosts`.
