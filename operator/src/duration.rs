@@ -1,0 +1,136 @@
+//! Kubernetes-style durations (`30s`, `5m`, `1h30m`, `500ms`, `1.5h`), as written in
+//! `spec.interval` and `spec.timeout`.
+//!
+//! The accepted language is exactly that of [`crate::crd::DURATION_PATTERN`]: one or more
+//! `<number><unit>` parts, the number a decimal without sign or exponent, the unit one of `ms`,
+//! `s`, `m`, `h`. Go's `time.ParseDuration` accepts more (`us`, `ns`, signs); the schema keeps
+//! those out, so this parser does too.
+
+use std::time::Duration;
+
+/// A duration that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{field}invalid duration {input:?}: {problem}; use a number and a unit such as 30s, 5m, 1h or 1h30m"
+)]
+pub struct DurationError {
+    field: String,
+    input: String,
+    problem: &'static str,
+}
+
+impl DurationError {
+    /// Names the field the duration came from, for the message (`spec.interval: ...`).
+    pub fn in_field(mut self, field: &str) -> Self {
+        self.field = format!("{field}: ");
+        self
+    }
+
+    /// A short fixed name for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        "invalid_spec"
+    }
+}
+
+/// Parses a Kubernetes-style duration.
+pub fn parse(input: &str) -> Result<Duration, DurationError> {
+    let err = |problem| DurationError {
+        field: String::new(),
+        input: input.to_owned(),
+        problem,
+    };
+    if input.is_empty() {
+        return Err(err("it is empty"));
+    }
+    let mut total_nanos: u128 = 0;
+    let mut rest = input;
+    while !rest.is_empty() {
+        let int_len = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if int_len == 0 {
+            return Err(err("expected a number"));
+        }
+        let (int_part, after) = rest.split_at(int_len);
+        let (frac_part, after) = match after.strip_prefix('.') {
+            Some(f) => {
+                let len = f.find(|c: char| !c.is_ascii_digit()).unwrap_or(f.len());
+                if len == 0 {
+                    return Err(err("expected digits after the decimal point"));
+                }
+                f.split_at(len)
+            }
+            None => ("", after),
+        };
+        let (unit_nanos, after): (u128, &str) = if let Some(a) = after.strip_prefix("ms") {
+            (1_000_000, a)
+        } else if let Some(a) = after.strip_prefix('s') {
+            (1_000_000_000, a)
+        } else if let Some(a) = after.strip_prefix('m') {
+            (60 * 1_000_000_000, a)
+        } else if let Some(a) = after.strip_prefix('h') {
+            (3_600 * 1_000_000_000, a)
+        } else if after.is_empty() {
+            return Err(err("a number is missing its unit"));
+        } else {
+            return Err(err("unknown unit (expected ms, s, m or h)"));
+        };
+        let int: u128 = int_part.parse().map_err(|_| err("number too large"))?;
+        let mut part = int
+            .checked_mul(unit_nanos)
+            .ok_or_else(|| err("duration too large"))?;
+        // Fractions beyond nanosecond precision are dropped, as in Go.
+        let mut scale = unit_nanos;
+        for digit in frac_part.bytes() {
+            scale /= 10;
+            part += u128::from(digit - b'0') * scale;
+        }
+        total_nanos = total_nanos
+            .checked_add(part)
+            .ok_or_else(|| err("duration too large"))?;
+        rest = after;
+    }
+    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err("duration too large"))?;
+    // The remainder is below 1e9 and so fits a u32.
+    let nanos = u32::try_from(total_nanos % 1_000_000_000).unwrap_or(0);
+    Ok(Duration::new(secs, nanos))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kubernetes_style_durations() {
+        assert_eq!(parse("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("1m0.25s").unwrap(), Duration::from_millis(60_250));
+        assert_eq!(parse("0s").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn refuses_malformed_durations_with_a_clear_message() {
+        let e = parse("5").unwrap_err().in_field("spec.interval");
+        assert_eq!(
+            e.to_string(),
+            "spec.interval: invalid duration \"5\": a number is missing its unit; \
+             use a number and a unit such as 30s, 5m, 1h or 1h30m"
+        );
+        assert!(
+            parse("1d")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown unit")
+        );
+        assert!(parse("").is_err());
+        assert!(parse("h").is_err());
+        assert!(parse("1.h").is_err());
+        assert!(parse("-1s").is_err());
+        assert!(parse("99999999999999999999999999999999999999h").is_err());
+    }
+}
