@@ -140,8 +140,12 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Best effort: the namespace controller finishes the deletion in the background.
-        let _ = self
-            .kubectl
-            .run(&["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]);
+        let _ = self.kubectl.run(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
     }
 }

@@ -50,7 +50,12 @@ impl Binaries {
     }
 
     fn at(dir: PathBuf) -> Result<Self> {
-        for name in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"] {
+        for name in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kubectl",
+        ] {
             if !dir.join(name).is_file() {
                 bail!(
                     "{} has no {name}; run hack/controlplane-bin.sh to build the control plane",

@@ -6,12 +6,14 @@
 //! - [`git_server`]: real git servers (HTTPS via nginx and `git http-backend`, SSH via `sshd`, `file://`)
 //!   and [`git_server::Upstream`], a repository the tests commit to and push with the real `git` CLI.
 //! - [`kubectl`]: the real `kubectl`, pointed at that control plane.
+//! - [`operator`]: the real `tether-operator` as a process, and kubectl helpers around `GitRepository`.
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
 
 pub mod cluster;
 pub mod controlplane;
 pub mod git_server;
 pub mod kubectl;
+pub mod operator;
 pub mod process;
 
 /// The workspace root (the folder of the top `Cargo.toml`).

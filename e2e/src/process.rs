@@ -30,13 +30,25 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `program` with `args`, stdout and stderr appended to `log`.
+    /// Starts `program` with `args`, stdout and stderr written to `log`.
     pub fn spawn(
         name: &str,
         program: &Path,
         args: &[String],
         log: &Path,
         lifetime: Lifetime,
+    ) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, log, lifetime, &[])
+    }
+
+    /// [`Process::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        lifetime: Lifetime,
+        env: &[(&str, String)],
     ) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -53,6 +65,7 @@ impl Process {
             }
         };
         cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));

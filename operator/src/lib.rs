@@ -1,12 +1,28 @@
 //! Tether's operator: makes the cluster match the manifests in the Git repositories that
 //! `GitRepository` resources name.
 //!
+//! - [`cli`]: the flags and the process's life, from start-up to graceful shutdown.
+//! - [`controller`]: the reconcile pipeline (resolve, fetch, plan, apply, prune, status) and its
+//!   error policy.
+//! - [`apply`]: server-side apply, dry-run first, and pruning, against the API server.
+//! - [`health`]: the wait for applied objects to become ready (`spec.wait`).
+//! - [`leader`]: Lease-based leader election.
+//! - [`metrics`]: the Prometheus registry and the admin server.
+//! - [`hub_link`]: starts the hub client from the flags, when a hub is configured.
 //! - [`crd`]: the `GitRepository` resource, its status, and the names stamped on managed objects.
 //! - [`duration`]: Kubernetes-style durations for `spec.interval` and `spec.timeout`.
 //! - [`git`]: resolve a ref on a remote, fetch into a cache of bare mirrors, read a commit's tree.
 //! - [`plan`]: pure: turn a commit's manifests into ordered, labelled objects and what to prune.
 
+pub mod apply;
+pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod duration;
 pub mod git;
+pub mod health;
+pub mod hub_client;
+pub mod hub_link;
+pub mod leader;
+pub mod metrics;
 pub mod plan;

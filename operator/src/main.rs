@@ -1,5 +1,7 @@
-//! Tether's operator: makes the cluster match the manifests in the Git repositories that
-//! `GitRepository` resources name.
-fn main() {
-    println!("tether-operator {}", env!("CARGO_PKG_VERSION"));
+use clap::Parser;
+use tether_operator::cli::{Args, run};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(Args::parse()).await
 }

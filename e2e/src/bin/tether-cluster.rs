@@ -13,7 +13,10 @@ use tether_e2e::controlplane::{Binaries, ControlPlane};
 use tether_e2e::process::{Lifetime, alive, stop_pid};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Start and stop Tether's local Kubernetes control plane")]
+#[command(
+    version,
+    about = "Start and stop Tether's local Kubernetes control plane"
+)]
 struct Args {
     /// Where the certificates, data, logs and pids of the control plane live.
     #[arg(long, env = "TETHER_CLUSTER_DIR", default_value = ".run/cluster")]

@@ -22,7 +22,10 @@ async fn kubectl_writes_and_kube_rs_reads_back() -> Result<()> {
         .get("settings")
         .await?;
     assert_eq!(
-        cm.data.unwrap_or_default().get("greeting").map(String::as_str),
+        cm.data
+            .unwrap_or_default()
+            .get("greeting")
+            .map(String::as_str),
         Some("hello")
     );
     let created = Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
@@ -76,9 +79,12 @@ spec:
     let mut widget = DynamicObject::new("small", &resource);
     widget.data = serde_json::json!({"spec": {"size": 3}});
     api.create(&PostParams::default(), &widget).await?;
-    let listed = ns.kubectl().run(&["get", "widgets", "-n", ns.name(), "-o", "name"])?;
+    let listed = ns
+        .kubectl()
+        .run(&["get", "widgets", "-n", ns.name(), "-o", "name"])?;
     assert_eq!(listed.trim(), format!("widget.{group}/small"));
-    ns.kubectl().run(&["delete", "crd", &format!("widgets.{group}"), "--wait=false"])?;
+    ns.kubectl()
+        .run(&["delete", "crd", &format!("widgets.{group}"), "--wait=false"])?;
     Ok(())
 }
 
@@ -104,6 +110,9 @@ fn control_plane_processes_are_running() {
     let names: Vec<String> = plane.pids().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["etcd", "kube-apiserver", "kube-controller-manager"]);
     for (name, pid) in plane.pids() {
-        assert!(tether_e2e::process::alive(pid), "{name} ({pid}) is not running");
+        assert!(
+            tether_e2e::process::alive(pid),
+            "{name} ({pid}) is not running"
+        );
     }
 }

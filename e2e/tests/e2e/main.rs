@@ -1,3 +1,5 @@
 //! End-to-end tests against the local control plane (one per test binary; a namespace per test).
 
+mod fixtures;
 mod harness;
+mod sync;

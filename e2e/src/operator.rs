@@ -1,0 +1,240 @@
+//! The real `tether-operator` binary, run as a process against the local control plane, and what a
+//! test needs around it: the CRD installed, a `GitRepository` applied with kubectl, its status read.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::kubectl::Kubectl;
+use crate::process::{Lifetime, Process, free_port, tail};
+
+/// Where the workspace's binaries are: `TETHER_BIN_DIR`, else the cargo target folder's `debug/`.
+/// `make e2e` builds them first.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TETHER_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    target.join("debug")
+}
+
+/// A path to one of the workspace's binaries, checked to exist.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it first (cargo build -p {name}), or set TETHER_BIN_DIR",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Applies `crds/` to the shared control plane once per test binary and waits until established.
+pub fn install_crds(kubectl: &Kubectl) -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        let crds = crate::workspace_root().join("crds");
+        result = kubectl
+            .run(&["apply", "--server-side", "-f", &crds.display().to_string()])
+            .and_then(|_| {
+                kubectl.run(&[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=30s",
+                    "crd/gitrepositories.tether.dev",
+                ])
+            })
+            .map(|_| ());
+    });
+    result
+}
+
+/// A running operator watching one namespace.
+#[derive(Debug)]
+pub struct Operator {
+    process: Process,
+    admin_port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+}
+
+impl Operator {
+    /// Starts `tether-operator --namespace <namespace>` with `extra` flags.
+    pub fn start(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tether-operator-")
+            .tempdir()?;
+        let admin_port = free_port()?;
+        let mut args = vec![
+            format!("--admin-addr=127.0.0.1:{admin_port}"),
+            format!("--cache-dir={}", dir.path().join("cache").display()),
+            format!("--namespace={namespace}"),
+            "--concurrency=4".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.path().join("operator.log");
+        let process = spawn(kubeconfig, &args, &log)?;
+        Ok(Self {
+            process,
+            admin_port,
+            log,
+            _dir: dir,
+            args,
+            kubeconfig: kubeconfig.to_path_buf(),
+        })
+    }
+
+    /// The operator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log, 40)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.process.stop(Duration::ZERO);
+    }
+
+    /// Starts the same operator again, on the same cache and log (appended).
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.stop(Duration::from_secs(5));
+        let previous = self.log();
+        self.process = spawn(&self.kubeconfig, &self.args, &self.log)?;
+        // Keep the earlier run's lines for failure messages.
+        let _ = std::fs::write(self.log.with_extension("previous.log"), previous);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+fn spawn(kubeconfig: &Path, args: &[String], log: &Path) -> Result<Process> {
+    let program = binary("tether-operator")?;
+    let mut all = vec![format!("--log-format=plain")];
+    all.extend(args.iter().cloned());
+    Process::spawn_with_env(
+        "tether-operator",
+        &program,
+        &all,
+        log,
+        Lifetime::TiedToStarter,
+        &[
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("RUST_LOG", "info,tether_operator=debug".to_string()),
+        ],
+    )
+    .context("starting tether-operator")
+}
+
+/// `kubectl wait --for=condition=Ready gitrepo/<name>`, with the operator's log on failure.
+pub fn wait_ready(
+    kubectl: &Kubectl,
+    namespace: &str,
+    name: &str,
+    timeout: &str,
+    operator: &Operator,
+) -> Result<()> {
+    wait_condition(
+        kubectl,
+        namespace,
+        name,
+        "condition=Ready",
+        timeout,
+        operator,
+    )
+}
+
+/// `kubectl wait --for=<what> gitrepo/<name>`, with the status and the operator's log on failure.
+pub fn wait_condition(
+    kubectl: &Kubectl,
+    namespace: &str,
+    name: &str,
+    what: &str,
+    timeout: &str,
+    operator: &Operator,
+) -> Result<()> {
+    let waited = kubectl.run(&[
+        "wait",
+        "-n",
+        namespace,
+        &format!("--for={what}"),
+        &format!("--timeout={timeout}"),
+        &format!("gitrepository/{name}"),
+    ]);
+    if let Err(e) = waited {
+        let status = kubectl
+            .run(&[
+                "get",
+                "-n",
+                namespace,
+                "gitrepository",
+                name,
+                "-o",
+                "jsonpath={.status}",
+            ])
+            .unwrap_or_default();
+        bail!(
+            "{e}\nstatus: {status}\noperator log:\n{}",
+            operator.log_tail()
+        );
+    }
+    Ok(())
+}
+
+/// A field of a `GitRepository` by JSONPath, e.g. `{.status.lastAppliedRevision}`.
+pub fn get_field(kubectl: &Kubectl, namespace: &str, name: &str, path: &str) -> Result<String> {
+    kubectl.run(&[
+        "get",
+        "-n",
+        namespace,
+        "gitrepository",
+        name,
+        "-o",
+        &format!("jsonpath={path}"),
+    ])
+}
+
+/// Polls `kubectl <args>` until it prints `want` (trimmed), within 60 s; fails with the last output and
+/// the operator's log.
+pub fn wait_for_output(
+    kubectl: &Kubectl,
+    args: &[&str],
+    want: &str,
+    operator: &Operator,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        last = match kubectl.run(args) {
+            Ok(out) => out,
+            Err(e) => e.to_string(),
+        };
+        if last.trim() == want {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!(
+        "kubectl {} never printed {want:?}; last: {last:?}\noperator log:\n{}",
+        args.join(" "),
+        operator.log_tail()
+    )
+}

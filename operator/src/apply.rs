@@ -1,0 +1,494 @@
+//! The apply and prune stages: server-side apply of a planned revision, dry-run first, and deletion
+//! of what left the repository.
+//!
+//! Order of work, so that a bad revision changes nothing:
+//! 1. every object is dry-run applied; objects whose kind comes from a CRD of this revision, or whose
+//!    namespace is created by it, cannot be checked yet and are held back;
+//! 2. if anything failed, the revision fails here, naming the file and the server's answer;
+//! 3. CRDs and Namespaces are applied, and the CRDs waited on until established;
+//! 4. the held-back objects are dry-run (a failure now leaves only those CRDs and Namespaces applied);
+//! 5. everything else is applied.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::core::ApiResource;
+use kube::discovery::{Discovery, Scope as KubeScope};
+use kube::runtime::wait::{await_condition, conditions};
+use tokio::sync::RwLock;
+
+use crate::crd::{FIELD_MANAGER, ObjectRef};
+use crate::plan::{Plan, PlannedObject, Scope, is_owned_by, is_prune_disabled};
+
+/// What the API server serves: kinds, their resources and scope. Shared by every reconcile and
+/// refreshed when a kind is missing (a CRD was installed since), at most once per
+/// [`Catalog::MIN_REFRESH`].
+#[derive(Debug, Default)]
+pub struct Catalog {
+    inner: RwLock<Option<(Instant, Arc<Kinds>)>>,
+}
+
+/// One discovery snapshot.
+#[derive(Debug, Default)]
+pub struct Kinds {
+    by_gvk: HashMap<(String, String, String), (ApiResource, Scope)>,
+}
+
+impl Kinds {
+    /// Whether `(group, version, kind)` is namespaced, or `None` when the server does not serve it.
+    pub fn scope(&self, group: &str, version: &str, kind: &str) -> Option<Scope> {
+        self.by_gvk
+            .get(&(group.to_string(), version.to_string(), kind.to_string()))
+            .map(|(_, s)| *s)
+    }
+
+    /// The API resource serving an object's kind at its version.
+    pub fn resource_of(&self, id: &ObjectRef) -> Option<&ApiResource> {
+        self.resource(id)
+    }
+
+    fn resource(&self, id: &ObjectRef) -> Option<&ApiResource> {
+        self.by_gvk
+            .get(&(id.group.clone(), id.version.clone(), id.kind.clone()))
+            .map(|(r, _)| r)
+    }
+}
+
+impl Catalog {
+    /// The shortest time between two refreshes asked for by a missing kind.
+    pub const MIN_REFRESH: Duration = Duration::from_secs(5);
+
+    /// The current snapshot, loaded on first use.
+    pub async fn kinds(&self, client: &kube::Client) -> Result<Arc<Kinds>, ApplyError> {
+        if let Some((_, kinds)) = self.inner.read().await.as_ref() {
+            return Ok(kinds.clone());
+        }
+        self.refresh(client, true).await
+    }
+
+    /// Reloads the snapshot, unless the last load is younger than [`Self::MIN_REFRESH`] and
+    /// `force` is false.
+    pub async fn refresh(
+        &self,
+        client: &kube::Client,
+        force: bool,
+    ) -> Result<Arc<Kinds>, ApplyError> {
+        let mut guard = self.inner.write().await;
+        if let Some((at, kinds)) = guard.as_ref()
+            && !force
+            && at.elapsed() < Self::MIN_REFRESH
+        {
+            return Ok(kinds.clone());
+        }
+        let discovery = Discovery::new(client.clone())
+            .run_aggregated()
+            .await
+            .map_err(ApplyError::Discovery)?;
+        let mut by_gvk = HashMap::new();
+        for group in discovery.groups() {
+            for version in group.versions() {
+                for (resource, caps) in group.versioned_resources(version) {
+                    let scope = match caps.scope {
+                        KubeScope::Namespaced => Scope::Namespaced,
+                        KubeScope::Cluster => Scope::Cluster,
+                    };
+                    let key = (
+                        resource.group.clone(),
+                        resource.version.clone(),
+                        resource.kind.clone(),
+                    );
+                    by_gvk.insert(key, (resource, scope));
+                }
+            }
+        }
+        let kinds = Arc::new(Kinds { by_gvk });
+        *guard = Some((Instant::now(), kinds.clone()));
+        Ok(kinds)
+    }
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+    Pruned,
+}
+
+impl Action {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+            Action::Pruned => "pruned",
+        }
+    }
+}
+
+/// The outcome of applying a revision.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub actions: BTreeMap<&'static str, usize>,
+}
+
+impl Applied {
+    fn count(&mut self, action: Action) {
+        *self.actions.entry(action.as_str()).or_default() += 1;
+    }
+
+    /// `created 2, configured 1, unchanged 5`.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .actions
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if parts.is_empty() {
+            "nothing to do".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// Errors of the apply and prune stages.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("discovering the API server's kinds: {0}")]
+    Discovery(#[source] kube::Error),
+    #[error("{file}: {object}: the cluster does not serve this kind")]
+    UnknownKind { file: String, object: String },
+    #[error("{file}: {object}: {message}")]
+    Rejected {
+        file: String,
+        object: String,
+        message: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{object}: forbidden: {message}")]
+    Forbidden { object: String, message: String },
+    #[error("CustomResourceDefinition {name} was not established within {timeout:?}")]
+    CrdNotEstablished { name: String, timeout: Duration },
+    #[error("pruning {object}: {source}")]
+    Prune {
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{object}: {source}")]
+    Api {
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ApplyError {
+    /// A short fixed name for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ApplyError::Discovery(_) | ApplyError::Api { .. } => "api_error",
+            ApplyError::UnknownKind { .. } => "unknown_kind",
+            ApplyError::Rejected { .. } => "invalid_manifest",
+            ApplyError::Forbidden { .. } => "forbidden",
+            ApplyError::CrdNotEstablished { .. } => "crd_not_established",
+            ApplyError::Prune { .. } => "prune_failed",
+        }
+    }
+
+    /// Whether retrying the same revision cannot help (the commit must change).
+    pub fn is_revision_error(&self) -> bool {
+        matches!(
+            self,
+            ApplyError::UnknownKind { .. } | ApplyError::Rejected { .. }
+        )
+    }
+}
+
+/// Human name of an object for messages: `ConfigMap app/settings`.
+pub fn describe(id: &ObjectRef) -> String {
+    match &id.namespace {
+        Some(ns) => format!("{} {ns}/{}", id.kind, id.name),
+        None => format!("{} {}", id.kind, id.name),
+    }
+}
+
+fn api_for(client: &kube::Client, resource: &ApiResource, id: &ObjectRef) -> Api<DynamicObject> {
+    match &id.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
+fn classify(object: &PlannedObject, err: kube::Error) -> ApplyError {
+    let name = describe(&object.id);
+    match &err {
+        kube::Error::Api(status) if status.code == 403 => ApplyError::Forbidden {
+            object: name,
+            message: status.message.clone(),
+        },
+        kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 429 => {
+            ApplyError::Rejected {
+                file: format!("{} (document {})", object.file, object.document),
+                object: name,
+                message: status.message.clone(),
+                source: err,
+            }
+        }
+        _ => ApplyError::Api {
+            object: name,
+            source: err,
+        },
+    }
+}
+
+/// Applies a planned revision with `client` (the operator's own, or one impersonating the
+/// `GitRepository`'s service account), dry-run first; see the module's order of work.
+pub async fn apply(
+    client: &kube::Client,
+    catalog: &Catalog,
+    plan: &Plan,
+    timeout: Duration,
+) -> Result<Applied, ApplyError> {
+    let mut kinds = catalog.kinds(client).await?;
+    if plan
+        .objects
+        .iter()
+        .any(|o| kinds.resource(&o.id).is_none() && !o.is_crd())
+    {
+        kinds = catalog.refresh(client, false).await?;
+    }
+    let new_namespaces: HashSet<&str> = plan
+        .objects
+        .iter()
+        .filter(|o| o.is_namespace())
+        .map(|o| o.id.name.as_str())
+        .collect();
+    let dry = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+
+    // 1. Dry-run what can be checked now.
+    let mut held_back: Vec<&PlannedObject> = Vec::new();
+    let mut dry_rv: HashMap<usize, Option<String>> = HashMap::new();
+    for (i, object) in plan.objects.iter().enumerate() {
+        let Some(resource) = kinds.resource(&object.id) else {
+            held_back.push(object);
+            continue;
+        };
+        let api = api_for(client, resource, &object.id);
+        match api
+            .patch(&object.id.name, &dry, &Patch::Apply(&object.object))
+            .await
+        {
+            Ok(result) => {
+                dry_rv.insert(i, result.metadata.resource_version);
+            }
+            Err(kube::Error::Api(status))
+                if status.code == 404
+                    && object
+                        .id
+                        .namespace
+                        .as_deref()
+                        .is_some_and(|ns| new_namespaces.contains(ns)) =>
+            {
+                held_back.push(object);
+            }
+            Err(e) => return Err(classify(object, e)),
+        }
+    }
+    // Objects whose kind nobody defines fail the revision before anything is applied.
+    let defined: HashSet<(String, String)> = plan
+        .objects
+        .iter()
+        .filter(|o| o.is_crd())
+        .filter_map(crd_kind)
+        .collect();
+    for object in &held_back {
+        if kinds.resource(&object.id).is_none()
+            && !defined.contains(&(object.id.group.clone(), object.id.kind.clone()))
+        {
+            return Err(ApplyError::UnknownKind {
+                file: format!("{} (document {})", object.file, object.document),
+                object: format!("{} ({})", describe(&object.id), object.id.api_version()),
+            });
+        }
+    }
+
+    let mut applied = Applied::default();
+    let real = PatchParams::apply(FIELD_MANAGER).force();
+
+    // 3. CRDs and Namespaces first.
+    let mut first: Vec<usize> = Vec::new();
+    for (i, object) in plan.objects.iter().enumerate() {
+        if (object.is_crd() || object.is_namespace()) && dry_rv.contains_key(&i) {
+            first.push(i);
+        }
+    }
+    let mut new_crds = Vec::new();
+    for &i in &first {
+        let object = &plan.objects[i];
+        let action = apply_one(client, &kinds, object, &real, dry_rv.get(&i)).await?;
+        applied.count(action);
+        if object.is_crd() {
+            new_crds.push(object.id.name.clone());
+        }
+    }
+    if !new_crds.is_empty() {
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for name in &new_crds {
+            let established = await_condition(crds.clone(), name, conditions::is_crd_established());
+            match tokio::time::timeout(timeout, established).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(ApplyError::Api {
+                        object: format!("CustomResourceDefinition {name}"),
+                        source: kube::Error::Service(Box::new(e)),
+                    });
+                }
+                Err(_) => {
+                    return Err(ApplyError::CrdNotEstablished {
+                        name: name.clone(),
+                        timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    // 4. Dry-run what was held back, now that its kinds and namespaces exist.
+    if !held_back.is_empty() {
+        kinds = catalog.refresh(client, true).await?;
+        for object in &held_back {
+            let Some(resource) = kinds.resource(&object.id) else {
+                return Err(ApplyError::UnknownKind {
+                    file: format!("{} (document {})", object.file, object.document),
+                    object: format!("{} ({})", describe(&object.id), object.id.api_version()),
+                });
+            };
+            api_for(client, resource, &object.id)
+                .patch(&object.id.name, &dry, &Patch::Apply(&object.object))
+                .await
+                .map_err(|e| classify(object, e))?;
+        }
+    }
+
+    // 5. Everything else.
+    for (i, object) in plan.objects.iter().enumerate() {
+        if first.contains(&i) {
+            continue;
+        }
+        let before = dry_rv.get(&i);
+        let action = apply_one(client, &kinds, object, &real, before).await?;
+        applied.count(action);
+    }
+    Ok(applied)
+}
+
+/// The `(group, kind)` a planned CRD defines.
+fn crd_kind(object: &PlannedObject) -> Option<(String, String)> {
+    let spec = object.object.data.get("spec")?;
+    let group = spec.get("group")?.as_str()?.to_string();
+    let kind = spec.get("names")?.get("kind")?.as_str()?.to_string();
+    Some((group, kind))
+}
+
+/// Applies one object. The dry-run's resourceVersion tells what happened: none means the object did
+/// not exist; the same one after the real apply means nothing changed.
+async fn apply_one(
+    client: &kube::Client,
+    kinds: &Kinds,
+    object: &PlannedObject,
+    params: &PatchParams,
+    dry_rv: Option<&Option<String>>,
+) -> Result<Action, ApplyError> {
+    let Some(resource) = kinds.resource(&object.id) else {
+        return Err(ApplyError::UnknownKind {
+            file: object.file.clone(),
+            object: describe(&object.id),
+        });
+    };
+    let result = api_for(client, resource, &object.id)
+        .patch(&object.id.name, params, &Patch::Apply(&object.object))
+        .await
+        .map_err(|e| classify(object, e))?;
+    Ok(match dry_rv {
+        Some(Some(rv)) if result.metadata.resource_version.as_ref() == Some(rv) => {
+            Action::Unchanged
+        }
+        Some(Some(_)) => Action::Configured,
+        // No resourceVersion in the dry-run: the object did not exist. Held back: new this revision.
+        Some(None) | None => Action::Created,
+    })
+}
+
+/// Deletes the objects of `gone` that are still labelled as owned by `owner` (`(name, namespace)`)
+/// and not annotated `tether.dev/prune: disabled`. Returns how many were deleted; objects already
+/// gone, or whose kind is no longer served, count as pruned too.
+pub async fn prune(
+    client: &kube::Client,
+    catalog: &Catalog,
+    gone: &[ObjectRef],
+    owner: (&str, &str),
+) -> Result<Vec<ObjectRef>, ApplyError> {
+    let kinds = catalog.kinds(client).await?;
+    let mut pruned = Vec::new();
+    for id in gone {
+        let resource = match kinds.resource(id) {
+            Some(r) => r.clone(),
+            // A kind is also reachable under another version of its group.
+            None => match kinds
+                .by_gvk
+                .iter()
+                .find(|((g, _, k), _)| g == &id.group && k == &id.kind)
+            {
+                Some((_, (r, _))) => r.clone(),
+                None => {
+                    // The kind is gone, and so are its objects.
+                    pruned.push(id.clone());
+                    continue;
+                }
+            },
+        };
+        let api = api_for(client, &resource, id);
+        let current = match api.get_opt(&id.name).await {
+            Ok(Some(obj)) => obj,
+            Ok(None) => {
+                pruned.push(id.clone());
+                continue;
+            }
+            Err(source) => {
+                return Err(ApplyError::Prune {
+                    object: describe(id),
+                    source,
+                });
+            }
+        };
+        if !is_owned_by(current.metadata.labels.as_ref(), owner.0, owner.1)
+            || is_prune_disabled(current.metadata.annotations.as_ref())
+        {
+            // Left in place, and out of the inventory from now on.
+            continue;
+        }
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match api.delete(&id.name, &params).await {
+            Ok(_) => pruned.push(id.clone()),
+            Err(kube::Error::Api(s)) if s.code == 404 => pruned.push(id.clone()),
+            Err(source) => {
+                return Err(ApplyError::Prune {
+                    object: describe(id),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(pruned)
+}

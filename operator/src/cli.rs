@@ -1,0 +1,262 @@
+//! The command line: flags (each with a `TETHER_` environment twin) and the process's life, from
+//! start-up to graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::events::Reporter;
+use kube::runtime::wait::{Condition as _, await_condition, conditions};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::controller::{self, Context};
+use crate::crd::crd_yaml;
+use crate::leader::Elector;
+use crate::metrics::{Metrics, Readiness, bind_admin, serve_admin};
+
+/// The name of the CRD the operator serves.
+const CRD_NAME: &str = "gitrepositories.tether.dev";
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Tether's GitOps operator: syncs GitRepository resources into the cluster"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address of the admin server: /metrics, /healthz, /readyz.
+    #[arg(long, env = "TETHER_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Folder for the cache of bare Git mirrors.
+    #[arg(long, env = "TETHER_CACHE_DIR", default_value = "/var/cache/tether")]
+    pub cache_dir: PathBuf,
+
+    /// How many GitRepository objects reconcile at once (each one at a time).
+    #[arg(long, env = "TETHER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Log lines as JSON or plain text; filter with RUST_LOG.
+    #[arg(long, env = "TETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// Watch GitRepository objects in this namespace only (default: every namespace).
+    #[arg(long, env = "TETHER_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Take a Lease before acting, so that of several replicas only one acts.
+    #[arg(long, env = "TETHER_LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+
+    /// Namespace of the leader-election Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "TETHER_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// This replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "TETHER_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// The hub's websocket URL (`wss://hub.example.com`); without it, only the interval triggers
+    /// reconciles.
+    #[arg(long, env = "TETHER_HUB_URL")]
+    pub hub_url: Option<String>,
+
+    /// File holding the agent token the hub knows this operator by.
+    #[arg(long, env = "TETHER_HUB_TOKEN_FILE")]
+    pub hub_token_file: Option<PathBuf>,
+
+    /// Extra CA certificate (PEM) to trust for the hub, besides the system roots.
+    #[arg(long, env = "TETHER_HUB_CA_FILE")]
+    pub hub_ca_file: Option<PathBuf>,
+
+    /// HTTP proxy for the hub connection (CONNECT), as the standard variable.
+    #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
+    pub https_proxy: Option<String>,
+
+    /// Hosts that bypass the proxy, as the standard variable.
+    #[arg(long, env = "NO_PROXY")]
+    pub no_proxy: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the GitRepository CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Plain,
+}
+
+/// Starts logging in the chosen format, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let Args {
+        command,
+        admin_addr,
+        cache_dir,
+        concurrency,
+        namespace,
+        log_format,
+        leader_election,
+        leader_election_namespace,
+        identity,
+        hub_url,
+        hub_token_file,
+        hub_ca_file,
+        https_proxy,
+        no_proxy,
+    } = args;
+    if let Some(Command::Crd) = command {
+        print!("{}", crd_yaml());
+        return Ok(());
+    }
+    init_tracing(log_format);
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "tether-operator starting"
+    );
+
+    let config = kube::Config::infer()
+        .await
+        .context("finding the cluster: set KUBECONFIG, or run in a pod")?;
+    let client = kube::Client::try_from(config.clone())?;
+    let metrics = Metrics::new()?;
+    let readiness = Readiness::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin = bind_admin(admin_addr).await?;
+    info!(addr = %admin.local_addr()?, "admin server listening");
+    tokio::spawn(serve_admin(
+        admin,
+        metrics.registry.clone(),
+        readiness.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    wait_for_crd(&client).await?;
+    let identity = identity.unwrap_or_else(hostname);
+    let leadership = if leader_election {
+        let namespace = leader_election_namespace
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+            })
+            .unwrap_or_else(|| "default".into());
+        let elector = Elector::new(
+            client.clone(),
+            namespace.trim(),
+            "tether-operator",
+            &identity,
+        );
+        Some(elector.acquire().await?)
+    } else {
+        None
+    };
+    readiness.set_ready();
+
+    let reporter = Reporter {
+        controller: "tether-operator".into(),
+        instance: Some(identity),
+    };
+    let ctx = Context::new(client, config, cache_dir, metrics.clone(), reporter);
+    let (notice_tx, notice_rx) = mpsc::channel(1024);
+    crate::hub_link::start(
+        crate::hub_link::HubSettings {
+            url: hub_url,
+            token_file: hub_token_file,
+            ca_file: hub_ca_file,
+            https_proxy,
+            no_proxy,
+        },
+        &metrics,
+        ctx.watch_set(),
+        notice_tx,
+        stopped(stop_rx.clone()),
+    )?;
+
+    let shutdown = stopped(stop_rx);
+    match leadership {
+        Some(leadership) => {
+            tokio::select! {
+                () = controller::run(ctx, namespace, concurrency, notice_rx, shutdown) => {}
+                () = leadership.lost() => anyhow::bail!("leader election: lost the lease; exiting so that another replica leads"),
+            }
+        }
+        None => controller::run(ctx, namespace, concurrency, notice_rx, shutdown).await,
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Waits until the GitRepository CRD is established, rather than exiting when it is missing.
+async fn wait_for_crd(client: &kube::Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let established = |crd: Option<&CustomResourceDefinition>| {
+        conditions::is_crd_established().matches_object(crd)
+    };
+    if established(crds.get_opt(CRD_NAME).await?.as_ref()) {
+        return Ok(());
+    }
+    info!(
+        crd = CRD_NAME,
+        "waiting for the CRD to be installed and established (kubectl apply -f crds/)"
+    );
+    await_condition(crds, CRD_NAME, conditions::is_crd_established()).await?;
+    info!(crd = CRD_NAME, "CRD established");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tether-operator".into())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,81 @@
+//! Starts the hub client from the operator's flags, and turns its notices into reconcile triggers.
+//!
+//! Without `--hub-url` nothing starts: the interval alone keeps every `GitRepository` correct.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tether_protocol::RepoId;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::hub_client::{self, HubClientConfig, HubMetrics, ProxyConfig};
+use crate::metrics::Metrics;
+
+/// The hub flags, as given.
+#[derive(Debug, Default)]
+pub struct HubSettings {
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub https_proxy: Option<String>,
+    pub no_proxy: Option<String>,
+}
+
+/// Validates the settings and spawns the client. Notices reach `triggers` as the repository and the
+/// time the hub received the push (Unix ms).
+pub fn start(
+    settings: HubSettings,
+    metrics: &Metrics,
+    watch_set: watch::Receiver<BTreeSet<RepoId>>,
+    triggers: mpsc::Sender<(RepoId, u64)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let HubSettings {
+        url,
+        token_file,
+        ca_file,
+        https_proxy,
+        no_proxy,
+    } = settings;
+    let Some(url) = url else {
+        info!("no hub configured (--hub-url): reconciles run on each GitRepository's interval");
+        return Ok(());
+    };
+    let token_file = token_file.context("--hub-url needs --hub-token-file (the agent token)")?;
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading the hub token from {}", token_file.display()))?
+        .trim()
+        .to_string();
+    let mut config = HubClientConfig::new(url, token);
+    if let Some(ca) = ca_file {
+        config.ca_pem = Some(
+            std::fs::read(&ca)
+                .with_context(|| format!("reading the hub CA from {}", ca.display()))?,
+        );
+    }
+    config.proxy = ProxyConfig::from_env_vars(https_proxy, no_proxy)?;
+    config.validate()?;
+    let hub_metrics = HubMetrics::register(&metrics.registry)?;
+    info!(url = %config.url, proxy = config.proxy.is_some(), "connecting to the hub");
+
+    let (notice_tx, mut notice_rx) = mpsc::channel::<tether_protocol::Notice>(256);
+    tokio::spawn(async move {
+        while let Some(notice) = notice_rx.recv().await {
+            if triggers
+                .send((notice.repo, notice.received_at))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = hub_client::run(config, watch_set, notice_tx, hub_metrics, shutdown).await {
+            warn!(error = %e, "the hub client stopped; reconciles run on the interval only");
+        }
+    });
+    Ok(())
+}

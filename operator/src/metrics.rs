@@ -1,0 +1,213 @@
+//! The operator's Prometheus metrics (one registry, `tether_` prefix, bounded labels only) and the
+//! admin HTTP server that serves them with `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the controller records.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Reconcile duration by result (`success` or an error category).
+    pub reconcile_duration: HistogramVec,
+    /// Reconciles by result.
+    pub reconciles: IntCounterVec,
+    /// `git ls-remote` durations.
+    pub resolve_duration: Histogram,
+    /// Fetch durations, by whether anything was fetched (`fetched`, `cached`).
+    pub fetch_duration: HistogramVec,
+    /// Objects by what applying them did: created, configured, unchanged, pruned.
+    pub objects: IntCounterVec,
+    /// From a push notice's arrival at the hub to its revision applied.
+    pub push_to_applied: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("tether".into()), None)?;
+        let buckets = vec![
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "reconcile_duration_seconds",
+                "Time spent in one reconcile of a GitRepository, by result",
+            )
+            .buckets(buckets.clone()),
+            &["result"],
+        )?;
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "reconciles_total",
+                "Reconciles by result (success or error category)",
+            ),
+            &["result"],
+        )?;
+        let resolve_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "git_resolve_duration_seconds",
+                "Time to ask a remote what a ref points at",
+            )
+            .buckets(buckets.clone()),
+        )?;
+        let fetch_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "git_fetch_duration_seconds",
+                "Time to bring a commit into the mirror cache, by outcome (fetched or cached)",
+            )
+            .buckets(buckets.clone()),
+            &["outcome"],
+        )?;
+        let objects = IntCounterVec::new(
+            Opts::new(
+                "objects_applied_total",
+                "Objects by what applying a revision did to them",
+            ),
+            &["action"],
+        )?;
+        let push_to_applied = Histogram::with_opts(
+            HistogramOpts::new(
+                "push_to_applied_seconds",
+                "From a push arriving at the hub to its revision applied in the cluster",
+            )
+            .buckets(buckets),
+        )?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(resolve_duration.clone()))?;
+        registry.register(Box::new(fetch_duration.clone()))?;
+        registry.register(Box::new(objects.clone()))?;
+        registry.register(Box::new(push_to_applied.clone()))?;
+        Ok(Self {
+            registry,
+            reconcile_duration,
+            reconciles,
+            resolve_duration,
+            fetch_duration,
+            objects,
+            push_to_applied,
+        })
+    }
+
+    /// A timer that records the reconcile's duration and result when dropped.
+    pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
+        ReconcileTimer {
+            metrics: self,
+            started: Instant::now(),
+            result: "success",
+        }
+    }
+}
+
+/// Records one reconcile when dropped; [`ReconcileTimer::fail`] sets the result.
+#[derive(Debug)]
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+    result: &'static str,
+}
+
+impl ReconcileTimer<'_> {
+    pub fn fail(&mut self, category: &'static str) {
+        self.result = category;
+    }
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        let secs = self.started.elapsed().as_secs_f64();
+        self.metrics
+            .reconcile_duration
+            .with_label_values(&[self.result])
+            .observe(secs);
+        self.metrics
+            .reconciles
+            .with_label_values(&[self.result])
+            .inc();
+    }
+}
+
+/// What `/readyz` reports: ready once the controller watches its resources.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Registry,
+    readiness: Readiness,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
+///
+/// The endpoints are read-only and carry no object names or secrets; restrict the port with a
+/// NetworkPolicy where metrics must not be read by everyone in the cluster.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz_handler))
+        .with_state(AdminState {
+            registry,
+            readiness,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the admin address, naming it in the error.
+pub async fn bind_admin(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("binding the admin address {addr}: {e}"))
+    })
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut buf = Vec::new();
+    match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            buf,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn readyz_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the GitRepository CRD",
+        )
+    }
+}
