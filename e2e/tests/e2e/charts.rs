@@ -1,0 +1,674 @@
+//! The Helm charts and the docs, proved against the real API server: `helm lint`, `helm template` with
+//! default and non-default values applied server-side, the operator's RBAC checked with
+//! `kubectl auth can-i --as`, and every YAML example in the docs parsed (and `GitRepository` examples
+//! dry-run applied), so that neither can drift from the code.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+use tether_e2e::cluster::{TestNamespace, shared};
+use tether_e2e::operator::install_crds;
+
+fn chart(name: &str) -> PathBuf {
+    tether_e2e::workspace_root().join("charts").join(name)
+}
+
+/// Runs a program with optional stdin; returns (success, stdout, stderr).
+fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
+    let mut child = Command::new(program)
+        .env("KUBECONFIG", shared().kubeconfig())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `helm <args>`, failing with its output when it fails.
+fn helm(args: &[&str]) -> Result<String> {
+    let (ok, out, err) = run(&shared().binaries().path("helm"), args, None)?;
+    ensure!(ok, "helm {} failed:\n{out}\n{err}", args.join(" "));
+    Ok(out)
+}
+
+fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let (ok, out, err) = run(&shared().binaries().path("kubectl"), args, stdin)?;
+    ensure!(ok, "kubectl {} failed:\n{out}\n{err}", args.join(" "));
+    Ok(out)
+}
+
+/// `helm template` of a chart with a values file (YAML text), as release `release` in `namespace`.
+fn template(
+    chart_name: &str,
+    release: &str,
+    namespace: &str,
+    values: &str,
+    extra: &[&str],
+) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values)?;
+    let chart = chart(chart_name);
+    let mut args = vec![
+        "template",
+        release,
+        chart.to_str().context("chart path")?,
+        "--namespace",
+        namespace,
+        "-f",
+        file.to_str().context("values path")?,
+    ];
+    args.extend_from_slice(extra);
+    helm(&args)
+}
+
+/// The documents of a multi-document YAML text, as JSON values (empty documents dropped).
+fn documents(yaml: &str) -> Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let value: Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> Result<&'a Value> {
+    docs.iter()
+        .find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(name_suffix))
+        })
+        .with_context(|| format!("no {kind} named *{name_suffix} in the rendered chart"))
+}
+
+/// `kubectl auth can-i <verb> <resource> --as=<who> [more]`: true for yes, false for no.
+fn can_i(who: &str, verb: &str, resource: &str, more: &[&str]) -> Result<bool> {
+    let as_ = format!("--as={who}");
+    let mut args = vec!["auth", "can-i", verb, resource, as_.as_str()];
+    args.extend_from_slice(more);
+    let (_, out, err) = run(&shared().binaries().path("kubectl"), &args, None)?;
+    match out.trim() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => bail!("kubectl {}: {other:?} {err}", args.join(" ")),
+    }
+}
+
+fn assert_can(who: &str, verb: &str, resource: &str, more: &[&str]) -> Result<()> {
+    ensure!(
+        can_i(who, verb, resource, more)?,
+        "{who} should be able to {verb} {resource} {more:?}"
+    );
+    Ok(())
+}
+
+fn assert_cannot(who: &str, verb: &str, resource: &str, more: &[&str]) -> Result<()> {
+    ensure!(
+        !can_i(who, verb, resource, more)?,
+        "{who} should NOT be able to {verb} {resource} {more:?}"
+    );
+    Ok(())
+}
+
+/// Deletes the cluster-scoped objects of a rendered chart when a test ends (namespaced ones go with
+/// their namespace).
+struct ClusterScoped(String);
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+            Some(&self.0),
+        );
+    }
+}
+
+fn cluster_scoped(rendered: &str) -> Result<ClusterScoped> {
+    let mut out = String::new();
+    for doc in documents(rendered)? {
+        if matches!(
+            doc["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding")
+        ) {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml_ng::to_string(&doc)?);
+        }
+    }
+    Ok(ClusterScoped(out))
+}
+
+/// A stand-in for the Prometheus Operator's ServiceMonitor CRD (which the local control plane lacks),
+/// accepting any spec: it proves the chart's ServiceMonitor is a well-formed object of that kind, not
+/// that its fields match Prometheus's schema.
+fn install_service_monitor_crd() -> Result<()> {
+    let crd = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {plural: servicemonitors, singular: servicemonitor, kind: ServiceMonitor}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(crd))?;
+    kubectl(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+const OPERATOR_VALUES_FULL: &str = r#"
+scope: namespace
+watchNamespace: WATCHED
+replicas: 2
+concurrency: 8
+logFormat: plain
+hub:
+  url: wss://hub.example.com
+  tokenSecret: {name: hub-token, key: agent-token}
+  caSecret: {name: hub-ca, key: ca.pem}
+proxy:
+  httpsProxy: http://proxy.example.com:3128
+  noProxy: .cluster.local,10.0.0.0/8
+imagePullSecrets: [{name: registry-a}, {name: registry-b}]
+rbac:
+  applyRules:
+    - apiGroups: [""]
+      resources: [configmaps, services]
+      verbs: [get, list, watch, create, patch, delete]
+    - apiGroups: [apps]
+      resources: [deployments]
+      verbs: [get, list, watch, create, patch, delete]
+metrics:
+  serviceMonitor:
+    enabled: true
+    labels: {release: prometheus, team: platform}
+podLabels: {team: platform, tier: control}
+podAnnotations: {a.example.com/one: "1", a.example.com/two: "2"}
+tolerations:
+  - {key: dedicated, operator: Equal, value: gitops, effect: NoSchedule}
+  - {key: spot, operator: Exists, effect: NoSchedule}
+extraEnv:
+  - {name: EXTRA_ONE, value: "1"}
+  - {name: EXTRA_TWO, value: "2"}
+"#;
+
+#[test]
+fn charts_pass_helm_lint_with_default_and_full_values() -> Result<()> {
+    for name in ["tether-operator", "tether-hub"] {
+        let path = chart(name);
+        let out = helm(&["lint", "--strict", path.to_str().context("path")?])?;
+        ensure!(out.contains("0 chart(s) failed"), "{out}");
+    }
+    let dir = tempfile::tempdir()?;
+    let values = dir.path().join("values.yaml");
+    std::fs::write(&values, OPERATOR_VALUES_FULL.replace("WATCHED", "apps"))?;
+    helm(&[
+        "lint",
+        "--strict",
+        chart("tether-operator").to_str().context("path")?,
+        "-f",
+        values.to_str().context("path")?,
+    ])?;
+    std::fs::write(&values, HUB_VALUES_FULL)?;
+    helm(&[
+        "lint",
+        "--strict",
+        chart("tether-hub").to_str().context("path")?,
+        "-f",
+        values.to_str().context("path")?,
+    ])?;
+    Ok(())
+}
+
+#[test]
+fn operator_chart_refuses_values_that_cannot_work() -> Result<()> {
+    for (values, why) in [
+        ("scope: everywhere\n", "scope must be cluster or namespace"),
+        (
+            "hub: {url: wss://hub.example.com}\n",
+            "hub.url needs hub.tokenSecret.name",
+        ),
+    ] {
+        let err = template("tether-operator", "t", "default", values, &[])
+            .err()
+            .with_context(|| format!("{values:?} was accepted"))?;
+        ensure!(err.to_string().contains(why), "{err:#}");
+    }
+    Ok(())
+}
+
+#[test]
+fn operator_chart_crd_is_the_one_in_crds() -> Result<()> {
+    let rendered = template("tether-operator", "t", "default", "", &["--include-crds"])?;
+    let docs = documents(&rendered)?;
+    let from_chart = find(
+        &docs,
+        "CustomResourceDefinition",
+        "gitrepositories.tether.dev",
+    )?;
+    let committed =
+        std::fs::read_to_string(tether_e2e::workspace_root().join("crds/gitrepository.yaml"))?;
+    let committed = documents(&committed)?;
+    ensure!(
+        committed.len() == 1 && &committed[0] == from_chart,
+        "the chart's CRD differs from crds/"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_chart_with_default_values_applies_and_grants_what_the_operator_needs()
+-> Result<()> {
+    let ns = TestNamespace::create("chart-op").await?;
+    install_crds(ns.kubectl())?;
+    let release = ns.name();
+    let rendered = template(
+        "tether-operator",
+        release,
+        ns.name(),
+        "",
+        &["--include-crds"],
+    )?;
+    let _cleanup = cluster_scoped(&rendered)?;
+    // The CRD is installed already (and shared with other tests): a server-side dry run of the whole
+    // render, CRD included, then the real apply of the templates.
+    kubectl(
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&rendered),
+    )?;
+    let templates = template("tether-operator", release, ns.name(), "", &[])?;
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&templates))?;
+
+    let docs = documents(&templates)?;
+    let deployment = find(&docs, "Deployment", "tether-operator")?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    ensure!(pod["securityContext"]["runAsNonRoot"] == true);
+    ensure!(pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault");
+    ensure!(container["securityContext"]["readOnlyRootFilesystem"] == true);
+    ensure!(container["securityContext"]["allowPrivilegeEscalation"] == false);
+    ensure!(container["securityContext"]["capabilities"]["drop"] == serde_json::json!(["ALL"]));
+    ensure!(container["livenessProbe"]["httpGet"]["path"] == "/healthz");
+    ensure!(container["readinessProbe"]["httpGet"]["path"] == "/readyz");
+    let env = container["env"].as_array().context("env")?;
+    let named = |n: &str| env.iter().find(|e| e["name"] == n);
+    ensure!(
+        named("TETHER_NAMESPACE").is_none(),
+        "cluster scope watches every namespace"
+    );
+    ensure!(
+        named("TETHER_LEADER_ELECTION").is_none(),
+        "one replica needs no leader election"
+    );
+    ensure!(
+        named("TETHER_IDENTITY").context("TETHER_IDENTITY")?["valueFrom"]["fieldRef"]["fieldPath"]
+            == "metadata.name"
+    );
+    ensure!(named("TETHER_CACHE_DIR").context("cache dir")?["value"] == "/var/cache/tether");
+    ensure!(
+        container["volumeMounts"]
+            .as_array()
+            .context("mounts")?
+            .iter()
+            .any(|m| m["mountPath"] == "/var/cache/tether"),
+        "the cache dir is writable"
+    );
+
+    let sa = format!(
+        "system:serviceaccount:{}:{release}-tether-operator",
+        ns.name()
+    );
+    let other = "default";
+    for verb in ["get", "list", "watch", "patch"] {
+        assert_can(&sa, verb, "gitrepositories.tether.dev", &["-n", other])?;
+        assert_can(
+            &sa,
+            verb,
+            "gitrepositories.tether.dev",
+            &["--all-namespaces"],
+        )?;
+    }
+    assert_can(
+        &sa,
+        "patch",
+        "gitrepositories.tether.dev",
+        &["--subresource=status", "-n", other],
+    )?;
+    assert_can(&sa, "create", "events.events.k8s.io", &["-n", other])?;
+    assert_can(&sa, "get", "secrets", &["-n", other])?;
+    assert_can(&sa, "impersonate", "serviceaccounts", &["-n", other])?;
+    assert_can(
+        &sa,
+        "get",
+        "customresourcedefinitions/gitrepositories.tether.dev",
+        &[],
+    )?;
+    // Cluster-wide apply rights are broad by default, but never rights to grant rights or to be
+    // someone else than a ServiceAccount.
+    assert_can(&sa, "patch", "deployments.apps", &["-n", other])?;
+    assert_cannot(&sa, "impersonate", "users", &[])?;
+    assert_cannot(&sa, "impersonate", "groups", &[])?;
+    assert_cannot(&sa, "escalate", "clusterroles", &[])?;
+    assert_cannot(&sa, "bind", "clusterroles", &[])?;
+    // No Lease Role without leader election.
+    ensure!(
+        find(&docs, "Role", "leader-election").is_err(),
+        "one replica needs no leader election"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_chart_in_namespace_scope_grants_nothing_beyond_its_namespaces() -> Result<()> {
+    let home = TestNamespace::create("chart-op-home").await?;
+    let watched = TestNamespace::create("chart-op-watched").await?;
+    install_crds(home.kubectl())?;
+    install_service_monitor_crd()?;
+    // The release is named after its namespace, so that cluster-scoped names are unique to this run.
+    let release = home.name();
+    let values = OPERATOR_VALUES_FULL.replace("WATCHED", watched.name());
+    let rendered = template("tether-operator", release, home.name(), &values, &[])?;
+    let _cleanup = cluster_scoped(&rendered)?;
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&rendered))?;
+
+    let docs = documents(&rendered)?;
+    let deployment = find(&docs, "Deployment", "tether-operator")?;
+    ensure!(deployment["spec"]["replicas"] == 2);
+    ensure!(deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0);
+    let pod = &deployment["spec"]["template"]["spec"];
+    ensure!(pod["imagePullSecrets"].as_array().map(Vec::len) == Some(2));
+    ensure!(pod["tolerations"].as_array().map(Vec::len) == Some(2));
+    let env = pod["containers"][0]["env"].as_array().context("env")?;
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e["name"] == n)
+            .map(|e| e["value"].clone())
+            .unwrap_or(Value::Null)
+    };
+    ensure!(value("TETHER_NAMESPACE") == watched.name());
+    ensure!(value("TETHER_LEADER_ELECTION") == "true");
+    ensure!(value("TETHER_HUB_URL") == "wss://hub.example.com");
+    ensure!(value("TETHER_HUB_TOKEN_FILE") == "/etc/tether/hub-token/agent-token");
+    ensure!(value("TETHER_HUB_CA_FILE") == "/etc/tether/hub-ca/ca.pem");
+    ensure!(value("HTTPS_PROXY") == "http://proxy.example.com:3128");
+    ensure!(value("NO_PROXY") == ".cluster.local,10.0.0.0/8");
+    ensure!(value("EXTRA_ONE") == "1" && value("EXTRA_TWO") == "2");
+    let monitor = find(&docs, "ServiceMonitor", "tether-operator")?;
+    ensure!(monitor["metadata"]["labels"]["team"] == "platform");
+
+    let sa = format!(
+        "system:serviceaccount:{}:{release}-tether-operator",
+        home.name()
+    );
+    let w = watched.name();
+    for verb in ["get", "list", "watch", "patch"] {
+        assert_can(&sa, verb, "gitrepositories.tether.dev", &["-n", w])?;
+    }
+    assert_can(
+        &sa,
+        "patch",
+        "gitrepositories.tether.dev",
+        &["--subresource=status", "-n", w],
+    )?;
+    assert_can(&sa, "create", "events.events.k8s.io", &["-n", w])?;
+    assert_can(&sa, "get", "secrets", &["-n", w])?;
+    assert_can(&sa, "impersonate", "serviceaccounts", &["-n", w])?;
+    assert_can(&sa, "patch", "configmaps", &["-n", w])?;
+    assert_can(&sa, "delete", "deployments.apps", &["-n", w])?;
+    assert_can(
+        &sa,
+        "get",
+        "customresourcedefinitions/gitrepositories.tether.dev",
+        &[],
+    )?;
+    // The Lease, in the release namespace, by its one name.
+    assert_can(
+        &sa,
+        "create",
+        "leases.coordination.k8s.io",
+        &["-n", home.name()],
+    )?;
+    assert_can(
+        &sa,
+        "update",
+        "leases.coordination.k8s.io/tether-operator",
+        &["-n", home.name()],
+    )?;
+    assert_cannot(
+        &sa,
+        "update",
+        "leases.coordination.k8s.io/someone-else",
+        &["-n", home.name()],
+    )?;
+
+    // Nothing outside the watched namespace, and no kind beyond rbac.applyRules inside it.
+    for elsewhere in [home.name(), "default", "kube-system"] {
+        assert_cannot(&sa, "get", "secrets", &["-n", elsewhere])?;
+        assert_cannot(
+            &sa,
+            "list",
+            "gitrepositories.tether.dev",
+            &["-n", elsewhere],
+        )?;
+        assert_cannot(&sa, "patch", "configmaps", &["-n", elsewhere])?;
+        assert_cannot(&sa, "impersonate", "serviceaccounts", &["-n", elsewhere])?;
+    }
+    assert_cannot(
+        &sa,
+        "list",
+        "gitrepositories.tether.dev",
+        &["--all-namespaces"],
+    )?;
+    assert_cannot(&sa, "list", "secrets", &["-n", w])?;
+    assert_cannot(&sa, "patch", "roles.rbac.authorization.k8s.io", &["-n", w])?;
+    assert_cannot(&sa, "create", "namespaces", &[])?;
+    assert_cannot(
+        &sa,
+        "get",
+        "customresourcedefinitions/servicemonitors.monitoring.coreos.com",
+        &[],
+    )?;
+    Ok(())
+}
+
+const HUB_VALUES_FULL: &str = r#"
+config:
+  hub:
+    max_connections: 5000
+    agents:
+      - name: prod
+        token_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        repos: ["github.com/acme/*"]
+      - name: staging
+        token_sha256: "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"
+        repos: ["**"]
+    webhooks:
+      - provider: github
+        repos: ["github.com/acme/**"]
+        secret: {file: /etc/tether-hub/webhooks/github-webhook/secret}
+      - provider: gitlab
+        repos: ["gitlab.com/**"]
+        secret: {file: /etc/tether-hub/webhooks/gitlab-webhook/token}
+webhookSecrets:
+  - name: github-webhook
+  - name: gitlab-webhook
+tls:
+  secretName: hub-tls
+service:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [192.0.2.0/24, 198.51.100.0/24]
+ingress:
+  enabled: true
+  className: nginx
+  annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: "3600", nginx.ingress.kubernetes.io/backend-protocol: HTTPS}
+  hosts:
+    - host: hub.example.com
+      paths: [{path: /v1, pathType: Prefix}, {path: /v1/connect, pathType: Exact}]
+    - host: hub.example.org
+      paths: [{path: /v1, pathType: Prefix}]
+  tls:
+    - {secretName: hub-example-com, hosts: [hub.example.com]}
+    - {secretName: hub-example-org, hosts: [hub.example.org]}
+persistence:
+  storageClassName: fast
+  size: 5Gi
+podLabels: {team: platform, tier: edge}
+extraEnv:
+  - {name: EXTRA_ONE, value: "1"}
+  - {name: EXTRA_TWO, value: "2"}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_chart_applies_with_default_and_full_values() -> Result<()> {
+    for (i, values) in ["", HUB_VALUES_FULL].into_iter().enumerate() {
+        let ns = TestNamespace::create(&format!("chart-hub{i}")).await?;
+        let rendered = template("tether-hub", "hub", ns.name(), values, &[])?;
+        kubectl(&["apply", "--server-side", "-f", "-"], Some(&rendered))?;
+        let docs = documents(&rendered)?;
+        let deployment = find(&docs, "Deployment", "tether-hub")?;
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        ensure!(pod["automountServiceAccountToken"] == false);
+        ensure!(pod["securityContext"]["runAsNonRoot"] == true);
+        ensure!(container["securityContext"]["readOnlyRootFilesystem"] == true);
+        ensure!(container["livenessProbe"]["httpGet"]["path"] == "/healthz");
+        let secret = find(&docs, "Secret", "tether-hub-config")?;
+        let config: Value = serde_yaml_ng::from_str(
+            secret["stringData"]["hub.yaml"]
+                .as_str()
+                .context("hub.yaml")?,
+        )?;
+        ensure!(config["data_dir"] == "/var/lib/tether-hub");
+        ensure!(config["listen"] == "0.0.0.0:8443");
+        if values.is_empty() {
+            ensure!(container["livenessProbe"]["httpGet"]["scheme"] == "HTTP");
+            ensure!(config.get("tls").is_none());
+            continue;
+        }
+        ensure!(container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS");
+        ensure!(config["tls"]["cert_file"] == "/etc/tether-hub/tls/tls.crt");
+        ensure!(config["agents"].as_array().map(Vec::len) == Some(2));
+        let mounts: Vec<&str> = container["volumeMounts"]
+            .as_array()
+            .context("mounts")?
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        for path in [
+            "/etc/tether-hub/webhooks/github-webhook",
+            "/etc/tether-hub/webhooks/gitlab-webhook",
+            "/etc/tether-hub/tls",
+            "/var/lib/tether-hub",
+        ] {
+            ensure!(mounts.contains(&path), "{path} not mounted: {mounts:?}");
+        }
+        let ingress = find(&docs, "Ingress", "tether-hub")?;
+        ensure!(ingress["spec"]["rules"].as_array().map(Vec::len) == Some(2));
+        ensure!(ingress["spec"]["tls"].as_array().map(Vec::len) == Some(2));
+        let service = find(&docs, "Service", "tether-hub")?;
+        ensure!(service["spec"]["type"] == "LoadBalancer");
+        let pvc = kubectl(
+            &[
+                "get",
+                "pvc",
+                "-n",
+                ns.name(),
+                "hub-tether-hub-data",
+                "-o",
+                "jsonpath={.spec.storageClassName}",
+            ],
+            None,
+        )?;
+        ensure!(pvc == "fast", "{pvc}");
+    }
+    Ok(())
+}
+
+/// The config the chart writes is one the hub accepts (`tether-hub --check-config`).
+#[test]
+fn hub_chart_config_passes_the_hubs_own_check() -> Result<()> {
+    let values = r#"
+config:
+  hub:
+    agents:
+      - name: prod
+        token_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        repos: ["github.com/acme/*", "gitlab.com/acme/**"]
+    webhooks:
+      - provider: github
+        repos: ["github.com/acme/**"]
+        secret: {env: TETHER_GITHUB_SECRET}
+      - provider: generic
+        repos: ["**"]
+        secret: {env: TETHER_GENERIC_SECRET}
+"#;
+    let rendered = template("tether-hub", "hub", "default", values, &[])?;
+    let docs = documents(&rendered)?;
+    let secret = find(&docs, "Secret", "tether-hub-config")?;
+    let config = secret["stringData"]["hub.yaml"]
+        .as_str()
+        .context("hub.yaml")?;
+    check_hub_config(config)
+}
+
+/// Runs `tether-hub --check-config` on a config text, with every `secret: {env: NAME}` set.
+fn check_hub_config(config: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("hub.yaml");
+    std::fs::write(&file, config)?;
+    let parsed: Value = serde_yaml_ng::from_str(config)?;
+    let mut command = Command::new(tether_e2e::operator::binary("tether-hub")?);
+    for webhook in parsed["webhooks"].as_array().into_iter().flatten() {
+        if let Some(name) = webhook["secret"]["env"].as_str() {
+            command.env(name, "a-test-secret");
+        }
+    }
+    let out = command
+        .arg("--config")
+        .arg(&file)
+        .arg("--check-config")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "tether-hub --check-config refused:\n{config}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
