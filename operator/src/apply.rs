@@ -234,19 +234,28 @@ fn classify(object: &PlannedObject, err: kube::Error) -> ApplyError {
             object: name,
             message: status.message.clone(),
         },
-        kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 429 => {
-            ApplyError::Rejected {
-                file: format!("{} (document {})", object.file, object.document),
-                object: name,
-                message: status.message.clone(),
-                source: err,
-            }
-        }
+        kube::Error::Api(status) if rejects_the_object(status) => ApplyError::Rejected {
+            file: format!("{} (document {})", object.file, object.document),
+            object: name,
+            message: status.message.clone(),
+            source: err,
+        },
         _ => ApplyError::Api {
             object: name,
             source: err,
         },
     }
+}
+
+/// Whether the server's answer faults the object itself (retrying the same object cannot help).
+/// Server-side apply answers an object that does not fit its schema (an unknown field such as
+/// `spec.replica`) with a 500 "failed to create typed patch object", not a 4xx.
+fn rejects_the_object(status: &kube::core::Status) -> bool {
+    ((400..500).contains(&status.code) && status.code != 429)
+        || (status.code == 500
+            && status
+                .message
+                .starts_with("failed to create typed patch object"))
 }
 
 /// Applies a planned revision with `client` (the operator's own, or one impersonating the
@@ -491,4 +500,41 @@ pub async fn prune(
         }
     }
     Ok(pruned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, message: &str) -> kube::core::Status {
+        kube::core::Status {
+            code,
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_the_objects_fault_though_the_server_answers_500() {
+        assert!(rejects_the_object(&status(
+            500,
+            "failed to create typed patch object (ns/web; apps/v1, Kind=Deployment): \
+             .spec.replica: field not declared in schema"
+        )));
+        assert!(rejects_the_object(&status(
+            422,
+            "Deployment.apps \"web\" is invalid"
+        )));
+        assert!(rejects_the_object(&status(400, "bad request")));
+    }
+
+    #[test]
+    fn throttling_and_server_trouble_are_not_the_objects_fault() {
+        assert!(!rejects_the_object(&status(429, "too many requests")));
+        assert!(!rejects_the_object(&status(
+            500,
+            "etcdserver: request timed out"
+        )));
+        assert!(!rejects_the_object(&status(503, "unavailable")));
+    }
 }
