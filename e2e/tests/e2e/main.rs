@@ -1,6 +1,8 @@
 //! End-to-end tests against the local control plane (one per test binary; a namespace per test).
 
+mod bad_input;
 mod charts;
+mod credentials;
 mod fixtures;
 mod harness;
 mod sync;

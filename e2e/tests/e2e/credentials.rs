@@ -1,0 +1,214 @@
+//! Scenario 4: credentials from a Secret, over HTTPS (basic auth, a private CA) and SSH (a key and
+//! known_hosts). The right ones work; wrong ones fail with a clear reason; the secret's values show
+//! up in no status, Event or log line.
+
+use anyhow::{Result, ensure};
+use tether_e2e::cluster::TestNamespace;
+use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
+use tether_e2e::kubectl::Kubectl;
+use tether_e2e::operator::{Operator, install_crds, wait_ready};
+
+use crate::fixtures::{config_map, git_repository, wait_applied, wait_failed};
+
+/// `kubectl create secret generic <name>` with literal values.
+fn create_secret(kubectl: &Kubectl, ns: &str, name: &str, data: &[(&str, &str)]) -> Result<()> {
+    let mut args = vec![
+        "create".to_string(),
+        "secret".into(),
+        "generic".into(),
+        name.into(),
+        "-n".into(),
+        ns.into(),
+    ];
+    args.extend(data.iter().map(|(k, v)| format!("--from-literal={k}={v}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    kubectl.run(&args)?;
+    Ok(())
+}
+
+/// Fails if any of `secrets` appears in the namespace's `GitRepository` objects, its Events, or
+/// the operator's log.
+fn assert_nowhere(
+    kubectl: &Kubectl,
+    ns: &str,
+    operator: &Operator,
+    secrets: &[&str],
+) -> Result<()> {
+    let places = [
+        (
+            "GitRepository objects",
+            kubectl.run(&["get", "gitrepo", "-n", ns, "-o", "yaml"])?,
+        ),
+        (
+            "Events",
+            kubectl.run(&["get", "events", "-n", ns, "-o", "yaml"])?,
+        ),
+        ("operator log", operator.log()),
+    ];
+    ensure!(
+        places[2].1.contains("reconcile failed"),
+        "the operator logged no failure, so its log proves nothing"
+    );
+    for (place, text) in &places {
+        for secret in secrets {
+            ensure!(
+                !text.contains(secret),
+                "a secret value appears in the {place}:\n{text}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_basic_auth_and_a_private_ca_and_a_wrong_password() -> Result<()> {
+    let ns = TestNamespace::create("creds-https").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let server = HttpsGitServer::start()?;
+    let repo = server.create_repo("private")?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "one"))?;
+    repo.commit("first")?;
+    repo.push_to(&server.remote(&repo))?;
+
+    let ca = server.ca_pem().to_string();
+    create_secret(
+        kubectl,
+        n,
+        "git-https",
+        &[
+            ("username", server.username()),
+            ("password", server.password()),
+            ("caFile", &ca),
+        ],
+    )?;
+    let wrong_password = format!("not-{}-at-all", server.password());
+    create_secret(
+        kubectl,
+        n,
+        "git-https-wrong",
+        &[
+            ("username", server.username()),
+            ("password", &wrong_password),
+            ("caFile", &ca),
+        ],
+    )?;
+
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    let url = server.url("private");
+    kubectl.apply(&git_repository(
+        n,
+        "right",
+        &url,
+        "  path: deploy\n  interval: 2s\n  secretRef: {name: git-https}\n",
+    ))?;
+    wait_ready(kubectl, n, "right", "90s", &operator)?;
+
+    // A push through the server lands.
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "two"))?;
+    let second = repo.commit("second")?;
+    repo.push_to(&server.remote(&repo))?;
+    wait_applied(
+        kubectl,
+        n,
+        "right",
+        &format!("main@sha1:{second}"),
+        &operator,
+    )?;
+
+    kubectl.apply(&git_repository(
+        n,
+        "wrong",
+        &url,
+        "  path: deploy\n  interval: 2s\n  secretRef: {name: git-https-wrong}\n",
+    ))?;
+    // Resolving fails, so no revision is ever attempted.
+    let (_, reason, message) = wait_failed(kubectl, n, "wrong", "", &operator)?;
+    ensure!(
+        reason == "AuthenticationFailed",
+        "reason {reason:?}, message {message:?}"
+    );
+    ensure!(
+        message.contains("authentication") && message.contains("127.0.0.1"),
+        "message does not say what failed where: {message}"
+    );
+    // The right one is unaffected.
+    ensure!(
+        crate::fixtures::ready_condition(kubectl, n, "right")?.0 == "True",
+        "the right credentials stopped working"
+    );
+    assert_nowhere(kubectl, n, &operator, &[server.password(), &wrong_password])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_with_a_key_and_known_hosts_and_a_wrong_host_key() -> Result<()> {
+    let ns = TestNamespace::create("creds-ssh").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let server = SshGitServer::start()?;
+    let repo = Upstream::new("over-ssh")?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "one"))?;
+    repo.commit("first")?;
+    repo.push_to(&server.remote(&repo))?;
+
+    let key = server.client_key_pem()?;
+    create_secret(
+        kubectl,
+        n,
+        "git-ssh",
+        &[("identity", &key), ("known_hosts", server.known_hosts())],
+    )?;
+    create_secret(
+        kubectl,
+        n,
+        "git-ssh-impostor",
+        &[
+            ("identity", &key),
+            ("known_hosts", server.wrong_known_hosts()),
+        ],
+    )?;
+
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    let url = server.url(&repo);
+    kubectl.apply(&git_repository(
+        n,
+        "right",
+        &url,
+        "  path: deploy\n  interval: 2s\n  secretRef: {name: git-ssh}\n",
+    ))?;
+    wait_ready(kubectl, n, "right", "90s", &operator)?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "two"))?;
+    let second = repo.commit("second")?;
+    repo.push_to(&server.remote(&repo))?;
+    wait_applied(
+        kubectl,
+        n,
+        "right",
+        &format!("main@sha1:{second}"),
+        &operator,
+    )?;
+
+    kubectl.apply(&git_repository(
+        n,
+        "impostor",
+        &url,
+        "  path: deploy\n  interval: 2s\n  secretRef: {name: git-ssh-impostor}\n",
+    ))?;
+    let (_, reason, message) = wait_failed(kubectl, n, "impostor", "", &operator)?;
+    ensure!(
+        reason == "AuthenticationFailed",
+        "reason {reason:?}, message {message:?}"
+    );
+    ensure!(
+        message.contains("host key") && message.contains("known_hosts"),
+        "message does not say the host key is wrong: {message}"
+    );
+    // The private key's body is a secret too.
+    let key_body: Vec<&str> = key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 20)
+        .collect();
+    assert_nowhere(kubectl, n, &operator, &key_body)?;
+    Ok(())
+}
