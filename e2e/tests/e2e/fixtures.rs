@@ -137,3 +137,29 @@ pub fn greeting(kubectl: &Kubectl, ns: &str, name: &str) -> anyhow::Result<Strin
         "jsonpath={.data.greeting}",
     ])
 }
+
+/// Asks for a reconcile with the `tether.dev/reconcile-requested-at` annotation and waits until the
+/// operator reports it handled: afterwards the cluster reflects whatever the remote says now.
+pub fn reconcile_now(
+    kubectl: &Kubectl,
+    ns: &str,
+    name: &str,
+    token: &str,
+    operator: &Operator,
+) -> anyhow::Result<()> {
+    kubectl.run(&[
+        "annotate",
+        "gitrepo",
+        name,
+        "-n",
+        ns,
+        "--overwrite",
+        &format!("tether.dev/reconcile-requested-at={token}"),
+    ])?;
+    wait_for_output(
+        kubectl,
+        &field_args(ns, name, "jsonpath={.status.lastHandledReconcileAt}"),
+        token,
+        operator,
+    )
+}

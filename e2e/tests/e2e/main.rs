@@ -5,4 +5,7 @@ mod charts;
 mod credentials;
 mod fixtures;
 mod harness;
+mod lifecycle;
+mod refs;
 mod sync;
+mod tenancy;

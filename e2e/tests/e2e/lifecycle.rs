@@ -1,0 +1,194 @@
+//! Scenarios 8 and 9: suspend and resume; deleting a `GitRepository` prunes what it applied; the
+//! operator killed mid-way and restarted converges with an intact inventory.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use tether_e2e::cluster::TestNamespace;
+use tether_e2e::git_server::Upstream;
+use tether_e2e::operator::{
+    Operator, get_field, install_crds, wait_condition, wait_for_output, wait_ready,
+};
+
+use crate::fixtures::{config_map, git_repository, greeting, wait_applied};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()> {
+    let ns = TestNamespace::create("lifecycle").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let repo = Upstream::new("held")?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "one"))?;
+    repo.write("deploy/other.yaml", &config_map(n, "other", "x"))?;
+    repo.commit("first")?;
+    repo.push()?;
+
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "app",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n",
+    ))?;
+    wait_ready(kubectl, n, "app", "90s", &operator)?;
+
+    let patch = |suspend: bool| {
+        kubectl.run(&[
+            "patch",
+            "gitrepo",
+            "app",
+            "-n",
+            n,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"suspend":{suspend}}}}}"#),
+        ])
+    };
+    patch(true)?;
+    wait_condition(
+        kubectl,
+        n,
+        "app",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}=Suspended",
+        "30s",
+        &operator,
+    )?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "two"))?;
+    let second = repo.commit("second")?;
+    repo.push()?;
+    // Several intervals pass and the commit stays out.
+    let held = kubectl.run(&[
+        "wait",
+        "-n",
+        n,
+        "--for=jsonpath={.data.greeting}=two",
+        "--timeout=8s",
+        "configmap/settings",
+    ]);
+    ensure!(held.is_err(), "a new commit was applied while suspended");
+    ensure!(greeting(kubectl, n, "settings")? == "one");
+
+    patch(false)?;
+    wait_applied(kubectl, n, "app", &format!("main@sha1:{second}"), &operator)?;
+    wait_ready(kubectl, n, "app", "30s", &operator)?;
+    ensure!(greeting(kubectl, n, "settings")? == "two");
+
+    // Deleting it (prune: true by default) deletes its objects, then the GitRepository goes.
+    kubectl.run(&["delete", "gitrepo", "app", "-n", n, "--timeout=60s"])?;
+    wait_for_output(
+        kubectl,
+        &[
+            "get",
+            "configmap",
+            "settings",
+            "other",
+            "-n",
+            n,
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ],
+        "",
+        &operator,
+    )?;
+    Ok(())
+}
+
+/// The `name`s of the ConfigMaps labelled as applied by `GitRepository` `owner`.
+fn owned_config_maps(
+    kubectl: &tether_e2e::kubectl::Kubectl,
+    ns: &str,
+    owner: &str,
+) -> Result<Vec<String>> {
+    Ok(kubectl
+        .run(&[
+            "get",
+            "configmap",
+            "-n",
+            ns,
+            "-l",
+            &format!("tether.dev/name={owner}"),
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_apply_and_restarted_converges_with_an_intact_inventory() -> Result<()> {
+    const COUNT: usize = 40;
+    let ns = TestNamespace::create("crash").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let repo = Upstream::new("many")?;
+    for i in 0..COUNT {
+        repo.write(
+            &format!("deploy/cm-{i:02}.yaml"),
+            &config_map(n, &format!("cm-{i:02}"), "one"),
+        )?;
+    }
+    repo.commit("many ConfigMaps")?;
+    repo.push()?;
+
+    let mut operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "many",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n",
+    ))?;
+    // Kill it as soon as the first object lands, before the revision is done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = owned_config_maps(kubectl, n, "many")?.len();
+        if seen > 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("nothing applied within 60s\n{}", operator.log_tail());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    operator.kill();
+    let at_kill = owned_config_maps(kubectl, n, "many")?.len();
+    eprintln!("killed with {at_kill} of {COUNT} ConfigMaps applied");
+
+    // A commit lands while it is down: one ConfigMap changed, one removed.
+    repo.write("deploy/cm-00.yaml", &config_map(n, "cm-00", "two"))?;
+    repo.remove(&format!("deploy/cm-{:02}.yaml", COUNT - 1))?;
+    let head = repo.commit("change one, drop one")?;
+    repo.push()?;
+
+    operator.restart()?;
+    wait_applied(kubectl, n, "many", &format!("main@sha1:{head}"), &operator)?;
+    wait_ready(kubectl, n, "many", "60s", &operator)?;
+
+    let mut inventory: Vec<String> = get_field(
+        kubectl,
+        n,
+        "many",
+        "{range .status.inventory[*]}{.kind}/{.name}{\"\\n\"}{end}",
+    )?
+    .lines()
+    .map(str::to_string)
+    .collect();
+    let listed = inventory.len();
+    inventory.sort();
+    inventory.dedup();
+    ensure!(
+        listed == inventory.len(),
+        "duplicates in the inventory: {inventory:?}"
+    );
+    let want: Vec<String> = (0..COUNT - 1)
+        .map(|i| format!("ConfigMap/cm-{i:02}"))
+        .collect();
+    ensure!(inventory == want, "inventory {inventory:?}");
+    let mut objects = owned_config_maps(kubectl, n, "many")?;
+    objects.sort();
+    let want: Vec<String> = (0..COUNT - 1).map(|i| format!("cm-{i:02}")).collect();
+    ensure!(objects == want, "objects {objects:?}");
+    ensure!(greeting(kubectl, n, "cm-00")? == "two");
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Scenario 7: a CRD and its objects in one commit; `targetNamespace`; `serviceAccountName` applying
+//! with the rights of that account only.
+
+use anyhow::{Result, ensure};
+use tether_e2e::cluster::TestNamespace;
+use tether_e2e::git_server::Upstream;
+use tether_e2e::operator::{Operator, install_crds, wait_ready};
+
+use crate::fixtures::{config_map, git_repository, wait_failed};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crd_and_its_objects_land_together_and_target_namespace_places_objects() -> Result<()> {
+    let ns = TestNamespace::create("tenancy").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    // A group of this test's own, so that reruns on a kept cluster do not meet.
+    let group = format!("{n}.e2e.tether.dev");
+    let repo = Upstream::new("with-crd")?;
+    repo.write(
+        "deploy/crd.yaml",
+        &format!(
+            r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{plural: widgets, singular: widget, kind: Widget}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {{type: integer}}
+"#
+        ),
+    )?;
+    repo.write(
+        "deploy/widget.yaml",
+        &format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: small\n  namespace: {n}\nspec:\n  size: 3\n"),
+    )?;
+    repo.commit("a CRD and a Widget")?;
+    repo.push()?;
+
+    let placed = Upstream::new("placed")?;
+    placed.write(
+        "deploy/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: placed\ndata:\n  greeting: hello\n",
+    )?;
+    placed.commit("a ConfigMap without a namespace")?;
+    placed.push()?;
+    let target = format!("{n}-target");
+    kubectl.run(&["create", "namespace", &target])?;
+
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "crd",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n",
+    ))?;
+    kubectl.apply(&git_repository(
+        n,
+        "placed",
+        &placed.file_url(),
+        &format!("  path: deploy\n  interval: 2s\n  targetNamespace: {target}\n"),
+    ))?;
+    wait_ready(kubectl, n, "crd", "90s", &operator)?;
+    let size = kubectl.run(&[
+        "get",
+        &format!("widgets.{group}"),
+        "small",
+        "-n",
+        n,
+        "-o",
+        "jsonpath={.spec.size}",
+    ])?;
+    ensure!(size == "3", "widget size {size:?}");
+
+    wait_ready(kubectl, n, "placed", "90s", &operator)?;
+    let there = kubectl.run(&["get", "configmap", "placed", "-n", &target, "-o", "name"])?;
+    ensure!(there.trim() == "configmap/placed", "{there:?}");
+    let here = kubectl.run(&[
+        "get",
+        "configmap",
+        "placed",
+        "-n",
+        n,
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ])?;
+    ensure!(
+        here.trim().is_empty(),
+        "also in the GitRepository's namespace: {here}"
+    );
+
+    // Deleting the GitRepository prunes the CRD, and with it the shared cluster is left clean.
+    kubectl.run(&["delete", "gitrepo", "crd", "-n", n, "--timeout=60s"])?;
+    kubectl.run(&[
+        "delete",
+        "namespace",
+        &target,
+        "--wait=false",
+        "--ignore-not-found",
+    ])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_with_too_few_rights_applies_nothing() -> Result<()> {
+    let ns = TestNamespace::create("tenancy-sa").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    kubectl.apply(&format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: limited
+  namespace: {n}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: read-configmaps
+  namespace: {n}
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: limited-reads
+  namespace: {n}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: read-configmaps
+subjects:
+- kind: ServiceAccount
+  name: limited
+  namespace: {n}
+"#
+    ))?;
+    let repo = Upstream::new("tenant")?;
+    repo.write(
+        "deploy/config.yaml",
+        &config_map(n, "tenant-settings", "hi"),
+    )?;
+    let head = repo.commit("a ConfigMap the tenant may not write")?;
+    repo.push()?;
+
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "tenant",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n  serviceAccountName: limited\n",
+    ))?;
+    let (_, reason, message) = wait_failed(
+        kubectl,
+        n,
+        "tenant",
+        &format!("main@sha1:{head}"),
+        &operator,
+    )?;
+    ensure!(
+        message.contains("forbidden") && message.contains("tenant-settings"),
+        "reason {reason:?}, message {message:?}"
+    );
+    let applied = kubectl.run(&[
+        "get",
+        "configmap",
+        "tenant-settings",
+        "-n",
+        n,
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ])?;
+    ensure!(applied.trim().is_empty(), "applied anyway: {applied}");
+    Ok(())
+}
