@@ -5,6 +5,8 @@
 //! - [`cluster`]: the one control plane a test binary shares, and a fresh namespace per test.
 //! - [`git_server`]: real git servers (HTTPS via nginx and `git http-backend`, SSH via `sshd`, `file://`)
 //!   and [`git_server::Upstream`], a repository the tests commit to and push with the real `git` CLI.
+//! - [`hub`]: the real `tether-hub` with a generated config, stopped, restarted and frozen at will, and
+//!   `post-receive` hooks that send it signed GitHub, GitLab and Gitea push webhooks.
 //! - [`kubectl`]: the real `kubectl`, pointed at that control plane.
 //! - [`operator`]: the real `tether-operator` as a process, and kubectl helpers around `GitRepository`.
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
@@ -12,6 +14,7 @@
 pub mod cluster;
 pub mod controlplane;
 pub mod git_server;
+pub mod hub;
 pub mod kubectl;
 pub mod operator;
 pub mod process;

@@ -82,6 +82,18 @@ pub struct Args {
     /// Hosts that bypass the proxy, as the standard variable.
     #[arg(long, env = "NO_PROXY")]
     pub no_proxy: Option<String>,
+
+    /// How often to ping the hub (`20s`); for tests that cannot wait a minute.
+    #[arg(long, env = "TETHER_HUB_KEEPALIVE", hide = true, value_parser = parse_duration)]
+    pub hub_keepalive: Option<std::time::Duration>,
+
+    /// A hub connection silent this long is dead (`60s`); for tests that cannot wait a minute.
+    #[arg(long, env = "TETHER_HUB_DEAD_AFTER", hide = true, value_parser = parse_duration)]
+    pub hub_dead_after: Option<std::time::Duration>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +140,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         hub_ca_file,
         https_proxy,
         no_proxy,
+        hub_keepalive,
+        hub_dead_after,
     } = args;
     if let Some(Command::Crd) = command {
         print!("{}", crd_yaml());
@@ -197,6 +211,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ca_file: hub_ca_file,
             https_proxy,
             no_proxy,
+            keepalive: hub_keepalive,
+            dead_after: hub_dead_after,
         },
         &metrics,
         ctx.watch_set(),

@@ -21,6 +21,9 @@ pub struct HubSettings {
     pub ca_file: Option<PathBuf>,
     pub https_proxy: Option<String>,
     pub no_proxy: Option<String>,
+    /// Overrides of the protocol's ping interval and dead-connection timeout.
+    pub keepalive: Option<std::time::Duration>,
+    pub dead_after: Option<std::time::Duration>,
 }
 
 /// Validates the settings and spawns the client. Notices reach `triggers` as the repository and the
@@ -38,6 +41,8 @@ pub fn start(
         ca_file,
         https_proxy,
         no_proxy,
+        keepalive,
+        dead_after,
     } = settings;
     let Some(url) = url else {
         info!("no hub configured (--hub-url): reconciles run on each GitRepository's interval");
@@ -56,6 +61,12 @@ pub fn start(
         );
     }
     config.proxy = ProxyConfig::from_env_vars(https_proxy, no_proxy)?;
+    if let Some(keepalive) = keepalive {
+        config.keepalive = keepalive;
+    }
+    if let Some(dead_after) = dead_after {
+        config.dead_after = dead_after;
+    }
     config.validate()?;
     let hub_metrics = HubMetrics::register(&metrics.registry)?;
     info!(url = %config.url, proxy = config.proxy.is_some(), "connecting to the hub");

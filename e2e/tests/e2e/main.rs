@@ -6,6 +6,7 @@ mod credentials;
 mod fixtures;
 mod harness;
 mod lifecycle;
+mod push;
 mod refs;
 mod sync;
 mod tenancy;

@@ -1,0 +1,508 @@
+//! The real `tether-hub` as a process: a generated config (agent tokens and their SHA-256, repo globs,
+//! webhook secrets in files, a data dir of its own) on a free loopback port, and what a test does to it:
+//! stop, start again on the same data, freeze (SIGSTOP), thaw, and `post-receive` hooks that send it
+//! signed forge webhooks with `openssl` and `curl`.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+use crate::git_server::run_tool;
+use crate::process::{Lifetime, Process, free_port, signal, tail};
+
+/// How long the hub may take to answer `/healthz` after it is started.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The forges whose push webhooks the hooks imitate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    /// `X-Hub-Signature-256: sha256=<hmac>`, `X-GitHub-Event: push`.
+    Github,
+    /// `X-Gitlab-Token: <secret>`, `X-Gitlab-Event: Push Hook`.
+    Gitlab,
+    /// `X-Gitea-Signature: <hmac>`, `X-Gitea-Event: push`.
+    Gitea,
+}
+
+impl Forge {
+    /// Every forge the hub is configured for here.
+    pub const ALL: [Forge; 3] = [Forge::Github, Forge::Gitlab, Forge::Gitea];
+
+    /// The provider name in the hub's URL and config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Forge::Github => "github",
+            Forge::Gitlab => "gitlab",
+            Forge::Gitea => "gitea",
+        }
+    }
+}
+
+/// One agent the hub admits: its name, its bearer token, the repo globs it may hear about.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub name: String,
+    pub token: String,
+    pub repos: Vec<String>,
+}
+
+impl AgentSpec {
+    /// An agent with a generated token.
+    pub fn new(name: &str, repos: &[&str]) -> Self {
+        Self {
+            name: name.to_string(),
+            token: generated(&format!("token-{name}")),
+            repos: repos.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+}
+
+/// What a [`Hub`] is started with.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// The agents; the first is [`Hub::token_file`]'s default.
+    pub agents: Vec<AgentSpec>,
+    /// `max_body_bytes` in the config.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            agents: vec![AgentSpec::new("e2e", &["**"])],
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A running (or stopped, or frozen) `tether-hub` on `127.0.0.1:PORT`, plain HTTP and `ws://`.
+#[derive(Debug)]
+pub struct Hub {
+    process: Option<Process>,
+    port: u16,
+    options: HubOptions,
+    dir: TempDir,
+}
+
+impl Hub {
+    /// Starts a hub with one agent allowed every repository.
+    pub fn start() -> Result<Self> {
+        Self::start_with(HubOptions::default())
+    }
+
+    /// Starts a hub with `options`; returns once `/healthz` answers.
+    pub fn start_with(options: HubOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("tether-hub-").tempdir()?;
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("data"))?;
+        let port = free_port()?;
+        let mut config = format!(
+            "# Written by tether-e2e for one test hub.\nlisten: \"127.0.0.1:{port}\"\ndata_dir: {}\nmax_body_bytes: {}\nagents:\n",
+            d.join("data").display(),
+            options.max_body_bytes
+        );
+        for agent in &options.agents {
+            std::fs::write(token_path(d, &agent.name), format!("{}\n", agent.token))?;
+            let hash = run_tool("sha256sum", &[], Some(&agent.token))?;
+            let hash = hash.split_whitespace().next().unwrap_or_default();
+            let _ = writeln!(
+                config,
+                "  - name: {}\n    token_sha256: \"{hash}\"\n    repos: {:?}",
+                agent.name, agent.repos
+            );
+        }
+        config.push_str("webhooks:\n");
+        for forge in Forge::ALL {
+            let secret = secret_path(d, forge);
+            std::fs::write(&secret, generated(&format!("secret-{}", forge.name())))?;
+            let _ = writeln!(
+                config,
+                "  - provider: {}\n    repos: [\"**\"]\n    secret: {{ file: {} }}",
+                forge.name(),
+                secret.display()
+            );
+        }
+        std::fs::write(d.join("hub.yaml"), config)?;
+        let mut hub = Self {
+            process: None,
+            port,
+            options,
+            dir,
+        };
+        hub.start_again()?;
+        Ok(hub)
+    }
+
+    /// Starts the hub again (after [`Hub::stop`]) on the same port, config and data dir; returns once
+    /// `/healthz` answers. The log is appended to.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            bail!("the hub is already running");
+        }
+        let log = self.log_path();
+        let previous = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::write(self.dir.path().join("hub.previous.log"), previous);
+        let process = Process::spawn_with_env(
+            "tether-hub",
+            &crate::operator::binary("tether-hub")?,
+            &[
+                "--config".to_string(),
+                self.dir.path().join("hub.yaml").display().to_string(),
+            ],
+            &log,
+            Lifetime::TiedToStarter,
+            &[
+                ("RUST_LOG", "info,tether_hub=debug".to_string()),
+                ("NO_COLOR", "1".to_string()),
+            ],
+        )?;
+        self.process = Some(process);
+        self.wait_healthy(READY_TIMEOUT)
+    }
+
+    /// Waits until `/healthz` answers `ok`, failing early if the process exits.
+    pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.process.as_mut() {
+                Some(p) => p.check_running()?,
+                None => bail!("the hub is stopped"),
+            }
+            match http_get(self.port, "/healthz") {
+                Ok((200, body)) if body.trim() == "ok" => return Ok(()),
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the hub did not answer /healthz within {timeout:?} (last: {last}); log:\n{}",
+            self.log_tail()
+        )
+    }
+
+    /// Stops the hub (SIGTERM, then SIGKILL after a grace period); its data dir stays.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Freezes the process (SIGSTOP): its sockets stay open and its kernel still accepts, but it answers
+    /// nothing, as a hung host would.
+    pub fn freeze(&self) {
+        if let Some(p) = &self.process {
+            signal(p.pid(), "STOP");
+        }
+    }
+
+    /// Lets a frozen hub run again (SIGCONT).
+    pub fn thaw(&self) {
+        if let Some(p) = &self.process {
+            signal(p.pid(), "CONT");
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `ws://127.0.0.1:PORT`, for `--hub-url`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT/v1/webhooks/<provider>`.
+    pub fn webhook_url(&self, provider: &str) -> String {
+        format!("http://127.0.0.1:{}/v1/webhooks/{provider}", self.port)
+    }
+
+    /// The file holding the first agent's token, for `--hub-token-file`.
+    pub fn token_file(&self) -> PathBuf {
+        let name = self
+            .options
+            .agents
+            .first()
+            .map(|a| a.name.as_str())
+            .unwrap_or("e2e");
+        self.token_file_of(name)
+    }
+
+    /// The file holding the named agent's token.
+    pub fn token_file_of(&self, agent: &str) -> PathBuf {
+        token_path(self.dir.path(), agent)
+    }
+
+    /// A token file with a token the hub does not know.
+    pub fn wrong_token_file(&self) -> Result<PathBuf> {
+        let path = self.dir.path().join("wrong.token");
+        std::fs::write(&path, generated("not-a-known-token"))?;
+        Ok(path)
+    }
+
+    /// The webhook secret configured for `forge`.
+    pub fn secret(&self, forge: Forge) -> Result<String> {
+        let path = secret_path(self.dir.path(), forge);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// The hub's `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        match http_get(self.port, "/metrics")? {
+            (200, body) => Ok(body),
+            (status, body) => bail!("hub /metrics answered {status}: {body}"),
+        }
+    }
+
+    /// A `post-receive` hook that sends, for every ref pushed, a push webhook in `forge`'s format,
+    /// signed with its secret, naming the repository by `clone_urls` (the first as the https URL, the
+    /// second, if any, as the ssh URL). Each delivery's HTTP status is appended to
+    /// [`Hub::hook_log`]. A hub that is down makes the hook fail quietly, as a forge's delivery would.
+    pub fn post_receive_hook(&self, forge: Forge, clone_urls: &[&str]) -> Result<String> {
+        let secret_file = secret_path(self.dir.path(), forge);
+        let http = clone_urls.first().copied().unwrap_or_default();
+        let ssh = clone_urls.get(1).copied().unwrap_or(http);
+        // The body is built by printf from the ref line; the values are plain URLs and hex.
+        let (body, headers) = match forge {
+            Forge::Github => (
+                format!(
+                    r#"{{"ref":"%s","before":"%s","after":"%s","repository":{{"name":"app","clone_url":"{http}","ssh_url":"{ssh}"}}}}"#
+                ),
+                r#"-H "X-GitHub-Event: push" -H "X-GitHub-Delivery: $delivery" -H "X-Hub-Signature-256: sha256=$sig""#,
+            ),
+            Forge::Gitea => (
+                format!(
+                    r#"{{"ref":"%s","before":"%s","after":"%s","repository":{{"name":"app","clone_url":"{http}","ssh_url":"{ssh}"}}}}"#
+                ),
+                r#"-H "X-Gitea-Event: push" -H "X-Gitea-Delivery: $delivery" -H "X-Gitea-Signature: $sig""#,
+            ),
+            Forge::Gitlab => (
+                format!(
+                    r#"{{"object_kind":"push","ref":"%s","before":"%s","after":"%s","checkout_sha":"$new","project":{{"git_http_url":"{http}","git_ssh_url":"{ssh}"}}}}"#
+                ),
+                r#"-H "X-Gitlab-Event: Push Hook" -H "X-Gitlab-Event-UUID: $delivery" -H "X-Gitlab-Token: $secret""#,
+            ),
+        };
+        // GitLab's body takes the sha twice; printf's arguments follow the placeholders in order.
+        let body = body.replace("$new", "%s");
+        let args = match forge {
+            Forge::Gitlab => r#""$ref" "$old" "$new" "$new""#,
+            _ => r#""$ref" "$old" "$new""#,
+        };
+        Ok(format!(
+            r#"#!/bin/sh
+# Written by tether-e2e: a forge's push webhook, sent to tether-hub.
+secret=$(cat '{secret}')
+while read old new ref; do
+  body=$(printf '{body}' {args})
+  sig=$(printf %s "$body" | openssl dgst -sha256 -hmac "$secret" | sed 's/.* //')
+  delivery=$(cat /proc/sys/kernel/random/uuid)
+  code=$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' -H 'Content-Type: application/json' {headers} --data-binary "$body" '{url}')
+  echo "$ref $new $code" >> '{log}'
+done
+exit 0
+"#,
+            secret = secret_file.display(),
+            url = self.webhook_url(forge.name()),
+            log = self.hook_log().display(),
+        ))
+    }
+
+    /// Where the hooks record each delivery: `<ref> <sha> <http status>` per line.
+    pub fn hook_log(&self) -> PathBuf {
+        self.dir.path().join("hook.log")
+    }
+
+    /// Posts `body` to `/v1/webhooks/<provider>` with `headers` (`Name: value`) through `curl`;
+    /// returns the HTTP status.
+    pub fn post_webhook(&self, provider: &str, headers: &[String], body: &[u8]) -> Result<u16> {
+        let file = tempfile::NamedTempFile::new_in(self.dir.path())?;
+        std::fs::write(file.path(), body)?;
+        let mut args = vec![
+            "-s".to_string(),
+            "-o".to_string(),
+            "/dev/null".to_string(),
+            "-m".to_string(),
+            "10".to_string(),
+            "-w".to_string(),
+            "%{http_code}".to_string(),
+            "-H".to_string(),
+            "Content-Type: application/json".to_string(),
+        ];
+        for h in headers {
+            args.push("-H".to_string());
+            args.push(h.clone());
+        }
+        args.push("--data-binary".to_string());
+        args.push(format!("@{}", file.path().display()));
+        args.push(self.webhook_url(provider));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let code = run_tool("curl", &refs, None)?;
+        code.trim()
+            .parse()
+            .with_context(|| format!("curl printed {code:?} as the status"))
+    }
+
+    /// The hub's log since it was last started, without colour codes.
+    pub fn log(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(self.log_path()).unwrap_or_default())
+    }
+
+    /// Waits until at least `count` lines of the current log contain every one of `parts`.
+    pub fn wait_for_log(&self, parts: &[&str], count: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self
+                .log()
+                .lines()
+                .filter(|line| parts.iter().all(|p| line.contains(p)))
+                .count();
+            if seen >= count {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the hub logged {seen} line(s) with {parts:?} within {timeout:?}, want {count}; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("hub.log")
+    }
+
+    /// The last lines of the hub's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        strip_ansi(&tail(&self.log_path(), 40))
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // A frozen process ignores SIGTERM until it runs again.
+        self.thaw();
+        self.stop();
+    }
+}
+
+/// Drops `ESC [ ... m` colour sequences.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn token_path(dir: &Path, agent: &str) -> PathBuf {
+    dir.join(format!("{agent}.token"))
+}
+
+fn secret_path(dir: &Path, forge: Forge) -> PathBuf {
+    dir.join(format!("{}.secret", forge.name()))
+}
+
+/// A value unlikely to repeat between runs or be guessed by a test that means to be wrong.
+fn generated(prefix: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{:x}-{:x}{:x}",
+        std::process::id(),
+        now.as_secs(),
+        now.subsec_nanos()
+    )
+}
+
+/// The HMAC-SHA256 of `body` under `secret` as hex, computed by `openssl` as a forge's sender would.
+pub fn hmac_sha256_hex(secret: &str, body: &str) -> Result<String> {
+    let out = run_tool("openssl", &["dgst", "-sha256", "-hmac", secret], Some(body))?;
+    Ok(out.rsplit(' ').next().unwrap_or_default().to_string())
+}
+
+/// `GET http://127.0.0.1:PORT<path>` over a plain socket, with a 5 s bound: the status and the body.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let limit = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), limit)
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.set_write_timeout(Some(limit))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status in {head:?}"))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of the first sample whose metric name ends with `suffix` (prefixes differ between
+/// registries), summed over its label sets.
+pub fn metric_value(text: &str, suffix: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let bare = name.split('{').next().unwrap_or(name);
+        if bare.ends_with(suffix)
+            && let Ok(v) = value.parse::<f64>()
+        {
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}

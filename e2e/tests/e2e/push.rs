@@ -1,0 +1,594 @@
+//! Push notices end to end: a real `git push` to the HTTPS test server, whose `post-receive` hook sends a
+//! signed forge webhook to the real `tether-hub`, which tells the operator over the websocket the operator
+//! opened. Every `GitRepository` here has `interval: 1h`, so only a notice can explain a change within
+//! the test's deadline.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use tether_e2e::cluster::TestNamespace;
+use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
+use tether_e2e::hub::{AgentSpec, Forge, Hub, HubOptions, hmac_sha256_hex, http_get, metric_value};
+use tether_e2e::kubectl::Kubectl;
+use tether_e2e::operator::{Operator, get_field, install_crds, wait_ready};
+
+use crate::fixtures::{config_map, git_repository};
+
+/// How long a pushed change may take to be applied through a notice. Generous for a loaded machine;
+/// the interval (1 h) is far beyond it.
+const LANDS_WITHIN: Duration = Duration::from_secs(30);
+
+/// A namespace, an HTTPS git server with one repository `app` (a ConfigMap `settings` under `deploy/`),
+/// and a hub.
+struct Scene {
+    ns: TestNamespace,
+    server: HttpsGitServer,
+    repo: Upstream,
+    hub: Hub,
+}
+
+impl Scene {
+    fn start(prefix: &str, hub: HubOptions) -> Result<Self> {
+        let ns = futures_block(TestNamespace::create(prefix))?;
+        install_crds(ns.kubectl())?;
+        let server = HttpsGitServer::start()?;
+        let repo = server.create_repo("app")?;
+        repo.write(
+            "deploy/config.yaml",
+            &config_map(ns.name(), "settings", "v0"),
+        )?;
+        repo.commit("the first greeting")?;
+        repo.push_to(&server.remote(&repo))?;
+        let hub = Hub::start_with(hub)?;
+        Ok(Self {
+            ns,
+            server,
+            repo,
+            hub,
+        })
+    }
+
+    fn kubectl(&self) -> &Kubectl {
+        self.ns.kubectl()
+    }
+
+    /// The HTTPS credentials and CA as a Secret, and a `GitRepository` `name` on `url` with a 1 h interval.
+    fn apply_git_repository(&self, name: &str, url: &str) -> Result<()> {
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-auth\n  namespace: {ns}\nstringData:\n  username: {user}\n  password: {pw}\n  caFile: |\n{ca}",
+            ns = self.ns.name(),
+            user = self.server.username(),
+            pw = self.server.password(),
+            ca = indent(self.server.ca_pem(), 4),
+        );
+        self.kubectl().apply(&secret)?;
+        self.kubectl().apply(&git_repository(
+            self.ns.name(),
+            name,
+            url,
+            &format!("  path: deploy\n  interval: 1h\n  secretRef:\n    name: {name}-auth\n"),
+        ))?;
+        Ok(())
+    }
+
+    /// An operator for this namespace connected to the hub with `token_file`.
+    fn operator(&self, token_file: &std::path::Path, extra: &[&str]) -> Result<Operator> {
+        let mut flags = vec![
+            format!("--hub-url={}", self.hub.ws_url()),
+            format!("--hub-token-file={}", token_file.display()),
+        ];
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Operator::start(self.ns.kubeconfig(), self.ns.name(), &refs)
+    }
+
+    /// Commits a new greeting and pushes it with the real `git push` over HTTPS (the hook runs).
+    fn push_greeting(&self, greeting: &str) -> Result<String> {
+        self.repo.write(
+            "deploy/config.yaml",
+            &config_map(self.ns.name(), "settings", greeting),
+        )?;
+        let sha = self.repo.commit(&format!("greet with {greeting}"))?;
+        self.repo.push_to(&self.server.remote(&self.repo))?;
+        Ok(sha)
+    }
+
+    /// Waits until ConfigMap `name` greets with `want`, within `within`.
+    fn wait_greeting(
+        &self,
+        name: &str,
+        want: &str,
+        within: Duration,
+        operator: &Operator,
+    ) -> Result<Duration> {
+        let args = [
+            "get",
+            "configmap",
+            name,
+            "-n",
+            self.ns.name(),
+            "-o",
+            "jsonpath={.data.greeting}",
+        ];
+        wait_output(self.kubectl(), &args, want, within, || {
+            format!(
+                "operator log:\n{}\nhub log:\n{}\nhook deliveries:\n{}",
+                operator.log_tail(),
+                self.hub.log_tail(),
+                std::fs::read_to_string(self.hub.hook_log()).unwrap_or_default()
+            )
+        })
+    }
+}
+
+/// Polls `kubectl <args>` until it prints `want`; returns how long that took, or fails with the last
+/// output and `context()`.
+fn wait_output(
+    kubectl: &Kubectl,
+    args: &[&str],
+    want: &str,
+    within: Duration,
+    context: impl Fn() -> String,
+) -> Result<Duration> {
+    let began = Instant::now();
+    let mut last = String::new();
+    while began.elapsed() < within {
+        last = kubectl.run(args).unwrap_or_else(|e| e.to_string());
+        if last.trim() == want {
+            return Ok(began.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "kubectl {} never printed {want:?} within {within:?}; last: {last:?}\n{}",
+        args.join(" "),
+        context()
+    )
+}
+
+/// Polls `probe` until it returns true, within `within`.
+fn wait_until(what: &str, within: Duration, mut probe: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + within;
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        match probe() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match last_error {
+        Some(e) => Err(e.context(format!("{what}: not within {within:?}"))),
+        None => bail!("{what}: not within {within:?}"),
+    }
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+/// Runs a future to completion from synchronous code inside a multi-threaded test runtime.
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// The operator's hub reconnect counter, read from its `/metrics`.
+fn operator_reconnects(operator: &Operator) -> Result<f64> {
+    let port: u16 = operator
+        .admin_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("no port in the operator's admin URL")?;
+    let (status, body) = http_get(port, "/metrics")?;
+    if status != 200 {
+        bail!("operator /metrics answered {status}");
+    }
+    metric_value(&body, "hub_reconnects_total").context("no hub_reconnects_total metric")
+}
+
+/// Waits until the hub has the agent's watch set holding `repos` repositories, `count` times in the
+/// current log (once per connection).
+fn wait_watching(hub: &Hub, repos: usize, count: usize) -> Result<()> {
+    hub.wait_for_log(
+        &["watch set updated", &format!("repos={repos}")],
+        count,
+        Duration::from_secs(30),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_push_webhook_from_a_post_receive_hook_applies_the_change_at_once() -> Result<()> {
+    let scene = Scene::start("push-github", HubOptions::default())?;
+    let https = scene.server.url("app");
+    let ssh = format!("ssh://git@127.0.0.1:{}/app.git", scene.server.port() + 1);
+    scene.repo.install_post_receive_hook(
+        &scene
+            .hub
+            .post_receive_hook(Forge::Github, &[&https, &ssh])?,
+    )?;
+    scene.apply_git_repository("app", &https)?;
+    let operator = scene.operator(&scene.hub.token_file(), &[])?;
+    wait_ready(scene.kubectl(), scene.ns.name(), "app", "60s", &operator)?;
+    scene.wait_greeting("settings", "v0", LANDS_WITHIN, &operator)?;
+    wait_watching(&scene.hub, 1, 1)?;
+
+    let sha = scene.push_greeting("v1")?;
+    let took = scene.wait_greeting("settings", "v1", LANDS_WITHIN, &operator)?;
+    eprintln!("github push → applied (polled through kubectl): {took:?}");
+    assert_eq!(
+        get_field(
+            scene.kubectl(),
+            scene.ns.name(),
+            "app",
+            "{.status.lastAppliedRevision}"
+        )?,
+        format!("main@sha1:{sha}")
+    );
+    let notified = get_field(
+        scene.kubectl(),
+        scene.ns.name(),
+        "app",
+        "{.status.lastNotifiedAt}",
+    )?;
+    assert!(!notified.is_empty(), "no status.lastNotifiedAt");
+    let deliveries = std::fs::read_to_string(scene.hub.hook_log())?;
+    assert!(
+        deliveries.contains(&format!("refs/heads/main {sha} 202")),
+        "the hook's delivery was not accepted: {deliveries}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_and_gitea_webhooks_reach_repositories_named_by_https_and_ssh_urls() -> Result<()> {
+    let scene = Scene::start("push-forms", HubOptions::default())?;
+    let ssh_server = SshGitServer::start()?;
+    let https = scene.server.url("app");
+    // The same bare repository, served over SSH by absolute path.
+    let ssh = ssh_server.url_for_path(scene.repo.bare_path());
+    // The https form a forge might print: user info, no `.git`.
+    let https_other_form = https
+        .replace("https://", "https://someone@")
+        .trim_end_matches(".git")
+        .to_string();
+
+    // Over https, and a second GitRepository over ssh:// applying into a namespace of its own.
+    scene.apply_git_repository("app", &https)?;
+    let ssh_target = format!("{}-ssh", scene.ns.name());
+    scene.kubectl().apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ssh_target}\n"
+    ))?;
+    scene.kubectl().apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-ssh\n  namespace: {ns}\nstringData:\n  identity: |\n{key}  known_hosts: |\n{hosts}",
+        ns = scene.ns.name(),
+        key = indent(&ssh_server.client_key_pem()?, 4),
+        hosts = indent(ssh_server.known_hosts(), 4),
+    ))?;
+    scene.kubectl().apply(&git_repository(
+        scene.ns.name(),
+        "app-over-ssh",
+        &ssh,
+        &format!(
+            "  path: deploy\n  interval: 1h\n  targetNamespace: {ssh_target}\n  secretRef:\n    name: app-ssh\n"
+        ),
+    ))?;
+    let operator = scene.operator(&scene.hub.token_file(), &[])?;
+    wait_ready(scene.kubectl(), scene.ns.name(), "app", "60s", &operator)?;
+    wait_ready(
+        scene.kubectl(),
+        scene.ns.name(),
+        "app-over-ssh",
+        "60s",
+        &operator,
+    )?;
+    wait_watching(&scene.hub, 2, 1)?;
+
+    let notified = |name: &str| {
+        get_field(
+            scene.kubectl(),
+            scene.ns.name(),
+            name,
+            "{.status.lastNotifiedAt}",
+        )
+    };
+    let revision = |name: &str| {
+        get_field(
+            scene.kubectl(),
+            scene.ns.name(),
+            name,
+            "{.status.lastAppliedRevision}",
+        )
+    };
+    for (forge, greeting, urls) in [
+        (Forge::Gitlab, "gitlab", [https.as_str(), ssh.as_str()]),
+        (
+            Forge::Gitea,
+            "gitea",
+            [https_other_form.as_str(), ssh.as_str()],
+        ),
+    ] {
+        let before = (notified("app")?, notified("app-over-ssh")?);
+        scene
+            .repo
+            .install_post_receive_hook(&scene.hub.post_receive_hook(forge, &urls)?)?;
+        let sha = scene.push_greeting(greeting)?;
+        scene.wait_greeting("settings", greeting, LANDS_WITHIN, &operator)?;
+        for name in ["app", "app-over-ssh"] {
+            wait_until(
+                &format!("{name} applies {sha} after a {} webhook", forge.name()),
+                LANDS_WITHIN,
+                || Ok(revision(name)? == format!("main@sha1:{sha}")),
+            )
+            .with_context(|| operator.log_tail())?;
+        }
+        let after = (notified("app")?, notified("app-over-ssh")?);
+        assert_ne!(after.0, before.0, "app was not notified by {forge:?}");
+        assert_ne!(
+            after.1, before.1,
+            "app-over-ssh was not notified by {forge:?}"
+        );
+    }
+    scene
+        .kubectl()
+        .run(&["delete", "namespace", &ssh_target, "--wait=false"])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_made_while_the_hub_is_down_is_applied_once_it_is_back() -> Result<()> {
+    let mut scene = Scene::start("push-catchup", HubOptions::default())?;
+    let https = scene.server.url("app");
+    scene
+        .repo
+        .install_post_receive_hook(&scene.hub.post_receive_hook(Forge::Github, &[&https])?)?;
+    scene.apply_git_repository("app", &https)?;
+    let operator = scene.operator(&scene.hub.token_file(), &[])?;
+    wait_ready(scene.kubectl(), scene.ns.name(), "app", "60s", &operator)?;
+    wait_watching(&scene.hub, 1, 1)?;
+
+    // The hub goes away; the push's webhook fails, as a forge's delivery to a down hub would.
+    scene.hub.stop();
+    let sha = scene.push_greeting("missed")?;
+    let deliveries = std::fs::read_to_string(scene.hub.hook_log())?;
+    assert!(
+        deliveries.contains(&format!("{sha} 000")),
+        "the webhook should have failed while the hub was down: {deliveries}"
+    );
+    // The forge redelivers once the hub is back (GitHub's "redeliver"), before the operator has
+    // reconnected: the hub keeps the sha, and the operator learns it from the catch-up on reconnect.
+    scene.hub.start_again()?;
+    let body = format!(
+        r#"{{"ref":"refs/heads/main","after":"{sha}","repository":{{"clone_url":"{https}"}}}}"#
+    );
+    let secret = scene.hub.secret(Forge::Github)?;
+    let sig = hmac_sha256_hex(&secret, &body)?;
+    let status = scene.hub.post_webhook(
+        "github",
+        &[
+            "X-GitHub-Event: push".to_string(),
+            "X-GitHub-Delivery: redelivery-1".to_string(),
+            format!("X-Hub-Signature-256: sha256={sig}"),
+        ],
+        body.as_bytes(),
+    )?;
+    assert_eq!(status, 202, "hub log:\n{}", scene.hub.log_tail());
+    scene.wait_greeting("settings", "missed", LANDS_WITHIN, &operator)?;
+    assert!(
+        operator.log().contains("connected to the hub"),
+        "{}",
+        operator.log_tail()
+    );
+
+    // The hub restarted on the same data dir: a later push through the hook lands too.
+    scene.push_greeting("after")?;
+    scene.wait_greeting("settings", "after", LANDS_WITHIN, &operator)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_hub_is_detected_as_dead_and_the_operator_reconnects_when_it_thaws() -> Result<()>
+{
+    let scene = Scene::start("push-frozen", HubOptions::default())?;
+    let https = scene.server.url("app");
+    scene
+        .repo
+        .install_post_receive_hook(&scene.hub.post_receive_hook(Forge::Github, &[&https])?)?;
+    scene.apply_git_repository("app", &https)?;
+    let operator = scene.operator(
+        &scene.hub.token_file(),
+        &["--hub-keepalive=1s", "--hub-dead-after=3s"],
+    )?;
+    wait_ready(scene.kubectl(), scene.ns.name(), "app", "60s", &operator)?;
+    wait_watching(&scene.hub, 1, 1)?;
+    let before = operator_reconnects(&operator)?;
+
+    scene.hub.freeze();
+    // Silent for dead-after: the operator drops the connection and starts dialling again.
+    let dead = wait_until("the operator declares the hub dead", LANDS_WITHIN, || {
+        Ok(operator.log().contains(r#"category="dead""#))
+    });
+    scene.hub.thaw();
+    dead.with_context(|| operator.log_tail())?;
+
+    // Thawed: a fresh session sends its watch set again, and a push lands through it.
+    wait_watching(&scene.hub, 1, 2)?;
+    assert!(operator_reconnects(&operator)? > before);
+    scene.push_greeting("thawed")?;
+    scene.wait_greeting("settings", "thawed", LANDS_WITHIN, &operator)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trigger_nothing()
+-> Result<()> {
+    let good = AgentSpec::new("e2e", &["**"]);
+    let narrow = AgentSpec::new("narrow", &["elsewhere.example/**"]);
+    let scene = Scene::start(
+        "push-refused",
+        HubOptions {
+            agents: vec![good, narrow],
+            max_body_bytes: 16 * 1024,
+        },
+    )?;
+    let https = scene.server.url("app");
+    scene.apply_git_repository("app", &https)?;
+    let operator = scene.operator(&scene.hub.token_file(), &[])?;
+    wait_ready(scene.kubectl(), scene.ns.name(), "app", "60s", &operator)?;
+    wait_watching(&scene.hub, 1, 1)?;
+
+    // Two more operators on the same repository, each in a namespace of its own: one with a token the
+    // hub does not know, one whose agent may not hear about this repository.
+    let strangers = [
+        ("push-wrongtoken", scene.hub.wrong_token_file()?),
+        ("push-narrow", scene.hub.token_file_of("narrow")),
+    ];
+    let mut others = Vec::new();
+    for (prefix, token) in strangers {
+        let ns = TestNamespace::create(prefix).await?;
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-auth\n  namespace: {ns}\nstringData:\n  username: {user}\n  password: {pw}\n  caFile: |\n{ca}",
+            ns = ns.name(),
+            user = scene.server.username(),
+            pw = scene.server.password(),
+            ca = indent(scene.server.ca_pem(), 4),
+        );
+        ns.kubectl().apply(&secret)?;
+        ns.kubectl().apply(&git_repository(
+            ns.name(),
+            "app",
+            &https,
+            &format!(
+                "  path: deploy\n  interval: 1h\n  targetNamespace: {}\n  secretRef:\n    name: app-auth\n",
+                ns.name()
+            ),
+        ))?;
+        let op = Operator::start(
+            ns.kubeconfig(),
+            ns.name(),
+            &[
+                &format!("--hub-url={}", scene.hub.ws_url()),
+                &format!("--hub-token-file={}", token.display()),
+            ],
+        )?;
+        wait_ready(ns.kubectl(), ns.name(), "app", "60s", &op)?;
+        others.push((ns, op));
+    }
+    let (wrong_ns, wrong_op) = &others[0];
+    let (narrow_ns, narrow_op) = &others[1];
+    wait_until("the wrong token is refused", LANDS_WITHIN, || {
+        Ok(wrong_op
+            .log()
+            .contains("refused the agent token (HTTP 401)"))
+    })
+    .with_context(|| wrong_op.log_tail())?;
+    wait_until(
+        "the narrow agent is told the repository is not for it",
+        LANDS_WITHIN,
+        || Ok(narrow_op.log().contains("the hub reported a problem")),
+    )
+    .with_context(|| narrow_op.log_tail())?;
+    let metrics = scene.hub.metrics()?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("agent_refusals_total") && l.contains("unauthorized")),
+        "no unauthorized refusal counted:\n{metrics}"
+    );
+
+    // A push nobody announces yet: the forged webhooks below must not make anyone apply it.
+    let sha = scene.push_greeting("forged")?;
+    let body = format!(
+        r#"{{"ref":"refs/heads/main","after":"{sha}","repository":{{"clone_url":"{https}"}}}}"#
+    );
+    let forged = scene.hub.post_webhook(
+        "github",
+        &[
+            "X-GitHub-Event: push".to_string(),
+            format!(
+                "X-Hub-Signature-256: sha256={}",
+                hmac_sha256_hex("not the secret", &body)?
+            ),
+        ],
+        body.as_bytes(),
+    )?;
+    assert_eq!(forged, 401, "forged signature");
+    let unsigned = scene.hub.post_webhook(
+        "gitlab",
+        &["X-Gitlab-Event: Push Hook".to_string()],
+        body.as_bytes(),
+    )?;
+    assert_eq!(unsigned, 401, "GitLab webhook without its token");
+    let secret = scene.hub.secret(Forge::Github)?;
+    let huge = format!("{body}{}", " ".repeat(32 * 1024));
+    let oversized = scene.hub.post_webhook(
+        "github",
+        &[
+            "X-GitHub-Event: push".to_string(),
+            format!(
+                "X-Hub-Signature-256: sha256={}",
+                hmac_sha256_hex(&secret, &huge)?
+            ),
+        ],
+        huge.as_bytes(),
+    )?;
+    assert_eq!(oversized, 413, "oversized body");
+    let metrics = scene.hub.metrics()?;
+    assert_eq!(
+        metric_value(&metrics, "notices_sent_total").unwrap_or(0.0),
+        0.0,
+        "a refused webhook sent a notice:\n{metrics}"
+    );
+    assert_eq!(
+        get_field(
+            scene.kubectl(),
+            scene.ns.name(),
+            "app",
+            "{.status.lastNotifiedAt}"
+        )?,
+        "",
+        "a refused webhook notified the operator"
+    );
+
+    // The hub keeps serving: a valid, signed webhook for that same push lands at once, for the good
+    // agent only.
+    let signed = scene.hub.post_webhook(
+        "github",
+        &[
+            "X-GitHub-Event: push".to_string(),
+            format!(
+                "X-Hub-Signature-256: sha256={}",
+                hmac_sha256_hex(&secret, &body)?
+            ),
+        ],
+        body.as_bytes(),
+    )?;
+    assert_eq!(signed, 202, "hub log:\n{}", scene.hub.log_tail());
+    scene.wait_greeting("settings", "forged", LANDS_WITHIN, &operator)?;
+    for (ns, op) in [(wrong_ns, wrong_op), (narrow_ns, narrow_op)] {
+        assert_eq!(
+            get_field(ns.kubectl(), ns.name(), "app", "{.status.lastNotifiedAt}")?,
+            "",
+            "{} heard of the push:\n{}",
+            ns.name(),
+            op.log_tail()
+        );
+        assert_eq!(
+            ns.kubectl().run(&[
+                "get",
+                "configmap",
+                "settings",
+                "-n",
+                ns.name(),
+                "-o",
+                "jsonpath={.data.greeting}"
+            ])?,
+            "v0",
+            "{} applied the push",
+            ns.name()
+        );
+    }
+    Ok(())
+}
