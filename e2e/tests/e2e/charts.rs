@@ -672,3 +672,111 @@ fn check_hub_config(config: &str) -> Result<()> {
     );
     Ok(())
 }
+
+/// A fenced YAML block of a Markdown file, with where it starts.
+struct YamlBlock {
+    origin: String,
+    text: String,
+}
+
+fn yaml_blocks(path: &Path) -> Result<Vec<YamlBlock>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        match &mut current {
+            None if line.trim_start() == "```yaml" => current = Some((n + 1, String::new())),
+            Some((start, body)) if line.trim_start() == "```" => {
+                blocks.push(YamlBlock {
+                    origin: format!("{}:{start}", path.display()),
+                    text: std::mem::take(body),
+                });
+                current = None;
+            }
+            Some((_, body)) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            None => {}
+        }
+    }
+    ensure!(
+        current.is_none(),
+        "{}: an unclosed ```yaml block",
+        path.display()
+    );
+    Ok(blocks)
+}
+
+fn doc_files() -> Result<Vec<PathBuf>> {
+    let root = tether_e2e::workspace_root();
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Every YAML block in README.md and docs/*.md is one of: Kubernetes objects (each passes a
+/// server-side dry run, `GitRepository` ones against the CRD), a hub config (`# hub.yaml`, passes
+/// `tether-hub --check-config`), or chart values (`# tether-operator values`, `# tether-hub values`,
+/// which render). Anything else fails, so that no example goes unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_yaml_example_in_the_docs_is_valid() -> Result<()> {
+    let ns = TestNamespace::create("docs").await?;
+    install_crds(ns.kubectl())?;
+    let mut checked = std::collections::BTreeMap::<&str, usize>::new();
+    for file in doc_files()? {
+        for block in yaml_blocks(&file)? {
+            let first = block.text.lines().next().unwrap_or_default().trim();
+            let origin = &block.origin;
+            let kind = match first {
+                "# hub.yaml" => {
+                    check_hub_config(&block.text).with_context(|| origin.clone())?;
+                    "hub config"
+                }
+                "# tether-operator values" | "# tether-hub values" => {
+                    let chart_name = first.trim_start_matches("# ").trim_end_matches(" values");
+                    template(chart_name, "docs", ns.name(), &block.text, &[])
+                        .with_context(|| origin.clone())?;
+                    "chart values"
+                }
+                _ => {
+                    let docs = documents(&block.text).with_context(|| origin.clone())?;
+                    ensure!(!docs.is_empty(), "{origin}: an empty YAML block");
+                    for mut doc in docs {
+                        ensure!(
+                            doc["apiVersion"].is_string()
+                                && doc["kind"].is_string()
+                                && doc["metadata"]["name"].is_string(),
+                            "{origin}: neither a Kubernetes object (apiVersion, kind, metadata.name) \
+                             nor marked `# hub.yaml` or `# <chart> values`"
+                        );
+                        // The examples name namespaces of their own; try them in this test's.
+                        doc["metadata"]["namespace"] = Value::from(ns.name());
+                        let yaml = serde_yaml_ng::to_string(&doc)?;
+                        kubectl(
+                            &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+                            Some(&yaml),
+                        )
+                        .with_context(|| format!("{origin}: {} refused", doc["kind"]))?;
+                    }
+                    "Kubernetes objects"
+                }
+            };
+            *checked.entry(kind).or_default() += 1;
+        }
+    }
+    eprintln!("checked YAML blocks in the docs: {checked:?}");
+    for kind in ["hub config", "chart values", "Kubernetes objects"] {
+        ensure!(
+            checked.contains_key(kind),
+            "no {kind} example found: is the test still reading the docs?"
+        );
+    }
+    Ok(())
+}
