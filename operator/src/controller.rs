@@ -39,7 +39,10 @@ pub struct Context {
     catalog: Catalog,
     mirrors: MirrorCache,
     metrics: Metrics,
-    recorder: Recorder,
+    /// Who publishes Events. A recorder is made per Event: kube's `Recorder` folds Events with the
+    /// same reason into one series that keeps the first note, so a second "Applied revision" would
+    /// still name the first revision. Events come only on a change, so there is no flood to fold.
+    reporter: Reporter,
     /// Consecutive transient failures per object, for the backoff.
     failures: Mutex<HashMap<Ref<GitRepository>, u32>>,
     /// Clients impersonating a `serviceAccountName`, by `namespace/name`.
@@ -67,7 +70,7 @@ impl Context {
     ) -> Arc<Self> {
         let (watch_set, _) = watch::channel(BTreeSet::new());
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             config,
             catalog: Catalog::default(),
@@ -730,7 +733,8 @@ async fn publish(ctx: &Context, obj: &GitRepository, type_: EventType, reason: &
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
         debug!(error = %e, "publishing an event");
     }
 }
