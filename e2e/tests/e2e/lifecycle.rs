@@ -72,6 +72,27 @@ async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()
     wait_applied(kubectl, n, "app", &format!("main@sha1:{second}"), &operator)?;
     wait_ready(kubectl, n, "app", "30s", &operator)?;
     ensure!(greeting(kubectl, n, "settings")? == "two");
+    // The Event tells what the revision changed, told apart by the dry-run's resourceVersion.
+    let applied = format!("Applied revision main@sha1:{second}: configured 1, unchanged 1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = kubectl.run(&[
+            "get",
+            "events",
+            "-n",
+            n,
+            "--field-selector=reason=ReconciliationSucceeded",
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+        ])?;
+        if events.lines().any(|l| l == applied) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no Event {applied:?} within 30s; Events:\n{events}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     // Deleting it (prune: true by default) deletes its objects, then the GitRepository goes.
     kubectl.run(&["delete", "gitrepo", "app", "-n", n, "--timeout=60s"])?;
