@@ -55,8 +55,14 @@ stop: cluster-down ## Stop everything `make run` started
 crds: ## Regenerate crds/ from the Rust types
 	$(CARGO) run -q --locked -p tether-operator -- crd > crds/gitrepository.yaml
 
-bench: ## Benchmarks that print figures
-	@echo "no benchmarks yet"
+BENCH_SIZES ?= 100 1000
+BENCH_PUSHES ?= 50
+bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency
+	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-push
+	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
+	  target/release/bench-sync $(BENCH_SIZES)
+	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
+	  target/release/examples/bench-push $(BENCH_PUSHES)
 
 clean: cluster-down
 	rm -rf $(RUN_DIR)

@@ -35,13 +35,15 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(Some("tether".into()), None)?;
+        // Every name carries the `tether_` prefix itself, so that metrics registered elsewhere (the hub
+        // client) read the same.
+        let registry = Registry::new();
         let buckets = vec![
             0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
         ];
         let reconcile_duration = HistogramVec::new(
             HistogramOpts::new(
-                "reconcile_duration_seconds",
+                "tether_reconcile_duration_seconds",
                 "Time spent in one reconcile of a GitRepository, by result",
             )
             .buckets(buckets.clone()),
@@ -49,21 +51,21 @@ impl Metrics {
         )?;
         let reconciles = IntCounterVec::new(
             Opts::new(
-                "reconciles_total",
+                "tether_reconciles_total",
                 "Reconciles by result (success or error category)",
             ),
             &["result"],
         )?;
         let resolve_duration = Histogram::with_opts(
             HistogramOpts::new(
-                "git_resolve_duration_seconds",
+                "tether_git_resolve_duration_seconds",
                 "Time to ask a remote what a ref points at",
             )
             .buckets(buckets.clone()),
         )?;
         let fetch_duration = HistogramVec::new(
             HistogramOpts::new(
-                "git_fetch_duration_seconds",
+                "tether_git_fetch_duration_seconds",
                 "Time to bring a commit into the mirror cache, by outcome (fetched or cached)",
             )
             .buckets(buckets.clone()),
@@ -71,14 +73,14 @@ impl Metrics {
         )?;
         let objects = IntCounterVec::new(
             Opts::new(
-                "objects_applied_total",
+                "tether_objects_applied_total",
                 "Objects by what applying a revision did to them",
             ),
             &["action"],
         )?;
         let push_to_applied = Histogram::with_opts(
             HistogramOpts::new(
-                "push_to_applied_seconds",
+                "tether_push_to_applied_seconds",
                 "From a push arriving at the hub to its revision applied in the cluster",
             )
             .buckets(buckets),
