@@ -45,12 +45,19 @@ cluster-up: deps ## Start the control plane in the background; use as: eval "$$(
 cluster-down: ## Stop the control plane started by cluster-up
 	@$(CARGO) run -q --locked -p tether-e2e --bin tether-cluster -- --state-dir "$(CLUSTER_DIR)" down
 
-run: cluster-up ## The local demo
-	@echo "The control plane is running. Use it with:"
-	@echo '  eval "$$(make -s cluster-up)"; kubectl get namespaces'
-	@echo "Stop it with: make stop"
+run: deps ## The local demo: control plane, git server, hub, operator and a GitRepository syncing
+	@echo "==> building the control-plane binaries (cached after the first build; the first takes ~20 min)"
+	@bash hack/controlplane-bin.sh >/dev/null
+	@echo "==> building Tether"
+	$(CARGO) build --locked -p tether-operator -p tether-hub -p tether-e2e --bins
+	@TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" target/debug/tether-demo --state-dir "$(RUN_DIR)/demo"
 
-stop: cluster-down ## Stop everything `make run` started
+stop: ## Stop everything `make run` (and `make cluster-up`) started
+	@if [[ -f "$(RUN_DIR)/demo/demo.pid" ]]; then \
+	  pid=$$(cat "$(RUN_DIR)/demo/demo.pid"); kill -TERM "$$pid" 2>/dev/null || true; \
+	  for _ in $$(seq 100); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \
+	  echo "stopped the demo"; fi
+	@$(MAKE) -s cluster-down
 
 crds: ## Regenerate crds/ from the Rust types
 	$(CARGO) run -q --locked -p tether-operator -- crd > crds/gitrepository.yaml

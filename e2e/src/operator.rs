@@ -97,6 +97,11 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Where the log is written.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The last lines of the log, for failure messages.
     pub fn log_tail(&self) -> String {
         tail(&self.log, 40)

@@ -1,0 +1,218 @@
+//! `make run`: the whole loop on one machine. A real API server, an HTTPS git server holding a sample
+//! config repo, the hub with a generated config and a webhook hook on the repo, the operator connected
+//! to the hub, and a `GitRepository` syncing. Ctrl-C (or `make stop`) stops everything it started.
+//!
+//! Every process is started from the main thread through `setpriv --pdeathsig`, so they all end with
+//! this program, however it ends.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tether_e2e::controlplane::{Binaries, ControlPlane};
+use tether_e2e::git_server::HttpsGitServer;
+use tether_e2e::hub::{Forge, Hub};
+use tether_e2e::kubectl::Kubectl;
+use tether_e2e::operator::{Operator, install_crds, wait_ready};
+use tether_e2e::process::Lifetime;
+
+#[derive(Debug, Parser)]
+#[command(about = "Tether's local demo: control plane, git server, hub, operator, a GitRepository")]
+struct Args {
+    /// Where the demo keeps its state (control plane data, logs, pid file).
+    #[arg(long, env = "TETHER_DEMO_DIR", default_value = ".run/demo")]
+    state_dir: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let Args { state_dir } = Args::parse();
+    if let Err(e) = demo(&state_dir) {
+        eprintln!("\nthe demo failed: {e:#}");
+        eprintln!("logs are in {}", state_dir.display());
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Prints a step, runs it, prints how long it took (or fails naming the step).
+fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprint!("==> {what} ... ");
+    let began = Instant::now();
+    let out = f().with_context(|| format!("while {what}"))?;
+    eprintln!("ok ({:.1}s)", began.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+fn demo(state_dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(state_dir);
+    std::fs::create_dir_all(state_dir)?;
+    let state_dir = state_dir.canonicalize()?;
+    std::fs::write(state_dir.join("demo.pid"), std::process::id().to_string())?;
+
+    let binaries = step("finding the control-plane binaries", Binaries::locate)?;
+    let plane = step(
+        "starting etcd, kube-apiserver and kube-controller-manager",
+        || {
+            ControlPlane::start(
+                &state_dir.join("cluster"),
+                binaries,
+                Lifetime::TiedToStarter,
+            )
+        },
+    )?;
+    let kubectl = Kubectl::for_plane(&plane);
+    step("installing the GitRepository CRD", || {
+        install_crds(&kubectl)
+    })?;
+
+    let git = step(
+        "starting the HTTPS git server (nginx + git http-backend)",
+        HttpsGitServer::start,
+    )?;
+    let repo = step("creating the sample config repo", || {
+        let repo = git.create_repo("demo-app")?;
+        repo.write("deploy/namespace.yaml", SAMPLE_NAMESPACE)?;
+        repo.write("deploy/config.yaml", &sample_config("hello from Tether"))?;
+        repo.write("deploy/app.yaml", SAMPLE_APP)?;
+        repo.commit("the demo app")?;
+        repo.push()?;
+        // A person commits here with their own identity, or this one when they have none.
+        repo.git(&["config", "user.name", "Tether Demo"])?;
+        repo.git(&["config", "user.email", "demo@tether.invalid"])?;
+        Ok(repo)
+    })?;
+    let hub = step("starting the hub", Hub::start)?;
+    step("installing the webhook hook on the repo", || {
+        let script = hub.post_receive_hook(Forge::Github, &[&git.url("demo-app")])?;
+        repo.install_post_receive_hook(&script)?;
+        Ok(())
+    })?;
+
+    let operator = step("starting the operator, connected to the hub", || {
+        let token = hub.token_file().display().to_string();
+        Operator::start(
+            &plane.kubeconfig(),
+            "default",
+            &["--hub-url", &hub.ws_url(), "--hub-token-file", &token],
+        )
+    })?;
+    step("applying a GitRepository and waiting for Ready", || {
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: demo-git\n  namespace: default\nstringData:\n  username: {}\n  password: {}\n  caFile: |\n{}",
+            git.username(),
+            git.password(),
+            indent(git.ca_pem(), 4)
+        );
+        kubectl.apply(&secret)?;
+        kubectl.apply(&format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: GitRepository\nmetadata:\n  name: demo\n  namespace: default\nspec:\n  url: {}\n  path: deploy\n  interval: 1h\n  secretRef:\n    name: demo-git\n",
+            git.url("demo-app")
+        ))?;
+        wait_ready(&kubectl, "default", "demo", "120s", &operator)
+    })?;
+
+    let bin = plane.binaries().dir().display().to_string();
+    let work = repo.work_path().display();
+    println!(
+        r#"
+Tether is running. Everything below stops with Ctrl-C here, or `make stop` from another shell.
+
+  API server  {api}
+  git server  {git_url}  (user {user}; the work tree below pushes to it)
+  hub         {hub_url}  (webhooks at /v1/webhooks/github)
+  operator    {admin}/metrics   log: {log}
+
+In another shell:
+
+  export KUBECONFIG={kubeconfig} PATH={bin}:$PATH
+  kubectl get gitrepo -w
+
+Then change the app and push; the interval is 1h, so the hub's push notice is what applies it:
+
+  cd {work}
+  sed -i 's/hello from Tether/hello again/' deploy/config.yaml
+  git commit -am 'a new greeting' && git push origin main
+  kubectl get configmap greeting -n tether-demo -o jsonpath='{{.data.message}}'
+"#,
+        api = plane.api_url(),
+        git_url = git.url("demo-app"),
+        user = git.username(),
+        hub_url = hub.ws_url(),
+        admin = operator.admin_url(),
+        log = state_dir.join("operator.log").display(),
+        kubeconfig = plane.kubeconfig().display(),
+    );
+    // Keep the operator's log where the message says it is.
+    let log_link = state_dir.join("operator.log");
+    let _ = std::fs::remove_file(&log_link);
+    let _ = std::os::unix::fs::symlink(operator.log_path(), &log_link);
+
+    wait_for_stop()?;
+    eprintln!("\n==> stopping the operator, the hub, the git server and the control plane");
+    drop(operator);
+    drop(hub);
+    drop(git);
+    drop(plane);
+    let _ = std::fs::remove_file(state_dir.join("demo.pid"));
+    eprintln!("==> stopped");
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_stop() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    Ok(())
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+const SAMPLE_NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tether-demo\n";
+
+fn sample_config(message: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: greeting\n  namespace: tether-demo\ndata:\n  message: {message}\n"
+    )
+}
+
+const SAMPLE_APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: tether-demo
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: tether-demo
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+"#;
