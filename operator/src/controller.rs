@@ -478,6 +478,9 @@ async fn stages(obj: &GitRepository, ctx: &Context) -> Result<Done, (Option<Stri
         .observe(started.elapsed().as_secs_f64());
     let revision = resolved.revision.clone();
     let with_rev = |e: Error| (Some(revision.clone()), e);
+    mark_progressing(obj, ctx, &revision)
+        .await
+        .map_err(with_rev)?;
 
     // Fetch, unless the mirror has the commit.
     let started = Instant::now();
@@ -578,6 +581,36 @@ async fn stages(obj: &GitRepository, ctx: &Context) -> Result<Done, (Option<Stri
         inventory: new,
         summary,
     })
+}
+
+/// Before work on a new revision or spec: `Reconciling` True and `Ready` Unknown, so that `kubectl get`
+/// and `kubectl wait` see the work under way. An unchanged revision writes nothing.
+async fn mark_progressing(obj: &GitRepository, ctx: &Context, revision: &str) -> Result<(), Error> {
+    let status = obj.status.clone().unwrap_or_default();
+    let settled = status.last_applied_revision.as_deref() == Some(revision)
+        && status.observed_generation == obj.metadata.generation;
+    if settled {
+        return Ok(());
+    }
+    let message = format!("Applying revision {revision}");
+    let mut next = status;
+    set_condition(
+        &mut next.conditions,
+        obj,
+        condition::RECONCILING,
+        "True",
+        reason::PROGRESSING,
+        &message,
+    );
+    set_condition(
+        &mut next.conditions,
+        obj,
+        condition::READY,
+        "Unknown",
+        reason::PROGRESSING,
+        &message,
+    );
+    write_status(ctx, obj, next).await
 }
 
 /// Loads the git credentials a `secretRef` names.

@@ -780,3 +780,109 @@ async fn every_yaml_example_in_the_docs_is_valid() -> Result<()> {
     }
     Ok(())
 }
+
+/// The operator, out of cluster but with only the rights the chart gives its ServiceAccount (its
+/// kubeconfig impersonates that account), still syncs a repository: apply, update and prune.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_with_only_the_charts_rights_syncs_a_repository() -> Result<()> {
+    let home = TestNamespace::create("chart-sa-home").await?;
+    let watched = TestNamespace::create("chart-sa-watched").await?;
+    install_crds(home.kubectl())?;
+    let release = home.name();
+    let values = format!("scope: namespace\nwatchNamespace: {}\n", watched.name());
+    let rendered = template("tether-operator", release, home.name(), &values, &[])?;
+    let _cleanup = cluster_scoped(&rendered)?;
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&rendered))?;
+
+    // The admin kubeconfig, acting as the chart's ServiceAccount.
+    let account = format!(
+        "system:serviceaccount:{}:{release}-tether-operator",
+        home.name()
+    );
+    let admin = std::fs::read_to_string(shared().kubeconfig())?;
+    let mut config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&admin)?;
+    config["users"][0]["user"]["as"] = serde_yaml_ng::Value::String(account);
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, serde_yaml_ng::to_string(&config)?)?;
+    let as_account = kubectl(
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().context("kubeconfig path")?,
+            "get",
+            "configmaps",
+            "-n",
+            home.name(),
+        ],
+        None,
+    );
+    ensure!(
+        as_account.is_err(),
+        "the impersonating kubeconfig is not limited to the chart's rights"
+    );
+
+    let ns = watched.name();
+    let repo = tether_e2e::git_server::Upstream::new("chart-sa")?;
+    repo.write(
+        "deploy/config.yaml",
+        &crate::fixtures::config_map(ns, "settings", "hello"),
+    )?;
+    repo.write(
+        "deploy/extra.yaml",
+        &crate::fixtures::config_map(ns, "extra", "x"),
+    )?;
+    repo.commit("two ConfigMaps")?;
+    repo.push()?;
+    let operator = tether_e2e::operator::Operator::start(&kubeconfig, ns, &[])?;
+    watched.kubectl().apply(&crate::fixtures::git_repository(
+        ns,
+        "app",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n",
+    ))?;
+    tether_e2e::operator::wait_ready(watched.kubectl(), ns, "app", "60s", &operator)?;
+
+    repo.write(
+        "deploy/config.yaml",
+        &crate::fixtures::config_map(ns, "settings", "changed"),
+    )?;
+    repo.remove("deploy/extra.yaml")?;
+    repo.commit("change one, drop the other")?;
+    repo.push()?;
+    let k = watched.kubectl();
+    tether_e2e::operator::wait_for_output(
+        k,
+        &[
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.data.greeting}",
+        ],
+        "changed",
+        &operator,
+    )?;
+    tether_e2e::operator::wait_for_output(
+        k,
+        &[
+            "get",
+            "configmap",
+            "-n",
+            ns,
+            "-l",
+            "tether.dev/name=app",
+            "-o",
+            "name",
+        ],
+        "configmap/settings",
+        &operator,
+    )?;
+    ensure!(
+        !operator.log().contains("forbidden"),
+        "the operator hit a permission it lacks:\n{}",
+        operator.log_tail()
+    );
+    Ok(())
+}
