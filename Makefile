@@ -64,12 +64,15 @@ crds: ## Regenerate crds/ from the Rust types
 
 BENCH_SIZES ?= 100 1000
 BENCH_PUSHES ?= 50
-bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency
+BENCH_AGENTS ?= 5000
+bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, hub fan-out
 	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-push
+	$(CARGO) build --release --locked -p tether-hub --example loadgen
 	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/bench-sync $(BENCH_SIZES)
 	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/examples/bench-push $(BENCH_PUSHES)
+	ulimit -n 65536 && target/release/examples/loadgen $(BENCH_AGENTS)
 
 clean: cluster-down
 	rm -rf $(RUN_DIR)

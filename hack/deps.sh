@@ -8,7 +8,7 @@ packages=(
   pkg-config libssl-dev                 # git2's TLS and SSH transports
   nginx fcgiwrap                        # the HTTPS git server: git http-backend behind nginx
   openssh-server openssh-client         # the SSH git server and ssh-keygen
-  nftables iproute2                     # the network-namespace test with no inbound access
+  nftables iproute2 socat               # the network-namespace test with no inbound access
   util-linux procps                     # setpriv (child processes die with the tests), ps
 )
 

@@ -8,6 +8,7 @@
 //! - [`hub`]: the real `tether-hub` with a generated config, stopped, restarted and frozen at will, and
 //!   `post-receive` hooks that send it signed GitHub, GitLab and Gitea push webhooks.
 //! - [`kubectl`]: the real `kubectl`, pointed at that control plane.
+//! - [`netns`]: a network namespace that lets nothing in, with relays out to the host's services.
 //! - [`operator`]: the real `tether-operator` as a process, and kubectl helpers around `GitRepository`.
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
 
@@ -16,6 +17,7 @@ pub mod controlplane;
 pub mod git_server;
 pub mod hub;
 pub mod kubectl;
+pub mod netns;
 pub mod operator;
 pub mod process;
 

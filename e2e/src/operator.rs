@@ -64,24 +64,42 @@ pub struct Operator {
     _dir: tempfile::TempDir,
     args: Vec<String>,
     kubeconfig: PathBuf,
+    netns: Option<String>,
 }
 
 impl Operator {
     /// Starts `tether-operator --namespace <namespace>` with `extra` flags.
     pub fn start(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_in(kubeconfig, namespace, extra, None)
+    }
+
+    /// [`Operator::start`] inside the network namespace `netns` (through `ip netns exec`), its admin
+    /// server on every address there, when `netns` is given.
+    pub fn start_in(
+        kubeconfig: &Path,
+        namespace: &str,
+        extra: &[&str],
+        netns: Option<&str>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tether-operator-")
             .tempdir()?;
         let admin_port = free_port()?;
+        let admin_host = if netns.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         let mut args = vec![
-            format!("--admin-addr=127.0.0.1:{admin_port}"),
+            format!("--admin-addr={admin_host}:{admin_port}"),
             format!("--cache-dir={}", dir.path().join("cache").display()),
             format!("--namespace={namespace}"),
             "--concurrency=4".to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.path().join("operator.log");
-        let process = spawn(kubeconfig, &args, &log)?;
+        let netns = netns.map(str::to_string);
+        let process = spawn(kubeconfig, &args, &log, netns.as_deref())?;
         Ok(Self {
             process,
             admin_port,
@@ -89,6 +107,7 @@ impl Operator {
             _dir: dir,
             args,
             kubeconfig: kubeconfig.to_path_buf(),
+            netns,
         })
     }
 
@@ -107,6 +126,10 @@ impl Operator {
         tail(&self.log, 40)
     }
 
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
     pub fn admin_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
     }
@@ -120,7 +143,12 @@ impl Operator {
     pub fn restart(&mut self) -> Result<()> {
         self.process.stop(Duration::from_secs(5));
         let previous = self.log();
-        self.process = spawn(&self.kubeconfig, &self.args, &self.log)?;
+        self.process = spawn(
+            &self.kubeconfig,
+            &self.args,
+            &self.log,
+            self.netns.as_deref(),
+        )?;
         // Keep the earlier run's lines for failure messages.
         let _ = std::fs::write(self.log.with_extension("previous.log"), previous);
         Ok(())
@@ -131,9 +159,18 @@ impl Operator {
     }
 }
 
-fn spawn(kubeconfig: &Path, args: &[String], log: &Path) -> Result<Process> {
-    let program = binary("tether-operator")?;
-    let mut all = vec![format!("--log-format=plain")];
+fn spawn(kubeconfig: &Path, args: &[String], log: &Path, netns: Option<&str>) -> Result<Process> {
+    let operator = binary("tether-operator")?;
+    let mut all = Vec::new();
+    let program = match netns {
+        Some(ns) => {
+            all.extend(["netns", "exec", ns].map(String::from));
+            all.push(operator.display().to_string());
+            PathBuf::from("ip")
+        }
+        None => operator,
+    };
+    all.push("--log-format=plain".to_string());
     all.extend(args.iter().cloned());
     Process::spawn_with_env(
         "tether-operator",

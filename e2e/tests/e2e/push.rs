@@ -73,13 +73,23 @@ impl Scene {
 
     /// An operator for this namespace connected to the hub with `token_file`.
     fn operator(&self, token_file: &std::path::Path, extra: &[&str]) -> Result<Operator> {
+        self.operator_in(token_file, extra, None)
+    }
+
+    /// [`Scene::operator`] inside a network namespace, when given.
+    fn operator_in(
+        &self,
+        token_file: &std::path::Path,
+        extra: &[&str],
+        netns: Option<&str>,
+    ) -> Result<Operator> {
         let mut flags = vec![
             format!("--hub-url={}", self.hub.ws_url()),
             format!("--hub-token-file={}", token_file.display()),
         ];
         flags.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-        Operator::start(self.ns.kubeconfig(), self.ns.name(), &refs)
+        Operator::start_in(self.ns.kubeconfig(), self.ns.name(), &refs, netns)
     }
 
     /// Commits a new greeting and pushes it with the real `git push` over HTTPS (the hook runs).
@@ -610,4 +620,52 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
         );
     }
     Ok(())
+}
+
+/// The operator in a network namespace whose firewall drops every new inbound connection: the API
+/// server, the git server and the hub stay outside, and a push still lands at once, over the
+/// connections the operator opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_lands_while_nothing_can_connect_into_the_operators_network() -> Result<()> {
+    let scene = Scene::start("push-no-inbound", HubOptions::default())?;
+    let mut netns = tether_e2e::netns::IsolatedNetns::create()?;
+    let api_port: u16 = tether_e2e::cluster::shared()
+        .api_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("the API server's port")?;
+    for port in [api_port, scene.server.port(), scene.hub.port()] {
+        netns.relay_out(port)?;
+    }
+    let https = scene.server.url("app");
+    scene
+        .repo
+        .install_post_receive_hook(&scene.hub.post_receive_hook(Forge::Github, &[&https])?)?;
+    scene.apply_git_repository("app", &https)?;
+    let operator = scene.operator_in(&scene.hub.token_file(), &[], Some(netns.name()))?;
+    wait_ready(scene.kubectl(), scene.ns.name(), "app", "60s", &operator)?;
+    wait_watching(&scene.hub, 1, 1)?;
+
+    // Nothing gets in: the admin port answers inside the namespace, not from the host.
+    let health = format!("http://127.0.0.1:{}/healthz", operator.admin_port());
+    ensure_inside(&netns, &health)?;
+    assert!(
+        !netns.accepts_inbound(operator.admin_port()),
+        "a connection from outside reached the operator's admin port at {}",
+        netns.inner_addr()
+    );
+
+    scene.push_greeting("v1")?;
+    scene.wait_greeting("settings", "v1", LANDS_WITHIN, &operator)?;
+    Ok(())
+}
+
+/// Fails unless `curl url` succeeds from inside the namespace (within a deadline).
+fn ensure_inside(netns: &tether_e2e::netns::IsolatedNetns, url: &str) -> Result<()> {
+    wait_until(
+        "the admin server answers inside the namespace",
+        Duration::from_secs(20),
+        || netns.run_inside("curl", &["-sf", "-m", "2", url]),
+    )
 }
