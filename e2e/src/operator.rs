@@ -96,6 +96,12 @@ impl Operator {
             format!("--namespace={namespace}"),
             "--concurrency=4".to_string(),
         ];
+        // A flag given in `extra` replaces the default above (the operator refuses a flag twice).
+        let given = |flag: &str| {
+            let name = flag.split('=').next().unwrap_or(flag);
+            extra.iter().any(|e| e.split('=').next() == Some(name))
+        };
+        args.retain(|a| !given(a));
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.path().join("operator.log");
         let netns = netns.map(str::to_string);
