@@ -72,7 +72,7 @@ bench: deps ## Benchmarks that print figures (release builds): sync cold start a
 	  target/release/bench-sync $(BENCH_SIZES)
 	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/examples/bench-push $(BENCH_PUSHES)
-	ulimit -n 65536 && target/release/examples/loadgen $(BENCH_AGENTS)
+	ulimit -n "$$(ulimit -Hn)" && target/release/examples/loadgen $(BENCH_AGENTS)
 
 clean: cluster-down
 	rm -rf $(RUN_DIR)
