@@ -10,6 +10,29 @@ use tether_e2e::operator::{
 
 use crate::fixtures::{config_map, git_repository, write_app};
 
+/// Waits until the `GitRepository` `app` reports `main@sha1:<sha>` as applied.
+fn wait_for_revision(
+    kubectl: &tether_e2e::kubectl::Kubectl,
+    namespace: &str,
+    sha: &str,
+    operator: &Operator,
+) -> Result<()> {
+    wait_for_output(
+        kubectl,
+        &[
+            "get",
+            "gitrepo",
+            "app",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.lastAppliedRevision}",
+        ],
+        &format!("main@sha1:{sha}"),
+        operator,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result<()> {
     let ns = TestNamespace::create("sync").await?;
@@ -81,20 +104,7 @@ async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result
         "jsonpath={.data.greeting}",
     ];
     wait_for_output(kubectl, &cm, "bonjour", &operator)?;
-    wait_for_output(
-        kubectl,
-        &[
-            "get",
-            "gitrepo",
-            "app",
-            "-n",
-            ns.name(),
-            "-o",
-            "jsonpath={.status.lastAppliedRevision}",
-        ],
-        &format!("main@sha1:{}", repo.head()?),
-        &operator,
-    )?;
+    wait_for_revision(kubectl, ns.name(), &repo.head()?, &operator)?;
 
     // 6. Drift: a field changed by hand is set back.
     kubectl.run(&[
@@ -126,20 +136,7 @@ async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result
     repo.remove("deploy/app.yaml")?;
     let after = repo.commit("drop the web app")?;
     repo.push()?;
-    wait_for_output(
-        kubectl,
-        &[
-            "get",
-            "gitrepo",
-            "app",
-            "-n",
-            ns.name(),
-            "-o",
-            "jsonpath={.status.lastAppliedRevision}",
-        ],
-        &format!("main@sha1:{after}"),
-        &operator,
-    )?;
+    wait_for_revision(kubectl, ns.name(), &after, &operator)?;
     wait_for_output(
         kubectl,
         &["get", "deployment,service", "-n", ns.name(), "-o", "name"],
@@ -212,20 +209,7 @@ async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result
     repo.remove("deploy/config.yaml")?;
     let last = repo.commit("drop the ConfigMap")?;
     repo.push()?;
-    wait_for_output(
-        kubectl,
-        &[
-            "get",
-            "gitrepo",
-            "app",
-            "-n",
-            ns.name(),
-            "-o",
-            "jsonpath={.status.lastAppliedRevision}",
-        ],
-        &format!("main@sha1:{last}"),
-        &operator,
-    )?;
+    wait_for_revision(kubectl, ns.name(), &last, &operator)?;
     assert_eq!(
         kubectl
             .run(&[
