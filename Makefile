@@ -33,7 +33,7 @@ unit: ## Unit and component tests (no control plane)
 	$(CARGO) test --workspace --exclude tether-e2e --locked
 
 e2e: deps ## End-to-end tests against the local control plane
-	$(CARGO) build --locked -p tether-operator -p tether-hub
+	$(CARGO) build --locked -p tether-operator -p tether-hub -p tether-e2e --bins
 	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" $(CARGO) test -p tether-e2e --locked -- --nocapture
 	@bash hack/check-no-leftovers.sh "$(CLUSTER_DIR)"
 

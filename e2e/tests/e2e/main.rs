@@ -3,6 +3,7 @@
 mod bad_input;
 mod charts;
 mod credentials;
+mod demo;
 mod fixtures;
 mod harness;
 mod lifecycle;

@@ -1,0 +1,106 @@
+//! `make run`'s demo, as a person uses it: start it, follow what it prints (edit, commit, push in the
+//! work tree it names), see the change land, stop it with SIGTERM (what `make stop` sends).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use tether_e2e::operator::binary;
+use tether_e2e::process::{Lifetime, Process};
+
+/// Polls `probe` until it returns `Some`, within `within`.
+fn wait_for<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(found) = probe() {
+            return Ok(found);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("{what}: not within {within:?}")
+}
+
+/// The value after `prefix` on the first printed line that starts with it (leading spaces ignored).
+fn printed(log: &str, prefix: &str) -> Option<String> {
+    log.lines()
+        .map(str::trim_start)
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+}
+
+#[test]
+fn the_demo_applies_a_push_at_once_and_stops_cleanly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("demo.log");
+    let mut demo = Process::spawn(
+        "tether-demo",
+        &binary("tether-demo")?,
+        &[format!(
+            "--state-dir={}",
+            dir.path().join("state").display()
+        )],
+        &log,
+        Lifetime::TiedToStarter,
+    )?;
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(
+        "the demo says it is running",
+        Duration::from_secs(180),
+        || read().contains("Tether is running").then_some(()),
+    )
+    .with_context(|| format!("demo output:\n{}", read()))?;
+    let out = read();
+    let work = printed(&out, "cd ").context("no work tree printed")?;
+    let kubeconfig = printed(&out, "export KUBECONFIG=").context("no KUBECONFIG printed")?;
+
+    // What the demo tells a person to do.
+    let config = std::path::Path::new(&work).join("deploy/config.yaml");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, text.replace("hello from Tether", "hello again"))?;
+    let git = |args: &[&str]| -> Result<()> {
+        let status = std::process::Command::new("git")
+            .current_dir(&work)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args(args)
+            .status()?;
+        anyhow::ensure!(status.success(), "git {} failed", args.join(" "));
+        Ok(())
+    };
+    git(&["commit", "-qam", "a new greeting"])?;
+    git(&["push", "-q", "origin", "main"])?;
+
+    let kubectl = tether_e2e::cluster::shared().binaries().path("kubectl");
+    wait_for(
+        "the new greeting in the cluster",
+        Duration::from_secs(30),
+        || {
+            let out = std::process::Command::new(&kubectl)
+                .env("KUBECONFIG", &kubeconfig)
+                .args([
+                    "get",
+                    "configmap",
+                    "greeting",
+                    "-n",
+                    "tether-demo",
+                    "-o",
+                    "jsonpath={.data.message}",
+                ])
+                .output()
+                .ok()?;
+            (String::from_utf8_lossy(&out.stdout) == "hello again").then_some(())
+        },
+    )
+    .with_context(|| format!("demo output:\n{}", read()))?;
+
+    demo.stop(Duration::from_secs(30));
+    let out = read();
+    anyhow::ensure!(
+        out.contains("==> stopped"),
+        "the demo did not stop cleanly:\n{out}"
+    );
+    Ok(())
+}
