@@ -46,11 +46,7 @@ impl Kinds {
     }
 
     /// The API resource serving an object's kind at its version.
-    pub fn resource_of(&self, id: &ObjectRef) -> Option<&ApiResource> {
-        self.resource(id)
-    }
-
-    fn resource(&self, id: &ObjectRef) -> Option<&ApiResource> {
+    pub fn resource(&self, id: &ObjectRef) -> Option<&ApiResource> {
         self.by_gvk
             .get(&(id.group.clone(), id.version.clone(), id.kind.clone()))
             .map(|(r, _)| r)

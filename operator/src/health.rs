@@ -28,7 +28,7 @@ pub async fn wait(
         let kinds = catalog.kinds(client).await.map_err(|e| e.to_string())?;
         let mut pending = Vec::new();
         for object in &plan.objects {
-            let Some(resource) = kinds.resource_of(&object.id) else {
+            let Some(resource) = kinds.resource(&object.id) else {
                 continue;
             };
             let api: Api<DynamicObject> = match &object.id.namespace {

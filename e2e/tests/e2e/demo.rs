@@ -1,23 +1,12 @@
 //! `make run`'s demo, as a person uses it: start it, follow what it prints (edit, commit, push in the
 //! work tree it names), see the change land, stop it with SIGTERM (what `make stop` sends).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, ensure};
+use tether_e2e::git_server::wait_until;
 use tether_e2e::operator::binary;
 use tether_e2e::process::{Lifetime, Process};
-
-/// Polls `probe` until it returns `Some`, within `within`.
-fn wait_for<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(found) = probe() {
-            return Ok(found);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("{what}: not within {within:?}")
-}
 
 /// The value after `prefix` on the first printed line that starts with it (leading spaces ignored).
 fn printed(log: &str, prefix: &str) -> Option<String> {
@@ -47,10 +36,13 @@ fn the_demo_applies_a_push_at_once_and_stops_cleanly() -> Result<()> {
         Lifetime::TiedToStarter,
     )?;
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for(
+    wait_until(
         "the demo says it is running",
         Duration::from_secs(180),
-        || read().contains("Tether is running").then_some(()),
+        || {
+            ensure!(read().contains("Tether is running"), "not yet");
+            Ok(())
+        },
     )
     .with_context(|| format!("demo output:\n{}", read()))?;
     let out = read();
@@ -67,14 +59,14 @@ fn the_demo_applies_a_push_at_once_and_stops_cleanly() -> Result<()> {
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .args(args)
             .status()?;
-        anyhow::ensure!(status.success(), "git {} failed", args.join(" "));
+        ensure!(status.success(), "git {} failed", args.join(" "));
         Ok(())
     };
     git(&["commit", "-qam", "a new greeting"])?;
     git(&["push", "-q", "origin", "main"])?;
 
     let kubectl = tether_e2e::cluster::shared().binaries().path("kubectl");
-    wait_for(
+    wait_until(
         "the new greeting in the cluster",
         Duration::from_secs(30),
         || {
@@ -89,16 +81,17 @@ fn the_demo_applies_a_push_at_once_and_stops_cleanly() -> Result<()> {
                     "-o",
                     "jsonpath={.data.message}",
                 ])
-                .output()
-                .ok()?;
-            (String::from_utf8_lossy(&out.stdout) == "hello again").then_some(())
+                .output()?;
+            let message = String::from_utf8_lossy(&out.stdout);
+            ensure!(message == "hello again", "the greeting is {message:?}");
+            Ok(())
         },
     )
     .with_context(|| format!("demo output:\n{}", read()))?;
 
     demo.stop(Duration::from_secs(30));
     let out = read();
-    anyhow::ensure!(
+    ensure!(
         out.contains("==> stopped"),
         "the demo did not stop cleanly:\n{out}"
     );
