@@ -307,8 +307,8 @@ while read old new ref; do
   body=$(printf '{body}' {args})
   sig=$(printf %s "$body" | openssl dgst -sha256 -hmac "$secret" | sed 's/.* //')
   delivery=$(cat /proc/sys/kernel/random/uuid)
-  code=$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' -H 'Content-Type: application/json' {headers} --data-binary "$body" '{url}')
-  echo "$ref $new $code" >> '{log}'
+  answer=$(curl -s -o /dev/null -m 5 -w '%{{http_code}} %{{time_total}}' -H 'Content-Type: application/json' {headers} --data-binary "$body" '{url}')
+  echo "$ref $new $answer" >> '{log}'
 done
 exit 0
 "#,
@@ -318,7 +318,7 @@ exit 0
         ))
     }
 
-    /// Where the hooks record each delivery: `<ref> <sha> <http status>` per line.
+    /// Where the hooks record each delivery: `<ref> <sha> <http status> <seconds the POST took>` per line.
     pub fn hook_log(&self) -> PathBuf {
         self.dir.path().join("hook.log")
     }

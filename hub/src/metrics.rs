@@ -144,4 +144,21 @@ mod tests {
         assert!(text.contains("tether_hub_agents_connected 0"));
         assert!(text.contains("tether_hub_fanout_latency_seconds_bucket"));
     }
+
+    /// docs/metrics.md is the reference: every metric the hub serves has its row there.
+    #[test]
+    fn every_metric_is_in_the_reference() {
+        let m = Metrics::new().unwrap();
+        m.webhook("github", "accepted");
+        m.agent_refusals.with_label_values(&["unauthorized"]).inc();
+        let reference =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+                .unwrap();
+        let families = m.registry.gather();
+        assert_eq!(families.len(), 6, "a metric was added: document it");
+        for family in families {
+            let row = format!("| `{}` |", family.name());
+            assert!(reference.contains(&row), "docs/metrics.md has no row {row}");
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::io::BufReader;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -261,13 +261,6 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// `POST /v1/webhooks/{provider}`.
 async fn webhook(
     State(shared): State<Arc<Shared>>,
@@ -363,7 +356,7 @@ async fn webhook(
         );
     }
 
-    let received_at = unix_ms();
+    let received_at = tether_protocol::unix_ms();
     let notices: Vec<Notice> = covered
         .iter()
         .flat_map(|repo| {

@@ -394,13 +394,10 @@ async fn sync(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error> {
                 )
                 .await;
                 if let (Some((_, pushed_ms)), true) = (notice, changed) {
-                    let now_ms = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or_default();
+                    let since_ms = tether_protocol::unix_ms().saturating_sub(pushed_ms);
                     ctx.metrics
                         .push_to_applied
-                        .observe(now_ms.saturating_sub(pushed_ms) as f64 / 1000.0);
+                        .observe(since_ms as f64 / 1000.0);
                 }
             }
             let interval = obj.spec.interval().unwrap_or(Duration::from_secs(300));
@@ -499,6 +496,7 @@ async fn stages(obj: &GitRepository, ctx: &Context) -> Result<Done, (Option<Stri
         .observe(started.elapsed().as_secs_f64());
 
     // Plan, from the commit's tree.
+    let started = Instant::now();
     let filter =
         plan::ManifestFilter::new(spec.path(), &spec.ignore).map_err(|e| with_rev(e.into()))?;
     let files = ctx
@@ -576,6 +574,9 @@ async fn stages(obj: &GitRepository, ctx: &Context) -> Result<Done, (Option<Stri
             .await
             .map_err(|pending| with_rev(Error::Health { timeout, pending }))?;
     }
+    ctx.metrics
+        .apply_duration
+        .observe(started.elapsed().as_secs_f64());
     Ok(Done {
         revision: resolved.revision,
         inventory: new,

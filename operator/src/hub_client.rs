@@ -352,11 +352,12 @@ pub struct HubMetrics {
     connected: prometheus::IntGauge,
     notices: prometheus::IntCounter,
     reconnects: prometheus::IntCounter,
+    notice_delay: prometheus::Histogram,
 }
 
 impl HubMetrics {
-    /// Create `tether_hub_connected`, `tether_hub_notices_total` and `tether_hub_reconnects_total` in
-    /// `registry`.
+    /// Create `tether_hub_connected`, `tether_hub_notices_total`, `tether_hub_reconnects_total` and
+    /// `tether_hub_notice_delay_seconds` in `registry`.
     pub fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
         let connected = prometheus::IntGauge::new(
             "tether_hub_connected",
@@ -370,13 +371,25 @@ impl HubMetrics {
             "tether_hub_reconnects_total",
             "Dials to the hub after the first one, whether they succeeded or not.",
         )?;
+        let notice_delay = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "tether_hub_notice_delay_seconds",
+                "From a push's webhook arriving at the hub to its live notice arriving here \
+                 (millisecond resolution; compares the hub's clock with this one).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
         registry.register(Box::new(connected.clone()))?;
+        registry.register(Box::new(notice_delay.clone()))?;
         registry.register(Box::new(notices.clone()))?;
         registry.register(Box::new(reconnects.clone()))?;
         Ok(Self {
             connected,
             notices,
             reconnects,
+            notice_delay,
         })
     }
 
@@ -1002,6 +1015,8 @@ impl Session<'_> {
         match HubMessage::from_json(text) {
             Ok(HubMessage::Push(notice)) => {
                 debug!(repo = %notice.repo, git_ref = %notice.git_ref, delivery = %notice.delivery, "push notice");
+                let delay_ms = tether_protocol::unix_ms().saturating_sub(notice.received_at);
+                self.metrics.notice_delay.observe(delay_ms as f64 / 1000.0);
                 // A push that raced the watch can reach us twice: in the catch-up and live.
                 if self.forwarded.record(notice.state()) {
                     vec![notice]

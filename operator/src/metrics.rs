@@ -27,6 +27,8 @@ pub struct Metrics {
     pub resolve_duration: Histogram,
     /// Fetch durations, by whether anything was fetched (`fetched`, `cached`).
     pub fetch_duration: HistogramVec,
+    /// Plan, dry-run, apply, prune and (with `spec.wait`) the health wait of one revision.
+    pub apply_duration: Histogram,
     /// Objects by what applying them did: created, configured, unchanged, pruned.
     pub objects: IntCounterVec,
     /// From a push notice's arrival at the hub to its revision applied.
@@ -71,6 +73,13 @@ impl Metrics {
             .buckets(buckets.clone()),
             &["outcome"],
         )?;
+        let apply_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tether_apply_duration_seconds",
+                "Time to plan, dry-run, apply and prune one revision (with spec.wait, until healthy)",
+            )
+            .buckets(buckets.clone()),
+        )?;
         let objects = IntCounterVec::new(
             Opts::new(
                 "tether_objects_applied_total",
@@ -89,6 +98,7 @@ impl Metrics {
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(resolve_duration.clone()))?;
         registry.register(Box::new(fetch_duration.clone()))?;
+        registry.register(Box::new(apply_duration.clone()))?;
         registry.register(Box::new(objects.clone()))?;
         registry.register(Box::new(push_to_applied.clone()))?;
         Ok(Self {
@@ -97,6 +107,7 @@ impl Metrics {
             reconciles,
             resolve_duration,
             fetch_duration,
+            apply_duration,
             objects,
             push_to_applied,
         })
@@ -211,5 +222,34 @@ async fn readyz_handler(State(state): State<AdminState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the GitRepository CRD",
         )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// docs/metrics.md is the reference: every metric the operator serves (with a hub) has its row.
+    #[test]
+    fn every_metric_is_in_the_reference() {
+        let m = Metrics::new().unwrap();
+        crate::hub_client::HubMetrics::register(&m.registry).unwrap();
+        // Vectors appear once they have a label set.
+        m.reconcile_duration
+            .with_label_values(&["success"])
+            .observe(0.1);
+        m.reconciles.with_label_values(&["success"]).inc();
+        m.fetch_duration.with_label_values(&["cached"]).observe(0.1);
+        m.objects.with_label_values(&["created"]).inc();
+        let reference =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+                .unwrap();
+        let families = m.registry.gather();
+        assert_eq!(families.len(), 11, "a metric was added: document it");
+        for family in families {
+            let row = format!("| `{}` |", family.name());
+            assert!(reference.contains(&row), "docs/metrics.md has no row {row}");
+        }
     }
 }

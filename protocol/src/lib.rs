@@ -11,6 +11,6 @@ pub mod repo;
 pub use backoff::Backoff;
 pub use message::{
     AgentMessage, CONNECT_PATH, DEAD_AFTER, HubMessage, Notice, PING_INTERVAL, RepoState,
-    SUBPROTOCOL,
+    SUBPROTOCOL, unix_ms,
 };
 pub use repo::{RepoError, RepoId, normalize};

@@ -74,6 +74,15 @@ pub struct RepoState {
     pub received_at: u64,
 }
 
+/// Now, in milliseconds since the Unix epoch: the unit of `received_at`. A clock set before 1970
+/// reads as 0.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// A push notice, sent once per accepted webhook per repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
