@@ -64,7 +64,8 @@ crds: ## Regenerate crds/ from the Rust types
 
 BENCH_SIZES ?= 100 1000
 BENCH_PUSHES ?= 50
-BENCH_AGENTS ?= 5000
+BENCH_AGENTS ?= 10000
+BENCH_AGENTS_PER_PROCESS ?= 5000
 bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, hub fan-out
 	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-push
 	$(CARGO) build --release --locked -p tether-hub --example loadgen
@@ -72,7 +73,7 @@ bench: deps ## Benchmarks that print figures (release builds): sync cold start a
 	  target/release/bench-sync $(BENCH_SIZES)
 	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/examples/bench-push $(BENCH_PUSHES)
-	ulimit -n "$$(ulimit -Hn)" && target/release/examples/loadgen $(BENCH_AGENTS)
+	ulimit -n "$$(ulimit -Hn)" && target/release/examples/loadgen $(BENCH_AGENTS) $(BENCH_AGENTS_PER_PROCESS)
 
 clean: cluster-down
 	rm -rf $(RUN_DIR)

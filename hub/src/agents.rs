@@ -53,6 +53,11 @@ fn offers_subprotocol(headers: &HeaderMap) -> bool {
         .any(|p| p.trim() == SUBPROTOCOL)
 }
 
+/// Each agent's websocket read buffer. Agents send little (a watch set, pongs); the library's default
+/// of 128 KiB, allocated for every connection, would make memory grow by that much per agent. Larger
+/// messages still arrive whole: the buffer is only what is read at once.
+const AGENT_READ_BUFFER: usize = 4 * 1024;
+
 /// `GET /v1/connect`: authenticate, then upgrade to a websocket session.
 pub(crate) async fn connect(
     State(shared): State<Arc<Shared>>,
@@ -101,6 +106,7 @@ pub(crate) async fn connect(
     };
     let tracker = shared.tracker.clone();
     ws.protocols([SUBPROTOCOL])
+        .read_buffer_size(AGENT_READ_BUFFER)
         .on_upgrade(move |socket| tracker.track_future(session(socket, agent, shared, permit)))
 }
 

@@ -241,3 +241,24 @@ async fn shutdown_closes_agent_sockets_with_going_away() {
     drop(agent);
     stopping.await.unwrap();
 }
+
+/// A watch set many times the size of the hub's per-agent read buffer arrives whole.
+#[tokio::test]
+async fn a_watch_set_larger_than_the_read_buffer_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(config(dir.path(), &["github.com/jessesuen/*"])).await;
+    let mut agent = hub.connect(AGENT_TOKEN).await.unwrap();
+    let others: Vec<String> = (0..2000)
+        .map(|i| format!("https://github.com/jessesuen/other-repository-{i}.git"))
+        .collect();
+    let mut urls: Vec<&str> = others.iter().map(String::as_str).collect();
+    urls.push(GITHUB_REPO_HTTPS);
+    assert!(urls.iter().map(|u| u.len()).sum::<usize>() > 64 * 1024);
+    agent.watch(&urls).await;
+    assert!(expect_catchup(agent.next().await).is_empty());
+
+    let (status, body) = hub.post_github("github-commit-event.json", "d-big").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(expect_push(agent.next().await).sha, GITHUB_SHA);
+    hub.stop().await;
+}
