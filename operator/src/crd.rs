@@ -76,9 +76,9 @@ pub mod reason {
 }
 
 /// A pattern for the clone URLs Tether accepts: `https://`, `http://`, `ssh://`, `file://`,
-/// and scp-style `user@host:path`.
+/// and scp-style `user@host:path` (relative to the login's home) or `user@host:/path`.
 pub const URL_PATTERN: &str =
-    r"^((https?|ssh)://[^\s/]+/\S*|file:///?\S+|[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+:[^\s/]\S*)$";
+    r"^((https?|ssh)://[^\s/]+/\S*|file:///?\S+|[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+:/?[^\s/]\S*)$";
 /// A pattern for Kubernetes-style durations: `30s`, `5m`, `1h`, `1h30m`, `500ms`, `1.5h`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 /// A pattern for a full commit id.
@@ -525,6 +525,7 @@ mod tests {
             "http://127.0.0.1:8080/repo.git",
             "ssh://git@127.0.0.1:2222/srv/repo.git",
             "git@github.com:org/repo.git",
+            "git@127.0.0.1:/srv/git/repo.git",
             "file:///tmp/repo",
         ] {
             assert!(re(URL_PATTERN, ok), "{ok} should be accepted");
@@ -535,6 +536,7 @@ mod tests {
             "https://",
             "",
             "git@host:",
+            "git@host://repo",
         ] {
             assert!(!re(URL_PATTERN, bad), "{bad} should be refused");
         }
