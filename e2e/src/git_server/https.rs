@@ -141,8 +141,14 @@ impl HttpsGitServer {
         self.fcgiwrap.check_running()?;
         let probe = self.remote_named(PROBE_REPO, &self.username, &self.password);
         let log = self.dir.path().join("error.log");
-        wait_ready("nginx", &mut self.nginx, self.port, &probe, &log)
-            .with_context(|| format!("fcgiwrap log:\n{}", self.fcgiwrap_log_tail()))
+        wait_ready(
+            "nginx",
+            &mut self.nginx,
+            ([127, 0, 0, 1], self.port).into(),
+            &probe,
+            &log,
+        )
+        .with_context(|| format!("fcgiwrap log:\n{}", self.fcgiwrap_log_tail()))
     }
 
     /// The HTTPS port on 127.0.0.1.

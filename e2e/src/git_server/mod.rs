@@ -206,15 +206,14 @@ pub fn wait_until<T>(
 pub(crate) fn wait_ready(
     name: &str,
     process: &mut crate::process::Process,
-    port: u16,
+    addr: std::net::SocketAddr,
     probe: &GitRemote,
     log: &Path,
 ) -> Result<()> {
     let started = Instant::now();
-    let result = wait_until(&format!("{name} on port {port}"), READY_TIMEOUT, || {
+    let result = wait_until(&format!("{name} on {addr}"), READY_TIMEOUT, || {
         process.check_running()?;
-        TcpStream::connect(("127.0.0.1", port))
-            .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         probe.ls_remote()
     });
     match result {

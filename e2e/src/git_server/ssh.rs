@@ -1,8 +1,9 @@
 //! `sshd` on a loopback port with a generated host key, serving any bare repository by absolute path to
 //! one generated client key.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -13,11 +14,12 @@ use crate::process::{Lifetime, Process, free_port, tail};
 
 const PROBE_REPO: &str = "tether-ready.git";
 
-/// `sshd -D` on 127.0.0.1 that lets one generated key in as the current user (root in the tests), so
-/// `ssh://USER@127.0.0.1:PORT/<absolute path>` reaches any bare repository on the machine.
+/// `sshd -D` on a loopback address that lets one generated key in as the current user (root in the
+/// tests), so `ssh://USER@127.0.0.1:PORT/<absolute path>` reaches any bare repository on the machine.
 #[derive(Debug)]
 pub struct SshGitServer {
     sshd: Process,
+    ip: Ipv4Addr,
     port: u16,
     user: String,
     known_hosts: String,
@@ -27,8 +29,29 @@ pub struct SshGitServer {
 }
 
 impl SshGitServer {
-    /// Starts sshd with fresh host and client keys; returns once `git ls-remote` over SSH works.
+    /// Starts sshd on 127.0.0.1 and a free port with fresh host and client keys; returns once
+    /// `git ls-remote` over SSH works.
     pub fn start() -> Result<Self> {
+        Self::start_at(Ipv4Addr::LOCALHOST, free_port()?)
+    }
+
+    /// Starts sshd on port 22 of an address of its own in 127.0.0.0/8, so that scp-like URLs
+    /// (`USER@HOST:/path`, which cannot name a port) reach it. Fails if the machine's own sshd
+    /// listens on port 22 of every address.
+    pub fn start_on_port_22() -> Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        // 127.22.x.y: x and y from the process id and a counter, never 0 or 255.
+        let n = std::process::id()
+            .wrapping_mul(64)
+            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        let ip = Ipv4Addr::new(127, 22, (n / 254 % 254 + 1) as u8, (n % 254 + 1) as u8);
+        std::net::TcpListener::bind((ip, 22)).with_context(|| {
+            format!("port 22 of {ip} is taken (does an sshd listen on 0.0.0.0:22?)")
+        })?;
+        Self::start_at(ip, 22)
+    }
+
+    fn start_at(ip: Ipv4Addr, port: u16) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("tether-ssh-").tempdir()?;
         let d = dir.path();
         // sshd refuses to start without its privilege-separation folder; only root can make it, and only
@@ -44,10 +67,9 @@ impl SshGitServer {
         init_bare(&d.join(PROBE_REPO))?;
 
         let user = run_tool("id", &["-un"], None)?;
-        let port = free_port()?;
-        std::fs::write(d.join("sshd_config"), sshd_config(d, port, &user))?;
-        let known_hosts = host_line(port, &host_public_key)?;
-        let wrong_known_hosts = host_line(port, &other_host_public_key)?;
+        std::fs::write(d.join("sshd_config"), sshd_config(d, ip, port, &user))?;
+        let known_hosts = host_line(ip, port, &host_public_key)?;
+        let wrong_known_hosts = host_line(ip, port, &other_host_public_key)?;
         std::fs::write(d.join("known_hosts"), format!("{known_hosts}\n"))?;
 
         let log = d.join("sshd.log");
@@ -65,6 +87,7 @@ impl SshGitServer {
         )?;
         let mut server = Self {
             sshd,
+            ip,
             port,
             user,
             known_hosts,
@@ -73,11 +96,22 @@ impl SshGitServer {
             files: AtomicUsize::new(0),
         };
         let probe = server.remote_for_path(&server.dir.path().join(PROBE_REPO));
-        wait_ready("sshd", &mut server.sshd, port, &probe, &log)?;
+        wait_ready(
+            "sshd",
+            &mut server.sshd,
+            SocketAddr::from((ip, port)),
+            &probe,
+            &log,
+        )?;
         Ok(server)
     }
 
-    /// The port on 127.0.0.1.
+    /// The address it listens on.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -87,19 +121,28 @@ impl SshGitServer {
         &self.user
     }
 
-    /// `ssh://USER@127.0.0.1:PORT/<absolute path of the bare repository>`.
+    /// `ssh://USER@HOST:PORT/<absolute path of the bare repository>` (no `:PORT` for 22).
     pub fn url(&self, upstream: &Upstream) -> String {
         self.url_for_path(upstream.bare_path())
     }
 
-    /// `ssh://USER@127.0.0.1:PORT/<path>` for any bare repository on this machine.
+    /// `ssh://USER@HOST:PORT/<path>` for any bare repository on this machine (no `:PORT` for 22).
     pub fn url_for_path(&self, bare: &Path) -> String {
-        format!(
-            "ssh://{}@127.0.0.1:{}{}",
-            self.user,
-            self.port,
-            bare.display()
-        )
+        let port = if self.port == 22 {
+            String::new()
+        } else {
+            format!(":{}", self.port)
+        };
+        format!("ssh://{}@{}{port}{}", self.user, self.ip, bare.display())
+    }
+
+    /// The scp-like `USER@HOST:<path>` for a bare repository; only a server on port 22
+    /// ([`SshGitServer::start_on_port_22`]) can be named so.
+    pub fn scp_url_for_path(&self, bare: &Path) -> Result<String> {
+        if self.port != 22 {
+            bail!("an scp-like URL cannot name port {}", self.port);
+        }
+        Ok(format!("{}@{}:{}", self.user, self.ip, bare.display()))
     }
 
     /// The client's private key (OpenSSH format), for a Secret's `identity`.
@@ -117,7 +160,8 @@ impl SshGitServer {
         read(&self.dir.path().join("unauthorized_ed25519"))
     }
 
-    /// The server's host key as a `known_hosts` line: `[127.0.0.1]:PORT ssh-ed25519 AAAA...`.
+    /// The server's host key as a `known_hosts` line: `[127.0.0.1]:PORT ssh-ed25519 AAAA...` (the
+    /// bare address for port 22).
     pub fn known_hosts(&self) -> &str {
         &self.known_hosts
     }
@@ -207,11 +251,17 @@ fn keygen(path: &Path, comment: &str) -> Result<String> {
     read(Path::new(&format!("{p}.pub"))).map(|s| s.trim().to_string())
 }
 
-/// `[127.0.0.1]:PORT <type> <key>` from a public key line `<type> <key> <comment>`.
-fn host_line(port: u16, public_key: &str) -> Result<String> {
+/// `[IP]:PORT <type> <key>` (`IP <type> <key>` for port 22) from a public key line
+/// `<type> <key> <comment>`.
+fn host_line(ip: Ipv4Addr, port: u16, public_key: &str) -> Result<String> {
+    let host = if port == 22 {
+        ip.to_string()
+    } else {
+        format!("[{ip}]:{port}")
+    };
     let mut fields = public_key.split_whitespace();
     match (fields.next(), fields.next()) {
-        (Some(kind), Some(key)) => Ok(format!("[127.0.0.1]:{port} {kind} {key}")),
+        (Some(kind), Some(key)) => Ok(format!("{host} {kind} {key}")),
         _ => bail!("unexpected public key line {public_key:?}"),
     }
 }
@@ -220,12 +270,12 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn sshd_config(dir: &Path, port: u16, user: &str) -> String {
+fn sshd_config(dir: &Path, ip: Ipv4Addr, port: u16, user: &str) -> String {
     let d = dir.display();
     format!(
         "# Written by tether-e2e for one test server.\n\
          Port {port}\n\
-         ListenAddress 127.0.0.1\n\
+         ListenAddress {ip}\n\
          HostKey {d}/ssh_host_ed25519_key\n\
          PidFile {d}/sshd.pid\n\
          AuthorizedKeysFile {d}/authorized_keys\n\

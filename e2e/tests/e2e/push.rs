@@ -347,6 +347,86 @@ async fn gitlab_and_gitea_webhooks_reach_repositories_named_by_https_and_ssh_url
     Ok(())
 }
 
+/// Forges name a repository's SSH address in scp form (`git@host:owner/app.git`, which cannot carry a
+/// port): a GitHub webhook saying so reaches a `GitRepository` written in scp form and one written as
+/// `ssh://` with the default port spelled out. Neither names the https URL, so only the scp form can
+/// have matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_scp_form_in_the_webhook_reaches_scp_and_ssh_urls_of_the_repository() -> Result<()> {
+    let scene = Scene::start("push-scp", HubOptions::default())?;
+    let ssh_server = SshGitServer::start_on_port_22()?;
+    let bare = scene.repo.bare_path();
+    let scp = ssh_server.scp_url_for_path(bare)?;
+    let ssh = format!(
+        "ssh://{}@{}:22{}",
+        ssh_server.user(),
+        ssh_server.ip(),
+        bare.display()
+    );
+    let https = scene.server.url("app");
+    scene.repo.install_post_receive_hook(
+        &scene
+            .hub
+            .post_receive_hook(Forge::Github, &[&https, &scp])?,
+    )?;
+    scene.kubectl().apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-ssh\n  namespace: {ns}\nstringData:\n  identity: |\n{key}  known_hosts: |\n{hosts}",
+        ns = scene.ns.name(),
+        key = indent(&ssh_server.client_key_pem()?, 4),
+        hosts = indent(ssh_server.known_hosts(), 4),
+    ))?;
+    let mut targets = Vec::new();
+    for (name, url) in [("app-scp", &scp), ("app-ssh", &ssh)] {
+        let target = format!("{}-{}", scene.ns.name(), &name[4..]);
+        scene.kubectl().apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {target}\n"
+        ))?;
+        scene.kubectl().apply(&git_repository(
+            scene.ns.name(),
+            name,
+            url,
+            &format!(
+                "  path: deploy\n  interval: 1h\n  targetNamespace: {target}\n  secretRef:\n    name: app-ssh\n"
+            ),
+        ))?;
+        targets.push(target);
+    }
+    let operator = scene.operator(&scene.hub.token_file(), &[])?;
+    for name in ["app-scp", "app-ssh"] {
+        wait_ready(scene.kubectl(), scene.ns.name(), name, "60s", &operator)?;
+    }
+    // Both URLs are one repository to the hub.
+    wait_watching(&scene.hub, 1, 1)?;
+
+    let sha = scene.push_greeting("over-scp")?;
+    for name in ["app-scp", "app-ssh"] {
+        wait_until(
+            &format!("{name} applies {sha} after a webhook naming it in scp form"),
+            LANDS_WITHIN,
+            || {
+                Ok(get_field(
+                    scene.kubectl(),
+                    scene.ns.name(),
+                    name,
+                    "{.status.lastAppliedRevision}",
+                )? == format!("main@sha1:{sha}"))
+            },
+        )
+        .with_context(|| operator.log_tail())?;
+    }
+    let deliveries = std::fs::read_to_string(scene.hub.hook_log())?;
+    assert!(
+        deliveries.contains(&format!("refs/heads/main {sha} 202")),
+        "the hook's delivery was not accepted: {deliveries}"
+    );
+    for target in targets {
+        scene
+            .kubectl()
+            .run(&["delete", "namespace", &target, "--wait=false"])?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_made_while_the_hub_is_down_is_applied_once_it_is_back() -> Result<()> {
     let mut scene = Scene::start("push-catchup", HubOptions::default())?;
