@@ -346,7 +346,10 @@ async fn sync(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error> {
 
     if obj.spec.suspend {
         debug!("suspended: nothing to do until spec.suspend is lifted");
-        let status = obj.status.clone().unwrap_or_default();
+        let mut status = obj.status.clone().unwrap_or_default();
+        if let Some(requested) = obj.annotations().get(ANNOTATION_RECONCILE_REQUESTED_AT) {
+            status.last_handled_reconcile_at = Some(requested.clone());
+        }
         let message = "Suspended: new commits are not applied until spec.suspend is false";
         let next = with_ready(
             &obj,

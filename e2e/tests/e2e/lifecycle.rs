@@ -67,6 +67,25 @@ async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()
     ]);
     ensure!(held.is_err(), "a new commit was applied while suspended");
     ensure!(greeting(kubectl, n, "settings")? == "one");
+    // A requested reconcile is acknowledged while suspended, and still applies nothing.
+    kubectl.run(&[
+        "annotate",
+        "gitrepo",
+        "app",
+        "-n",
+        n,
+        "tether.dev/reconcile-requested-at=while-suspended",
+        "--overwrite",
+    ])?;
+    wait_condition(
+        kubectl,
+        n,
+        "app",
+        "jsonpath={.status.lastHandledReconcileAt}=while-suspended",
+        "30s",
+        &operator,
+    )?;
+    ensure!(greeting(kubectl, n, "settings")? == "one");
 
     patch(false)?;
     wait_applied(kubectl, n, "app", &format!("main@sha1:{second}"), &operator)?;
