@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -11,7 +12,7 @@ use kube::api::Api;
 use kube::runtime::events::Reporter;
 use kube::runtime::wait::{Condition as _, await_condition, conditions};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::controller::{self, Context};
 use crate::crd::crd_yaml;
@@ -177,9 +178,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    wait_for_crd(&client).await?;
+    // Until the controller runs, a stop request ends the wait for the API server, the CRD or the
+    // lease at once.
     let identity = identity.unwrap_or_else(hostname);
-    let leadership = if leader_election {
+    let start = async {
+        wait_for_crd(&client).await;
+        if !leader_election {
+            return anyhow::Ok(None);
+        }
         let namespace = leader_election_namespace
             .or_else(|| {
                 std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -192,9 +198,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "tether-operator",
             &identity,
         );
-        Some(elector.acquire().await?)
-    } else {
-        None
+        Ok(Some(elector.acquire().await?))
+    };
+    let leadership = tokio::select! {
+        started = start => started?,
+        () = stopped(stop_rx.clone()) => {
+            info!("stopped before the controller started");
+            return Ok(());
+        }
     };
     readiness.set_ready();
 
@@ -234,22 +245,45 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the GitRepository CRD is established, rather than exiting when it is missing.
-async fn wait_for_crd(client: &kube::Client) -> anyhow::Result<()> {
+/// Waits until the GitRepository CRD is established, rather than exiting when it is missing or the
+/// API server cannot be reached yet: each failure is logged and retried, 1 s doubling to 30 s.
+async fn wait_for_crd(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let established = |crd: Option<&CustomResourceDefinition>| {
-        conditions::is_crd_established().matches_object(crd)
-    };
-    if established(crds.get_opt(CRD_NAME).await?.as_ref()) {
-        return Ok(());
+    let mut delay = Duration::from_secs(1);
+    let mut announced = false;
+    loop {
+        let failure = match crds.get_opt(CRD_NAME).await {
+            Ok(crd) if conditions::is_crd_established().matches_object(crd.as_ref()) => {
+                if announced {
+                    info!(crd = CRD_NAME, "CRD established");
+                }
+                return;
+            }
+            Ok(_) => {
+                if !announced {
+                    info!(
+                        crd = CRD_NAME,
+                        "waiting for the CRD to be installed and established (kubectl apply -f crds/)"
+                    );
+                    announced = true;
+                }
+                match await_condition(crds.clone(), CRD_NAME, conditions::is_crd_established())
+                    .await
+                {
+                    Ok(_) => continue,
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        warn!(
+            error = %failure,
+            retry_in = ?delay,
+            "cannot read the GitRepository CRD from the API server; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
-    info!(
-        crd = CRD_NAME,
-        "waiting for the CRD to be installed and established (kubectl apply -f crds/)"
-    );
-    await_condition(crds, CRD_NAME, conditions::is_crd_established()).await?;
-    info!(crd = CRD_NAME, "CRD established");
-    Ok(())
 }
 
 fn hostname() -> String {

@@ -1,14 +1,17 @@
 //! Scenarios 8 and 9: suspend and resume; deleting a `GitRepository` prunes what it applied; the
-//! operator killed mid-way and restarted converges with an intact inventory.
+//! operator killed mid-way and restarted converges with an intact inventory. And an operator that
+//! starts before its API server can be reached.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use tether_e2e::cluster::TestNamespace;
-use tether_e2e::git_server::Upstream;
+use tether_e2e::git_server::{Upstream, wait_until};
+use tether_e2e::hub::http_get;
 use tether_e2e::operator::{
     Operator, get_field, install_crds, wait_condition, wait_for_output, wait_ready,
 };
+use tether_e2e::process::{Lifetime, Process, alive, free_port, signal};
 
 use crate::fixtures::{config_map, git_repository, greeting, wait_applied};
 
@@ -230,5 +233,108 @@ async fn killed_mid_apply_and_restarted_converges_with_an_intact_inventory() -> 
     let want: Vec<String> = (0..COUNT - 1).map(|i| format!("cm-{i:02}")).collect();
     ensure!(objects == want, "objects {objects:?}");
     ensure!(greeting(kubectl, n, "cm-00")? == "two");
+    Ok(())
+}
+
+/// An operator started while its API server cannot be reached waits for it, saying why, instead of
+/// exiting: alive but not ready, then ready and syncing once the server answers. One stopped while it
+/// waits ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_started_before_its_api_server_waits_for_it() -> Result<()> {
+    let ns = TestNamespace::create("late-api").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let repo = Upstream::new("late")?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "late"))?;
+    repo.commit("first")?;
+    repo.push()?;
+    kubectl.apply(&git_repository(
+        n,
+        "app",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 1h\n",
+    ))?;
+
+    // The operator's kubeconfig names a port where nothing listens yet.
+    let original = std::fs::read_to_string(ns.kubeconfig())?;
+    let api_port: u16 = original
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .context("no server line in the namespace's kubeconfig")?
+        .parse()?;
+    let relay_port = free_port()?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        original.replace(
+            &format!("127.0.0.1:{api_port}"),
+            &format!("127.0.0.1:{relay_port}"),
+        ),
+    )?;
+
+    let within = Duration::from_secs(30);
+    let waiting = |operator: &Operator| {
+        wait_until(
+            "the operator says it cannot reach the API server",
+            within,
+            || {
+                ensure!(operator.log().contains("cannot read the GitRepository CRD"));
+                Ok(())
+            },
+        )
+        .with_context(|| operator.log_tail())
+    };
+    let operator = Operator::start(&kubeconfig, n, &[])?;
+    waiting(&operator)?;
+    ensure!(
+        alive(operator.pid()),
+        "the operator exited:\n{}",
+        operator.log_tail()
+    );
+    ensure!(http_get(operator.admin_port(), "/healthz")?.0 == 200);
+    ensure!(
+        http_get(operator.admin_port(), "/readyz")?.0 == 503,
+        "ready without an API server"
+    );
+
+    // The API server becomes reachable on that port.
+    let _relay = Process::spawn(
+        "socat",
+        std::path::Path::new("socat"),
+        &[
+            format!("TCP-LISTEN:{relay_port},bind=127.0.0.1,fork,reuseaddr"),
+            format!("TCP:127.0.0.1:{api_port}"),
+        ],
+        &dir.path().join("socat.log"),
+        Lifetime::TiedToStarter,
+    )?;
+    wait_ready(kubectl, n, "app", "90s", &operator)?;
+    ensure!(greeting(kubectl, n, "settings")? == "late");
+    ensure!(http_get(operator.admin_port(), "/readyz")?.0 == 200);
+
+    // A second one, left waiting for a server that never comes, is stopped.
+    std::fs::write(
+        &kubeconfig,
+        original.replace(
+            &format!("127.0.0.1:{api_port}"),
+            &format!("127.0.0.1:{}", free_port()?),
+        ),
+    )?;
+    let stranded = Operator::start(&kubeconfig, n, &[])?;
+    waiting(&stranded)?;
+    signal(stranded.pid(), "TERM");
+    wait_until("the waiting operator stops on SIGTERM", within, || {
+        ensure!(!alive(stranded.pid()), "still running");
+        Ok(())
+    })
+    .with_context(|| stranded.log_tail())?;
+    ensure!(
+        stranded
+            .log()
+            .contains("stopped before the controller started"),
+        "{}",
+        stranded.log_tail()
+    );
     Ok(())
 }
