@@ -10,6 +10,9 @@ CLUSTER_DIR := $(RUN_DIR)/cluster
 # The control plane's binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm), built
 # once from their Go modules and cached by version.
 CONTROLPLANE_BIN = $(shell bash hack/controlplane-bin.sh)
+# The debug binaries the e2e tests, the demo and cluster-up use: always this one set of packages, so
+# that cargo resolves the same features and builds them once for all.
+BUILD_BINS = $(CARGO) build --locked -p tether-operator -p tether-hub -p tether-e2e --bins
 
 .PHONY: help deps controlplane fmt lint unit e2e test run stop cluster-up cluster-down crds bench clean
 
@@ -33,23 +36,25 @@ unit: ## Unit and component tests (no control plane)
 	$(CARGO) test --workspace --exclude tether-e2e --locked
 
 e2e: deps ## End-to-end tests against the local control plane
-	$(CARGO) build --locked -p tether-operator -p tether-hub -p tether-e2e --bins
+	$(BUILD_BINS)
 	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" $(CARGO) test -p tether-e2e --locked -- --nocapture
 	@bash hack/check-no-leftovers.sh "$(CLUSTER_DIR)"
 
 test: deps lint unit e2e ## Everything CI checks: lint, unit tests, end-to-end tests
 
 cluster-up: deps ## Start the control plane in the background; use as: eval "$$(make -s cluster-up)"
-	@TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" $(CARGO) run -q --locked -p tether-e2e --bin tether-cluster -- --state-dir "$(CLUSTER_DIR)" up
+	@$(BUILD_BINS) -q
+	@TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" target/debug/tether-cluster --state-dir "$(CLUSTER_DIR)" up
 
 cluster-down: ## Stop the control plane started by cluster-up
-	@$(CARGO) run -q --locked -p tether-e2e --bin tether-cluster -- --state-dir "$(CLUSTER_DIR)" down
+	@$(BUILD_BINS) -q
+	@target/debug/tether-cluster --state-dir "$(CLUSTER_DIR)" down
 
 run: deps ## The local demo: control plane, git server, hub, operator and a GitRepository syncing
 	@echo "==> building the control-plane binaries (cached after the first build; the first takes ~20 min)"
 	@bash hack/controlplane-bin.sh >/dev/null
 	@echo "==> building Tether"
-	$(CARGO) build --locked -p tether-operator -p tether-hub -p tether-e2e --bins
+	$(BUILD_BINS)
 	@TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" target/debug/tether-demo --state-dir "$(RUN_DIR)/demo"
 
 stop: ## Stop everything `make run` (and `make cluster-up`) started
