@@ -27,11 +27,13 @@ pub enum Forge {
     Gitlab,
     /// `X-Gitea-Signature: <hmac>`, `X-Gitea-Event: push`.
     Gitea,
+    /// Tether's own format for plain git hooks: `X-Tether-Signature: sha256=<hmac>`.
+    Generic,
 }
 
 impl Forge {
     /// Every forge the hub is configured for here.
-    pub const ALL: [Forge; 3] = [Forge::Github, Forge::Gitlab, Forge::Gitea];
+    pub const ALL: [Forge; 4] = [Forge::Github, Forge::Gitlab, Forge::Gitea, Forge::Generic];
 
     /// The provider name in the hub's URL and config.
     pub fn name(self) -> &'static str {
@@ -39,6 +41,7 @@ impl Forge {
             Forge::Github => "github",
             Forge::Gitlab => "gitlab",
             Forge::Gitea => "gitea",
+            Forge::Generic => "generic",
         }
     }
 }
@@ -292,11 +295,16 @@ impl Hub {
                 ),
                 r#"-H "X-Gitlab-Event: Push Hook" -H "X-Gitlab-Event-UUID: $delivery" -H "X-Gitlab-Token: $secret""#,
             ),
+            Forge::Generic => (
+                format!(r#"{{"repo_urls":["{http}","{ssh}"],"ref":"%s","sha":"%s"}}"#),
+                r#"-H "X-Tether-Signature: sha256=$sig""#,
+            ),
         };
         // GitLab's body takes the sha twice; printf's arguments follow the placeholders in order.
         let body = body.replace("$new", "%s");
         let args = match forge {
             Forge::Gitlab => r#""$ref" "$old" "$new" "$new""#,
+            Forge::Generic => r#""$ref" "$new""#,
             _ => r#""$ref" "$old" "$new""#,
         };
         Ok(format!(
