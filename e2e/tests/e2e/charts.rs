@@ -42,7 +42,7 @@ fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<(bool, Stri
 }
 
 /// `helm <args>`, failing with its output when it fails.
-fn helm(args: &[&str]) -> Result<String> {
+pub(crate) fn helm(args: &[&str]) -> Result<String> {
     let (ok, out, err) = run(&shared().binaries().path("helm"), args, None)?;
     ensure!(ok, "helm {} failed:\n{out}\n{err}", args.join(" "));
     Ok(out)
@@ -708,7 +708,7 @@ fn yaml_blocks(path: &Path) -> Result<Vec<YamlBlock>> {
     Ok(blocks)
 }
 
-fn doc_files() -> Result<Vec<PathBuf>> {
+pub(crate) fn doc_files() -> Result<Vec<PathBuf>> {
     let root = tether_e2e::workspace_root();
     let mut files = vec![root.join("README.md")];
     for entry in std::fs::read_dir(root.join("docs"))? {

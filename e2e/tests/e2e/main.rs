@@ -4,6 +4,7 @@ mod bad_input;
 mod charts;
 mod credentials;
 mod demo;
+mod docs;
 mod fixtures;
 mod harness;
 mod lifecycle;

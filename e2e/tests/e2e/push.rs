@@ -71,6 +71,17 @@ impl Scene {
         Ok(())
     }
 
+    /// A Secret `name` with the SSH server's client key and host key, for `secretRef`.
+    fn apply_ssh_secret(&self, name: &str, server: &SshGitServer) -> Result<()> {
+        self.kubectl().apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\nstringData:\n  identity: |\n{key}  known_hosts: |\n{hosts}",
+            ns = self.ns.name(),
+            key = indent(&server.client_key_pem()?, 4),
+            hosts = indent(server.known_hosts(), 4),
+        ))?;
+        Ok(())
+    }
+
     /// An operator for this namespace connected to the hub with `token_file`.
     fn operator(&self, token_file: &std::path::Path, extra: &[&str]) -> Result<Operator> {
         self.operator_in(token_file, extra, None)
@@ -271,12 +282,7 @@ async fn gitlab_and_gitea_webhooks_reach_repositories_named_by_https_and_ssh_url
     scene.kubectl().apply(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ssh_target}\n"
     ))?;
-    scene.kubectl().apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-ssh\n  namespace: {ns}\nstringData:\n  identity: |\n{key}  known_hosts: |\n{hosts}",
-        ns = scene.ns.name(),
-        key = indent(&ssh_server.client_key_pem()?, 4),
-        hosts = indent(ssh_server.known_hosts(), 4),
-    ))?;
+    scene.apply_ssh_secret("app-ssh", &ssh_server)?;
     scene.kubectl().apply(&git_repository(
         scene.ns.name(),
         "app-over-ssh",
@@ -369,12 +375,7 @@ async fn an_scp_form_in_the_webhook_reaches_scp_and_ssh_urls_of_the_repository()
             .hub
             .post_receive_hook(Forge::Github, &[&https, &scp])?,
     )?;
-    scene.kubectl().apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-ssh\n  namespace: {ns}\nstringData:\n  identity: |\n{key}  known_hosts: |\n{hosts}",
-        ns = scene.ns.name(),
-        key = indent(&ssh_server.client_key_pem()?, 4),
-        hosts = indent(ssh_server.known_hosts(), 4),
-    ))?;
+    scene.apply_ssh_secret("app-ssh", &ssh_server)?;
     let mut targets = Vec::new();
     for (name, url) in [("app-scp", &scp), ("app-ssh", &ssh)] {
         let target = format!("{}-{}", scene.ns.name(), &name[4..]);

@@ -1,0 +1,1103 @@
+//! The shell commands in the docs, run. Every fenced shell block of README.md and docs/*.md is either
+//! run here through `sh -eu`, from the repository root, against the local control plane and real local
+//! servers (the operator and the hub as processes, git repositories on disk), or listed in [`BLOCKS`]
+//! as skipped with the reason; a block that is neither fails
+//! `every_shell_block_in_the_docs_is_run_or_skipped_for_a_reason`.
+//!
+//! What cannot exist here (the internet, a kubelet, a forge, a developer's own cluster) is swapped for a
+//! local stand-in by checked substitutions: each must occur in the block exactly as often as the test
+//! says, so that a changed doc fails the test that runs it instead of running half-substituted.
+
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+use tether_e2e::cluster::{TestNamespace, shared};
+use tether_e2e::git_server::{Upstream, wait_until};
+use tether_e2e::hub::{Forge, Hub};
+use tether_e2e::operator::{Operator, binary, install_crds, wait_for_output, wait_ready};
+use tether_e2e::process::alive;
+
+/// What the tests do with one shell block of the docs.
+enum Use {
+    /// A test here runs it; `by` names that test.
+    Run { by: &'static str },
+    /// Nothing runs it, for the reason given.
+    Skip { why: &'static str },
+}
+
+/// Every shell block of the docs: its file, the start of its first line, and what is done with it.
+const BLOCKS: &[(&str, &str, Use)] = &[
+    (
+        "README.md",
+        "make run",
+        Use::Skip {
+            why: "`make test` is everything CI runs, this test included, so running it here would \
+                  recurse; `make run` is a demo that runs in the foreground until stopped, and demo.rs \
+                  runs the program it starts (target/debug/tether-demo) and follows what it prints",
+        },
+    ),
+    (
+        "README.md",
+        "helm install tether-operator",
+        Use::Run {
+            by: "readme_quick_start_installs_the_chart_and_syncs_a_repository",
+        },
+    ),
+    (
+        "README.md",
+        "eval \"$(make -s cluster-up)\"",
+        Use::Run {
+            by: "readme_cluster_up_starts_a_control_plane_that_cluster_down_stops",
+        },
+    ),
+    (
+        "docs/gitrepository.md",
+        "kubectl wait --for=condition=Ready gitrepo/app",
+        Use::Run {
+            by: "gitrepository_doc_wait_and_list_see_the_documented_app_ready",
+        },
+    ),
+    (
+        "docs/hub.md",
+        "body='",
+        Use::Run {
+            by: "hub_doc_generic_sender_is_accepted_by_a_real_hub",
+        },
+    ),
+    (
+        "docs/hub.md",
+        "#!/bin/sh",
+        Use::Run {
+            by: "hub_doc_post_receive_hook_notifies_the_hub_of_each_pushed_ref",
+        },
+    ),
+    (
+        "docs/troubleshooting.md",
+        "kubectl get gitrepo -A",
+        Use::Run {
+            // Its `kubectl logs` line needs the chart installed: the quick start test runs that line.
+            by: "troubleshooting_doc_commands_show_the_status_and_request_a_reconcile",
+        },
+    ),
+    (
+        "docs/troubleshooting.md",
+        "kubectl annotate gitrepo app",
+        Use::Run {
+            by: "troubleshooting_doc_commands_show_the_status_and_request_a_reconcile",
+        },
+    ),
+];
+
+/// The fence languages that hold shell commands. Each counts, so that a new block cannot slip past
+/// the check as ```bash.
+const SHELL_FENCES: &[&str] = &["sh", "bash", "shell", "console", "zsh"];
+
+/// A fenced block of a doc, or some of its lines, with where it is.
+#[derive(Debug, Clone)]
+struct Block {
+    /// `file:line` of its first line.
+    origin: String,
+    text: String,
+}
+
+impl Block {
+    fn first_line(&self) -> &str {
+        self.text.lines().next().unwrap_or_default().trim()
+    }
+
+    /// The block with `from` replaced by `to`, which must occur exactly `times` times.
+    fn replace(mut self, from: &str, to: &str, times: usize) -> Result<Self> {
+        let found = self.text.matches(from).count();
+        ensure!(
+            found == times,
+            "{}: {from:?} occurs {found} time(s) in the block, the test expects {times}: the doc \
+             changed, so update its test in e2e/tests/e2e/docs.rs\n{}",
+            self.origin,
+            self.text
+        );
+        self.text = self.text.replace(from, to);
+        Ok(self)
+    }
+
+    /// The index of the one line that starts with `start` (leading spaces ignored).
+    fn line_starting(&self, start: &str) -> Result<usize> {
+        let found: Vec<usize> = self
+            .text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.trim_start().starts_with(start))
+            .map(|(i, _)| i)
+            .collect();
+        match found.as_slice() {
+            [i] => Ok(*i),
+            _ => bail!(
+                "{}: {} line(s) start with {start:?}, the test expects 1: the doc changed, so update \
+                 its test in e2e/tests/e2e/docs.rs\n{}",
+                self.origin,
+                found.len(),
+                self.text
+            ),
+        }
+    }
+
+    /// Lines `range` of the block, as a block of their own.
+    fn lines(&self, range: std::ops::Range<usize>) -> Self {
+        let (file, first) = self.origin.rsplit_once(':').unwrap_or((&self.origin, "1"));
+        let first: usize = first.parse().unwrap_or(1);
+        let text: String = self
+            .text
+            .lines()
+            .skip(range.start)
+            .take(range.len())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        Self {
+            origin: format!("{file}:{}", first + range.start),
+            text,
+        }
+    }
+
+    /// The block without its one line that starts with `start`, and that line on its own.
+    fn take_line(self, start: &str) -> Result<(Self, Self)> {
+        let i = self.line_starting(start)?;
+        let line = self.lines(i..i + 1);
+        let rest = self
+            .text
+            .lines()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
+        Ok((
+            Self {
+                origin: self.origin,
+                text: rest,
+            },
+            line,
+        ))
+    }
+
+    /// The block cut before its one line that starts with `start`: the lines before, the lines from it.
+    fn split_before(self, start: &str) -> Result<(Self, Self)> {
+        let i = self.line_starting(start)?;
+        let all = self.text.lines().count();
+        Ok((self.lines(0..i), self.lines(i..all)))
+    }
+}
+
+/// The fenced blocks of `file` (relative to the repository root) whose language is one of `languages`.
+fn fenced_blocks(file: &str, languages: &[&str]) -> Result<Vec<Block>> {
+    let path = tether_e2e::workspace_root().join(file);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut blocks = Vec::new();
+    // Every fence is followed, so that a fence shown inside another block cannot open one.
+    let mut open: Option<(usize, bool, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let fence = line.trim_start().strip_prefix("```");
+        match (&mut open, fence) {
+            (None, Some(info)) => {
+                let language = info.split_whitespace().next().unwrap_or_default();
+                open = Some((n + 2, languages.contains(&language), String::new()));
+            }
+            (Some((start, wanted, body)), Some(_)) => {
+                if *wanted {
+                    blocks.push(Block {
+                        origin: format!("{file}:{start}"),
+                        text: std::mem::take(body),
+                    });
+                }
+                open = None;
+            }
+            (Some((_, _, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    ensure!(open.is_none(), "{file}: a fenced block is never closed");
+    Ok(blocks)
+}
+
+/// The shell block of `file` whose first line starts with `first_line`, which [`BLOCKS`] must list as
+/// run.
+fn doc_block(file: &str, first_line: &str) -> Result<Block> {
+    ensure!(
+        BLOCKS
+            .iter()
+            .any(|(f, l, u)| *f == file && *l == first_line && matches!(u, Use::Run { .. })),
+        "{file}: the block starting {first_line:?} is not listed as run in BLOCKS"
+    );
+    let mut found: Vec<Block> = fenced_blocks(file, SHELL_FENCES)?
+        .into_iter()
+        .filter(|b| b.first_line().starts_with(first_line))
+        .collect();
+    ensure!(
+        found.len() == 1,
+        "{file}: {} shell block(s) start with {first_line:?}, the test expects 1: the doc changed, so \
+         update e2e/tests/e2e/docs.rs",
+        found.len()
+    );
+    found.pop().context("no block")
+}
+
+/// A shell as a person reading the docs would have one: `sh -eu` in the repository root (the docs say
+/// "from a clone"), with this test's environment minus what would point the commands elsewhere (a
+/// kubeconfig, an outer `make`'s flags, what cargo set for the test), plus `env`.
+struct Shell {
+    env: Vec<(String, String)>,
+}
+
+/// What a shell run printed.
+struct Ran {
+    stdout: String,
+    stderr: String,
+}
+
+impl Shell {
+    fn new() -> Self {
+        Self { env: Vec::new() }
+    }
+
+    /// A shell with the control plane's `kubectl` and `helm` first on `PATH` and `kubeconfig` as
+    /// `KUBECONFIG`.
+    fn for_cluster(kubeconfig: &Path) -> Self {
+        let path = format!(
+            "{}:{}",
+            shared().binaries().dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Self::new()
+            .env("PATH", &path)
+            .env("KUBECONFIG", &kubeconfig.display().to_string())
+    }
+
+    fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs `block` with `sh -eu`, ended (with everything it started in its process group) after
+    /// `timeout`; fails with the commands and their output unless it exits 0.
+    fn run(&self, block: &Block, timeout: Duration) -> Result<Ran> {
+        let mut stdout = tempfile::tempfile()?;
+        let mut stderr = tempfile::tempfile()?;
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--pdeathsig", "KILL", "--", "sh", "-eu", "-c", &block.text])
+            .current_dir(tether_e2e::workspace_root())
+            .env_remove("KUBECONFIG")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL");
+        // What cargo set for this test crate (CARGO_MANIFEST_DIR, CARGO_PKG_*...): a `cargo build`
+        // under `make` would see it, count build scripts that watch it as changed, and rebuild them
+        // (and again at the next build outside).
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key == "CARGO"
+                || (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
+            {
+                command.env_remove(key.as_ref());
+            }
+        }
+        command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(stdout.try_clone()?)
+            .stderr(stderr.try_clone()?);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command.spawn().context("starting sh (through setpriv)")?;
+        let waited = wait_until(
+            &format!("the commands of {}", block.origin),
+            timeout,
+            || child.try_wait()?.context("still running"),
+        );
+        if waited.is_err() {
+            // The process group is the shell's pid.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+        }
+        let ran = Ran {
+            stdout: read_all(&mut stdout)?,
+            stderr: read_all(&mut stderr)?,
+        };
+        let failure = match waited {
+            Err(e) => format!("{e:#}"),
+            Ok(status) if !status.success() => format!("`sh -eu` exited with {status}"),
+            Ok(_) => return Ok(ran),
+        };
+        bail!(
+            "{}: {failure}\n--- the commands\n{}--- stdout\n{}\n--- stderr\n{}",
+            block.origin,
+            block.text,
+            ran.stdout,
+            ran.stderr
+        )
+    }
+}
+
+fn read_all(file: &mut File) -> Result<String> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Whether `kubectl get gitrepo -A` printed a row for `namespace`/`name` whose READY is `True`.
+fn listed_ready(stdout: &str, namespace: &str, name: &str) -> bool {
+    stdout.lines().any(|line| {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        columns.len() > 2
+            && columns[0] == namespace
+            && columns[1] == name
+            && columns.contains(&"True")
+    })
+}
+
+#[test]
+fn every_shell_block_in_the_docs_is_run_or_skipped_for_a_reason() -> Result<()> {
+    let root = tether_e2e::workspace_root();
+    let this_file = include_str!("docs.rs");
+    let mut problems = Vec::new();
+    let mut claimed = vec![0usize; BLOCKS.len()];
+    for path in crate::charts::doc_files()? {
+        let file = path
+            .strip_prefix(&root)?
+            .to_str()
+            .context("a doc path is not UTF-8")?
+            .to_string();
+        for block in fenced_blocks(&file, SHELL_FENCES)? {
+            let first = block.first_line();
+            let entries: Vec<usize> = BLOCKS
+                .iter()
+                .enumerate()
+                .filter(|(_, (f, start, _))| *f == file && first.starts_with(start))
+                .map(|(i, _)| i)
+                .collect();
+            match entries.as_slice() {
+                [i] => claimed[*i] += 1,
+                [] => problems.push(format!(
+                    "{}: a shell block no test runs ({first:?}): run it in e2e/tests/e2e/docs.rs, \
+                     or list it in BLOCKS as skipped and say why",
+                    block.origin
+                )),
+                _ => problems.push(format!(
+                    "{}: the block matches {} entries of BLOCKS",
+                    block.origin,
+                    entries.len()
+                )),
+            }
+        }
+    }
+    for ((file, start, use_), count) in BLOCKS.iter().zip(&claimed) {
+        if *count != 1 {
+            problems.push(format!(
+                "BLOCKS lists the block of {file} starting {start:?}, which the doc has {count} times"
+            ));
+        }
+        match use_ {
+            Use::Run { by } if !this_file.contains(&format!("fn {by}(")) => problems.push(format!(
+                "BLOCKS says {by} runs the block of {file} starting {start:?}, but no such test is here"
+            )),
+            Use::Skip { why } if why.trim().is_empty() => problems.push(format!(
+                "BLOCKS skips the block of {file} starting {start:?} without a reason"
+            )),
+            _ => {}
+        }
+    }
+    ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    let skipped = BLOCKS
+        .iter()
+        .filter(|(_, _, u)| matches!(u, Use::Skip { .. }))
+        .count();
+    eprintln!(
+        "shell blocks in the docs: {} run, {skipped} skipped",
+        BLOCKS.len() - skipped
+    );
+    Ok(())
+}
+
+// --- README: the quick start ------------------------------------------------------------------------
+
+/// podinfo's `kustomize/` folder as Tether sees it: plain manifests, and a kustomization.yaml that is
+/// no Kubernetes object (applying it would fail the revision, so the quick start's `ignore` must skip
+/// it).
+const PODINFO: &[(&str, &str)] = &[
+    (
+        "kustomize/deployment.yaml",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: podinfo
+spec:
+  minReadySeconds: 3
+  selector:
+    matchLabels: {app: podinfo}
+  template:
+    metadata:
+      labels: {app: podinfo}
+    spec:
+      containers:
+      - name: podinfod
+        image: registry.example/podinfo:6
+        ports:
+        - {name: http, containerPort: 9898}
+"#,
+    ),
+    (
+        "kustomize/service.yaml",
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: podinfo
+spec:
+  selector: {app: podinfo}
+  ports:
+  - {name: http, port: 9898, targetPort: http}
+"#,
+    ),
+    (
+        "kustomize/hpa.yaml",
+        r#"apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: podinfo
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: podinfo}
+  minReplicas: 2
+  maxReplicas: 4
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 99}}
+"#,
+    ),
+    (
+        "kustomize/kustomization.yaml",
+        r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [deployment.yaml, service.yaml, hpa.yaml]
+"#,
+    ),
+    ("README.md", "podinfo's manifests, for the quick start.\n"),
+];
+
+/// The quick start's Helm release (`tether-operator`, as the README names it) in its namespace:
+/// uninstalled, which deletes the ClusterRoles and bindings the chart made, and the namespace deleted
+/// when the test ends, however it ends.
+struct Release {
+    namespace: String,
+    uninstalled: bool,
+}
+
+impl Release {
+    const NAME: &str = "tether-operator";
+
+    /// The ClusterRoles and ClusterRoleBindings of the release, by the chart's instance label.
+    fn cluster_scoped() -> Result<Vec<String>> {
+        let names = kubectl(&[
+            "get",
+            "clusterroles,clusterrolebindings",
+            "-l",
+            &format!("app.kubernetes.io/instance={}", Self::NAME),
+            "-o",
+            "name",
+        ])?;
+        Ok(names.lines().map(str::to_string).collect())
+    }
+
+    /// `helm uninstall`, and a check that the cluster-scoped objects went with it.
+    fn uninstall(&mut self) -> Result<()> {
+        let made = Self::cluster_scoped()?;
+        ensure!(
+            !made.is_empty(),
+            "the release made no ClusterRoles or bindings"
+        );
+        crate::charts::helm(&["uninstall", Self::NAME, "-n", &self.namespace, "--wait"])?;
+        self.uninstalled = true;
+        let left = Self::cluster_scoped()?;
+        ensure!(
+            left.is_empty(),
+            "helm uninstall left cluster-scoped objects: {left:?}"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if !self.uninstalled {
+            let _ = crate::charts::helm(&[
+                "uninstall",
+                Self::NAME,
+                "-n",
+                &self.namespace,
+                "--ignore-not-found",
+            ]);
+        }
+        let _ = kubectl(&[
+            "delete",
+            "namespace",
+            &self.namespace,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// Runs kubectl against the shared control plane; fails with its stderr.
+fn kubectl(args: &[&str]) -> Result<String> {
+    tether_e2e::kubectl::Kubectl::for_plane(shared()).run(args)
+}
+
+/// A copy of the admin kubeconfig whose context's namespace is `namespace`, written into `dir`: the
+/// quick start's unqualified commands (`kubectl wait gitrepo/podinfo`) then mean the test's namespace,
+/// as they mean `default` on a fresh cluster.
+fn kubeconfig_in_namespace(dir: &Path, namespace: &str) -> Result<PathBuf> {
+    let admin = std::fs::read_to_string(shared().kubeconfig())?;
+    let mut config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&admin)?;
+    let contexts = config["contexts"]
+        .as_sequence_mut()
+        .context("the admin kubeconfig has no contexts")?;
+    for context in contexts {
+        context["context"]["namespace"] = serde_yaml_ng::Value::String(namespace.to_string());
+    }
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml_ng::to_string(&config)?)?;
+    Ok(path)
+}
+
+/// README's quick start, from `helm install` to `kubectl get gitrepo -A`. Substituted: the release's
+/// namespace (`tether`) and the GitRepository's (`default`) by namespaces of this test's own, and
+/// podinfo on GitHub by a local repository of the same layout (branch `master`, plain manifests and a
+/// kustomization.yaml under `kustomize/`). No pod runs here (there is no kubelet): the chart's
+/// Deployment stays Pending, and the operator binary runs out of cluster in its place, so that
+/// `kubectl wait --for=condition=Ready` passes for real. Then troubleshooting.md's
+/// `kubectl logs -n tether deploy/tether-operator` against that release, and `helm uninstall`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_quick_start_installs_the_chart_and_syncs_a_repository() -> Result<()> {
+    let ns = TestNamespace::create("docs-quickstart").await?;
+    install_crds(ns.kubectl())?;
+    let n = ns.name();
+    // Not created here: the block's `--create-namespace` does that.
+    let mut release = Release {
+        namespace: format!("{n}-tether"),
+        uninstalled: false,
+    };
+
+    let mut repo = Upstream::new("podinfo")?;
+    repo.checkout("master")?;
+    for (path, text) in PODINFO {
+        repo.write(path, text)?;
+    }
+    repo.commit("podinfo's manifests and kustomization")?;
+    repo.push()?;
+
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = kubeconfig_in_namespace(dir.path(), n)?;
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    let block = doc_block("README.md", "helm install tether-operator")?
+        .replace("-n tether ", &format!("-n {} ", release.namespace), 1)?
+        .replace("namespace: default", &format!("namespace: {n}"), 1)?
+        .replace(
+            "https://github.com/stefanprodan/podinfo.git",
+            &repo.file_url(),
+            1,
+        )?;
+    let ran = Shell::for_cluster(&kubeconfig)
+        .run(&block, Duration::from_secs(300))
+        .with_context(|| {
+            format!(
+                "README's quick start failed; the operator's log:\n{}",
+                operator.log_tail()
+            )
+        })?;
+    ensure!(
+        ran.stdout.contains("STATUS: deployed"),
+        "helm install did not report the release deployed:\n{}",
+        ran.stdout
+    );
+    ensure!(
+        listed_ready(&ran.stdout, n, "podinfo"),
+        "`kubectl get gitrepo -A` did not list {n}/podinfo as Ready:\n{}",
+        ran.stdout
+    );
+    // The plain manifests were applied, in the GitRepository's namespace; the kustomization was not.
+    let applied = ns.kubectl().run(&[
+        "get",
+        "deployments,services,horizontalpodautoscalers",
+        "-n",
+        n,
+        "-l",
+        "tether.dev/name=podinfo",
+        "-o",
+        "name",
+    ])?;
+    let mut applied: Vec<&str> = applied.lines().collect();
+    applied.sort_unstable();
+    ensure!(
+        applied
+            == [
+                "deployment.apps/podinfo",
+                "horizontalpodautoscaler.autoscaling/podinfo",
+                "service/podinfo"
+            ],
+        "applied: {applied:?}"
+    );
+
+    // troubleshooting.md's `kubectl logs` line, against the release just installed. The
+    // ReplicaSet controller makes the Pod; no node ever runs it, so the API server answers its log with
+    // nothing: this proves the namespace and the Deployment's name, not what the operator would log.
+    let (_, logs) = doc_block("docs/troubleshooting.md", "kubectl get gitrepo -A")?
+        .take_line("kubectl logs ")?;
+    let logs = logs.replace("-n tether ", &format!("-n {} ", release.namespace), 1)?;
+    wait_until(
+        "a Pod of the chart's Deployment",
+        Duration::from_secs(60),
+        || {
+            let pods = ns.kubectl().run(&[
+                "get",
+                "pods",
+                "-n",
+                &release.namespace,
+                "-l",
+                &format!("app.kubernetes.io/instance={}", Release::NAME),
+                "-o",
+                "name",
+            ])?;
+            ensure!(!pods.trim().is_empty(), "no Pod yet");
+            Ok(())
+        },
+    )?;
+    let ran = Shell::for_cluster(&kubeconfig).run(&logs, Duration::from_secs(60))?;
+    eprintln!(
+        "{}: printed {:?} (no kubelet runs the Pod)",
+        logs.origin, ran.stdout
+    );
+
+    release.uninstall()?;
+    Ok(())
+}
+
+// --- README: the local control plane ----------------------------------------------------------------
+
+/// Stops, when the test ends, a control plane that `make cluster-up` left running in `dir` (its
+/// processes are detached, so nothing else would).
+struct ClusterDown(PathBuf);
+
+impl Drop for ClusterDown {
+    fn drop(&mut self) {
+        if self.0.join("pids").exists()
+            && let Ok(program) = binary("tether-cluster")
+        {
+            let _ = Command::new(program)
+                .arg("--state-dir")
+                .arg(&self.0)
+                .arg("down")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// README's `eval "$(make -s cluster-up)"`, `kubectl get namespaces`, `make cluster-down`, run for real
+/// from the repository root, with the Makefile's `CLUSTER_DIR` (default `.run/cluster`) set on make's
+/// command line to a folder of the test's own, so that a developer's cluster is never touched. The
+/// block runs in two parts, cut before `make cluster-down`, so that the test can see the processes
+/// between; after the first part the test asks the same shell where it now finds kubectl and helm.
+#[test]
+fn readme_cluster_up_starts_a_control_plane_that_cluster_down_stops() -> Result<()> {
+    let state = tempfile::Builder::new()
+        .prefix("tether-docs-cluster-")
+        .tempdir()?;
+    let dir = state.path().canonicalize()?;
+    let _down = ClusterDown(dir.clone());
+    let d = dir.display();
+    let block = doc_block("README.md", "eval \"$(make -s cluster-up)\"")?
+        .replace(
+            "make -s cluster-up",
+            &format!("make -s CLUSTER_DIR={d} cluster-up"),
+            1,
+        )?
+        .replace(
+            "make cluster-down",
+            &format!("make CLUSTER_DIR={d} cluster-down"),
+            1,
+        )?;
+    let (mut up, down) = block.split_before("make ")?;
+    up.text.push_str(
+        "# Added by the test: where this shell now finds its tools and its cluster.\n\
+         echo '--- probe'\ncommand -v kubectl\ncommand -v helm\necho \"$KUBECONFIG\"\n",
+    );
+    // The first `make` may build tether-cluster.
+    let ran = Shell::new().run(&up, Duration::from_secs(600))?;
+    let (printed, probe) = ran
+        .stdout
+        .split_once("--- probe\n")
+        .context("the probe printed nothing")?;
+    ensure!(
+        printed
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("default")),
+        "`kubectl get namespaces` did not list default:\n{printed}\n{}",
+        ran.stderr
+    );
+    let probe: Vec<&str> = probe.lines().collect();
+    let [kubectl, helm, kubeconfig] = probe.as_slice() else {
+        bail!("the probe printed {probe:?}");
+    };
+    let bin = Path::new(kubectl).parent().context("kubectl's folder")?;
+    ensure!(
+        Path::new(helm).parent() == Some(bin)
+            && bin.join("kube-apiserver").is_file()
+            && bin.join("etcd").is_file(),
+        "the eval did not put the control plane's binaries first on PATH: kubectl is {kubectl}, helm \
+         is {helm}"
+    );
+    ensure!(
+        Path::new(kubeconfig).starts_with(&dir),
+        "KUBECONFIG is {kubeconfig}, not in {d}"
+    );
+
+    let pids = std::fs::read_to_string(dir.join("pids")).context("cluster-up recorded no pids")?;
+    let mut started = Vec::new();
+    for line in pids.lines() {
+        let (pid, name) = line.split_once(' ').context("a malformed pids line")?;
+        started.push((pid.parse::<u32>()?, name.to_string()));
+    }
+    let mut names: Vec<&str> = started.iter().map(|(_, n)| n.as_str()).collect();
+    names.sort_unstable();
+    ensure!(
+        names == ["etcd", "kube-apiserver", "kube-controller-manager"],
+        "cluster-up recorded {started:?}"
+    );
+    ensure!(
+        started.iter().all(|(pid, _)| alive(*pid)),
+        "not every recorded process is running: {started:?}"
+    );
+
+    Shell::new().run(&down, Duration::from_secs(300))?;
+    let left: Vec<_> = started.iter().filter(|(pid, _)| alive(*pid)).collect();
+    ensure!(
+        left.is_empty(),
+        "still running after cluster-down: {left:?}"
+    );
+    ensure!(
+        !dir.join("pids").exists(),
+        "cluster-down left its pids file"
+    );
+    Ok(())
+}
+
+// --- docs/gitrepository.md and docs/troubleshooting.md ----------------------------------------------
+
+/// The `app` of docs/gitrepository.md's first example, applied from that example (its URL swapped for a
+/// local repository, `team-a` for the test's namespace), with an operator watching it.
+struct DocumentedApp {
+    ns: TestNamespace,
+    operator: Operator,
+    _repo: Upstream,
+}
+
+async fn documented_app(prefix: &str) -> Result<DocumentedApp> {
+    let ns = TestNamespace::create(prefix).await?;
+    install_crds(ns.kubectl())?;
+    let n = ns.name();
+    let repo = Upstream::new("app")?;
+    repo.write(
+        "deploy/config.yaml",
+        &crate::fixtures::config_map(n, "settings", "hello"),
+    )?;
+    repo.commit("the app's settings")?;
+    repo.push()?;
+    let mut examples: Vec<Block> = fenced_blocks("docs/gitrepository.md", &["yaml"])?
+        .into_iter()
+        .filter(|b| b.text.contains("kind: GitRepository\n") && b.text.contains("\n  name: app\n"))
+        .collect();
+    ensure!(
+        examples.len() == 1,
+        "docs/gitrepository.md: {} GitRepository examples named app, the test expects 1",
+        examples.len()
+    );
+    let example = examples
+        .pop()
+        .context("no example")?
+        .replace(
+            "https://git.example.com/team-a/app.git",
+            &repo.file_url(),
+            1,
+        )?
+        .replace("namespace: team-a", &format!("namespace: {n}"), 1)?;
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    ns.kubectl()
+        .apply(&example.text)
+        .with_context(|| example.origin.clone())?;
+    Ok(DocumentedApp {
+        ns,
+        operator,
+        _repo: repo,
+    })
+}
+
+/// docs/gitrepository.md's "wait for it, as a script would": `kubectl wait` on the documented `app`
+/// (in the test's namespace for `team-a`), then `kubectl get gitrepo -A` listing it Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitrepository_doc_wait_and_list_see_the_documented_app_ready() -> Result<()> {
+    let app = documented_app("docs-gitrepo").await?;
+    let n = app.ns.name();
+    let block = doc_block(
+        "docs/gitrepository.md",
+        "kubectl wait --for=condition=Ready gitrepo/app",
+    )?
+    .replace("-n team-a ", &format!("-n {n} "), 1)?;
+    let ran = Shell::for_cluster(app.ns.kubeconfig())
+        .run(&block, Duration::from_secs(180))
+        .with_context(|| {
+            format!(
+                "docs/gitrepository.md's wait failed; the operator's log:\n{}",
+                app.operator.log_tail()
+            )
+        })?;
+    ensure!(
+        ran.stdout
+            .contains("gitrepository.tether.dev/app condition met"),
+        "kubectl wait did not report the condition met:\n{}",
+        ran.stdout
+    );
+    ensure!(
+        listed_ready(&ran.stdout, n, "app"),
+        "`kubectl get gitrepo -A` did not list {n}/app as Ready:\n{}",
+        ran.stdout
+    );
+    Ok(())
+}
+
+/// docs/troubleshooting.md's first two blocks on the documented `app`: get, describe and the
+/// conditions by JSONPath show it Ready; the annotation asks for a reconcile, which the operator
+/// acknowledges in `status.lastHandledReconcileAt`. The first block's `kubectl logs` line needs the
+/// chart installed: `readme_quick_start_installs_the_chart_and_syncs_a_repository` runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn troubleshooting_doc_commands_show_the_status_and_request_a_reconcile() -> Result<()> {
+    let app = documented_app("docs-troubleshoot").await?;
+    let (n, kubectl) = (app.ns.name(), app.ns.kubectl());
+    wait_ready(kubectl, n, "app", "120s", &app.operator)?;
+    let shell = Shell::for_cluster(app.ns.kubeconfig());
+
+    let (block, _) = doc_block("docs/troubleshooting.md", "kubectl get gitrepo -A")?
+        .take_line("kubectl logs ")?;
+    let block = block.replace("-n team-a ", &format!("-n {n} "), 2)?;
+    let ran = shell.run(&block, Duration::from_secs(60))?;
+    let out = &ran.stdout;
+    ensure!(
+        listed_ready(out, n, "app"),
+        "`kubectl get gitrepo -A` did not list {n}/app as Ready:\n{out}"
+    );
+    let described = |field: &str, value: &str| {
+        out.lines().any(|l| {
+            l.strip_prefix(field)
+                .is_some_and(|rest| rest.trim() == value)
+        })
+    };
+    ensure!(
+        described("Name:", "app") && described("Namespace:", n) && out.contains("\nEvents:"),
+        "`kubectl describe` did not describe {n}/app with its Events:\n{out}"
+    );
+    let conditions = out
+        .lines()
+        .find(|l| l.starts_with("[{"))
+        .context(format!("no conditions printed by JSONPath:\n{out}"))?;
+    let conditions: Vec<Value> = serde_json::from_str(conditions)
+        .with_context(|| format!("the conditions are not JSON: {conditions}"))?;
+    ensure!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+        "no Ready=True condition in {conditions:?}"
+    );
+
+    let annotation = "jsonpath={.metadata.annotations.tether\\.dev/reconcile-requested-at}";
+    let before = kubectl.run(&["get", "gitrepo", "app", "-n", n, "-o", annotation])?;
+    ensure!(
+        before.is_empty(),
+        "a reconcile was requested already: {before}"
+    );
+    let block = doc_block("docs/troubleshooting.md", "kubectl annotate gitrepo app")?.replace(
+        "-n team-a ",
+        &format!("-n {n} "),
+        1,
+    )?;
+    shell.run(&block, Duration::from_secs(60))?;
+    let requested = kubectl.run(&["get", "gitrepo", "app", "-n", n, "-o", annotation])?;
+    ensure!(!requested.is_empty(), "the annotation was not set");
+    wait_for_output(
+        kubectl,
+        &crate::fixtures::field_args(n, "app", "jsonpath={.status.lastHandledReconcileAt}"),
+        &requested,
+        &app.operator,
+    )?;
+    Ok(())
+}
+
+// --- docs/hub.md --------------------------------------------------------------------------------------
+
+/// `tether_hub_webhooks_total{provider="generic",outcome="accepted"}` of a running hub.
+fn generic_accepted(hub: &Hub) -> Result<f64> {
+    let value = hub
+        .metrics()?
+        .lines()
+        .find(|l| {
+            l.starts_with("tether_hub_webhooks_total{")
+                && l.contains("provider=\"generic\"")
+                && l.contains("outcome=\"accepted\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::parse::<f64>)
+        .transpose()?;
+    Ok(value.unwrap_or(0.0))
+}
+
+fn hub_url(hub: &Hub) -> String {
+    format!("http://127.0.0.1:{}", hub.port())
+}
+
+/// docs/hub.md's sender for the generic webhook (`$sha` and `$SECRET` set, the hub's URL substituted):
+/// the hub answers 202 with the push it accepted, and counts it.
+#[test]
+fn hub_doc_generic_sender_is_accepted_by_a_real_hub() -> Result<()> {
+    let hub = Hub::start()?;
+    let sha = "4f2c1a9e0b7d6c5a4f3e2d1c0b9a8f7e6d5c4b3a";
+    let block = doc_block("docs/hub.md", "body='")?.replace(
+        "https://hub.example.com/v1/webhooks/generic",
+        &format!("{}/v1/webhooks/generic", hub_url(&hub)),
+        1,
+    )?;
+    let ran = Shell::new()
+        .env("sha", sha)
+        .env("SECRET", &hub.secret(Forge::Generic)?)
+        .run(&block, Duration::from_secs(60))
+        .with_context(|| format!("the hub's log:\n{}", hub.log()))?;
+    let answer: Value = serde_json::from_str(ran.stdout.trim())
+        .with_context(|| format!("the hub's answer is not JSON: {:?}", ran.stdout))?;
+    // `"status": "accepted"` is the body of a 202 only.
+    ensure!(
+        answer["status"] == "accepted"
+            && answer["refs"] == serde_json::json!(["refs/heads/main"])
+            && answer["repos"] == serde_json::json!(["git.example.com/team/app"]),
+        "the hub answered {answer}"
+    );
+    ensure!(
+        generic_accepted(&hub)? == 1.0,
+        "the hub counted {} accepted generic webhooks, want 1",
+        generic_accepted(&hub)?
+    );
+    Ok(())
+}
+
+/// The SHA-256 of `text` as hex, by `sha256sum`.
+fn sha256_hex(text: &str) -> Result<String> {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting sha256sum")?;
+    child
+        .stdin
+        .take()
+        .context("sha256sum's stdin")?
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "sha256sum failed");
+    let hex = String::from_utf8_lossy(&out.stdout);
+    Ok(hex
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// `git push <the bare repository> <refspec>` from `repo`'s work tree with `env`, which the bare
+/// repository's hooks inherit; returns git's stderr, where a hook's output shows as `remote: ...`.
+fn push_with_env(repo: &Upstream, refspec: &str, env: &[(&str, String)]) -> Result<String> {
+    let out = Command::new("git")
+        .current_dir(repo.work_path())
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("LC_ALL", "C")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .arg("push")
+        .arg(repo.bare_path())
+        .arg(refspec)
+        .stdin(Stdio::null())
+        .output()
+        .context("running git push")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(out.status.success(), "git push {refspec} failed:\n{stderr}");
+    Ok(stderr)
+}
+
+/// docs/hub.md's `post-receive` hook, installed as it is shown in a real bare repository, with `HUB`,
+/// `REPO_URL` and `SECRET` in the pusher's environment: a pushed branch reaches the hub as one accepted
+/// generic webhook whose body names the repository, the ref and the new commit; a deleted ref sends
+/// nothing; with the hub down the push still succeeds and says the hub was not notified.
+#[test]
+fn hub_doc_post_receive_hook_notifies_the_hub_of_each_pushed_ref() -> Result<()> {
+    let mut hub = Hub::start()?;
+    let repo = Upstream::new("hooked")?;
+    let hook = doc_block("docs/hub.md", "#!/bin/sh")?;
+    repo.install_post_receive_hook(&hook.text)?;
+    let repo_url = "https://git.example.com/team/hooked.git";
+    let env = [
+        ("HUB", hub_url(&hub)),
+        ("REPO_URL", repo_url.to_string()),
+        ("SECRET", hub.secret(Forge::Generic)?),
+    ];
+
+    let first = repo.commit_file("deploy/config.yaml", "greeting: hello\n", "first")?;
+    let said = push_with_env(&repo, "HEAD:refs/heads/main", &env)?;
+    ensure!(
+        !said.contains("not notified") && generic_accepted(&hub)? == 1.0,
+        "the hook did not deliver the push (accepted: {}):\n{said}\nhub log:\n{}",
+        generic_accepted(&hub)?,
+        hub.log()
+    );
+    // Without a delivery header the hub names a delivery by the SHA-256 of its body.
+    let body = format!(r#"{{"repo_urls":["{repo_url}"],"ref":"refs/heads/main","sha":"{first}"}}"#);
+    let delivery = format!("generic:sha256:{}", sha256_hex(&body)?);
+    ensure!(
+        hub.log()
+            .lines()
+            .any(|l| l.contains("push accepted") && l.contains(&delivery)),
+        "the hub accepted no push whose body is {body}; hub log:\n{}",
+        hub.log()
+    );
+
+    push_with_env(&repo, "HEAD:refs/heads/extra", &env)?;
+    ensure!(
+        generic_accepted(&hub)? == 2.0,
+        "a new branch was not delivered"
+    );
+    let said = push_with_env(&repo, ":refs/heads/extra", &env)?;
+    ensure!(
+        generic_accepted(&hub)? == 2.0 && !said.contains("not notified"),
+        "deleting a branch sent a webhook (accepted: {}):\n{said}",
+        generic_accepted(&hub)?
+    );
+
+    hub.stop();
+    repo.commit_file("deploy/config.yaml", "greeting: again\n", "second")?;
+    let said = push_with_env(&repo, "HEAD:refs/heads/main", &env)?;
+    ensure!(
+        said.contains("tether hub not notified for refs/heads/main"),
+        "with the hub down, the push did not say the hub was not notified:\n{said}"
+    );
+    Ok(())
+}
