@@ -694,9 +694,18 @@ pub fn fetch_blocking(
     }
     let deadline = Instant::now() + timeout;
     let headers: Vec<String> = creds.bearer_header().into_iter().collect();
-    let shallow = !is_local(url);
+    // A ref the mirror already holds is fetched incrementally: the server sends the commits since
+    // the one the mirror has, and the exchange takes one round trip less than a shallow fetch (whose
+    // depth is negotiated first), which is most of a push's latency. A ref (or pinned commit) new to
+    // the mirror is fetched at depth 1, so that a long history is never downloaded for it; after a
+    // force push, the new history down to a commit the mirror holds comes along once.
+    let known = resolved
+        .refname
+        .as_ref()
+        .is_some_and(|r| repo.find_reference(&local_ref(r)).is_ok());
+    let shallow = !is_local(url) && !known;
 
-    // First the ref itself (or the commit id, for a pinned commit), shallow; then, if the ref
+    // First the ref itself (or the commit id, for a pinned commit); then, if the ref
     // moved on since it was resolved or the server refuses a fetch by id, every branch and
     // tag in full.
     let first: Vec<String> = match &resolved.refname {
