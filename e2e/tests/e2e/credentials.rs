@@ -189,6 +189,30 @@ async fn ssh_with_a_key_and_known_hosts_and_a_wrong_host_key() -> Result<()> {
         &operator,
     )?;
 
+    // The same host key as a hashed entry, as `ssh-keyscan -H` and `HashKnownHosts yes` write them.
+    let hashed = hashed_known_hosts(server.known_hosts())?;
+    ensure!(hashed.starts_with("|1|"), "not hashed: {hashed}");
+    create_secret(
+        kubectl,
+        n,
+        "git-ssh-hashed",
+        &[("identity", &key), ("known_hosts", &hashed)],
+    )?;
+    let hashed_target = format!("{n}-hashed");
+    kubectl.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {hashed_target}\n"
+    ))?;
+    kubectl.apply(&git_repository(
+        n,
+        "hashed",
+        &url,
+        &format!(
+            "  path: deploy\n  interval: 2s\n  targetNamespace: {hashed_target}\n  secretRef: {{name: git-ssh-hashed}}\n"
+        ),
+    ))?;
+    wait_ready(kubectl, n, "hashed", "90s", &operator)?;
+    kubectl.run(&["delete", "namespace", &hashed_target, "--wait=false"])?;
+
     kubectl.apply(&git_repository(
         n,
         "impostor",
@@ -211,4 +235,22 @@ async fn ssh_with_a_key_and_known_hosts_and_a_wrong_host_key() -> Result<()> {
         .collect();
     assert_nowhere(kubectl, n, &operator, &key_body)?;
     Ok(())
+}
+
+/// `known_hosts` text with every host name hashed, by OpenSSH's own `ssh-keygen -H`.
+fn hashed_known_hosts(plain: &str) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("known_hosts");
+    std::fs::write(&file, format!("{plain}\n"))?;
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&file)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ssh-keygen -H failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(std::fs::read_to_string(&file)?)
 }

@@ -1,20 +1,30 @@
 //! A small reader for OpenSSH `known_hosts` text, enough to check a server's host key.
 //!
 //! Supported: plain host patterns with `*` and `?` wildcards, negated patterns (`!host`),
-//! `[host]:port` for non-default ports, several patterns per line. Left out, and skipped when
-//! met: hashed entries (`|1|...`, as `ssh-keyscan -H` writes them) and the `@cert-authority` and
-//! `@revoked` markers. Write plain entries (`ssh-keyscan host` without `-H`) into the Secret.
+//! `[host]:port` for non-default ports, several patterns per line, and hashed entries
+//! (`|1|<salt>|<HMAC-SHA1 of the name>`, as `ssh-keyscan -H` and `HashKnownHosts yes` write them).
+//! Left out, and skipped when met: the `@cert-authority` and `@revoked` markers.
 
 use base64::Engine;
+use hmac::{Hmac, Mac};
 
 /// One usable line of a `known_hosts` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownHost {
-    patterns: Vec<String>,
+    hosts: Hosts,
     /// The key type, e.g. `ssh-ed25519`.
     pub key_type: String,
     /// The public key in SSH wire format (the base64 of the file, decoded).
     pub key: Vec<u8>,
+}
+
+/// The hosts a line is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hosts {
+    /// Comma-separated patterns, as written.
+    Patterns(Vec<String>),
+    /// One name, hashed: HMAC-SHA1 under `salt` of `host` or `[host]:port`.
+    Hashed { salt: Vec<u8>, hash: Vec<u8> },
 }
 
 /// Parses `known_hosts` text, skipping comments, blank lines and entries this reader does not
@@ -30,12 +40,22 @@ pub fn parse(text: &str) -> Vec<KnownHost> {
             let hosts = fields.next()?;
             let key_type = fields.next()?;
             let key = fields.next()?;
-            if hosts.starts_with('|') {
-                return None;
-            }
+            let hosts = match hosts.strip_prefix("|1|") {
+                Some(hashed) => {
+                    let (salt, hash) = hashed.split_once('|')?;
+                    let b64 = &base64::engine::general_purpose::STANDARD;
+                    Hosts::Hashed {
+                        salt: b64.decode(salt).ok()?,
+                        hash: b64.decode(hash).ok()?,
+                    }
+                }
+                // Another hash scheme: none exists in OpenSSH today.
+                None if hosts.starts_with('|') => return None,
+                None => Hosts::Patterns(hosts.split(',').map(str::to_owned).collect()),
+            };
             let key = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
             Some(KnownHost {
-                patterns: hosts.split(',').map(str::to_owned).collect(),
+                hosts,
                 key_type: key_type.to_owned(),
                 key,
             })
@@ -55,8 +75,18 @@ impl KnownHost {
     /// Whether this entry applies to `name` (as made by [`host_entry_name`]).
     pub fn matches(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
+        let patterns = match &self.hosts {
+            Hosts::Hashed { salt, hash } => {
+                let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(salt) else {
+                    return false;
+                };
+                mac.update(name.as_bytes());
+                return mac.verify_slice(hash).is_ok();
+            }
+            Hosts::Patterns(patterns) => patterns,
+        };
         let mut matched = false;
-        for pattern in &self.patterns {
+        for pattern in patterns {
             let pattern = pattern.to_ascii_lowercase();
             if let Some(negated) = pattern.strip_prefix('!') {
                 if wildcard_match(negated, &name) {
@@ -145,7 +175,8 @@ mod tests {
             "# comment\n\n\
              github.com,140.82.112.3 ssh-ed25519 {KEY_A}\n\
              [127.0.0.1]:2222 ssh-ed25519 {KEY_B} test host\n\
-             |1|c2FsdA==|aGFzaA== ssh-ed25519 {KEY_A}\n\
+             |2|c2FsdA==|aGFzaA== ssh-ed25519 {KEY_A}\n\
+             |1|not base64|aGFzaA== ssh-ed25519 {KEY_A}\n\
              @cert-authority *.example.com ssh-ed25519 {KEY_A}\n\
              broken-line\n\
              host ssh-rsa !!!notbase64\n"
@@ -158,6 +189,29 @@ mod tests {
         assert!(entries[0].matches("140.82.112.3"));
         assert!(entries[1].matches("[127.0.0.1]:2222"));
         assert!(!entries[1].matches("127.0.0.1"));
+    }
+
+    /// Lines written by OpenSSH's `ssh-keygen -H` from `github.com ...` and `[127.0.0.1]:2222 ...`.
+    #[test]
+    fn hashed_entries_match_the_name_they_were_made_from() {
+        let entries = parse(&format!(
+            "|1|zdptJoDEtkW6jNFe4CH2LlF+ADw=|f86T87WdpmeyX+J9e6Mqs0xyEqg= ssh-ed25519 {KEY_A}\n\
+             |1|o4Juoq2B0fgx7wR+6h8KwoyVcT4=|7/QA8Zq5dyJZgtC1eHzaNbORgMk= ssh-ed25519 {KEY_A}\n"
+        ));
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].matches("github.com"));
+        assert!(entries[0].matches("GitHub.com"));
+        assert!(!entries[0].matches("gitlab.com"));
+        assert!(entries[1].matches("[127.0.0.1]:2222"));
+        assert!(!entries[1].matches("127.0.0.1"));
+        assert_eq!(
+            check(&entries, "github.com", &decoded(KEY_A)),
+            HostKeyCheck::Match
+        );
+        assert_eq!(
+            check(&entries, "github.com", &decoded(KEY_B)),
+            HostKeyCheck::Mismatch
+        );
     }
 
     #[test]
