@@ -342,4 +342,59 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("no secretRef"), "{err}");
     }
+
+    /// libgit2 hands over the server's certificate alone: a caFile holding the intermediate that
+    /// signed it verifies it; the root alone cannot, and says so.
+    #[test]
+    fn an_intermediate_in_ca_file_vouches_for_the_certificate_it_signed() {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DistinguishedName, DnType,
+            ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let ca = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name = DistinguishedName::new();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            p
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root_params = ca("test root");
+        let root = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(root_params, root_key);
+        let mid_key = KeyPair::generate().unwrap();
+        let mid_params = ca("test intermediate");
+        let mid = mid_params.signed_by(&mid_key, &root_issuer).unwrap();
+        let mid_issuer = Issuer::new(mid_params, mid_key);
+        let mut leaf = CertificateParams::new(vec!["git.example.com".to_string()]).unwrap();
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = leaf
+            .signed_by(&KeyPair::generate().unwrap(), &mid_issuer)
+            .unwrap();
+
+        let with = |pem: String| {
+            Credentials::from_secret_data("ns/git", &data(&[("caFile", &pem)])).unwrap()
+        };
+        let both = with(format!("{}{}", root.pem(), mid.pem()));
+        assert_eq!(both.check_tls("git.example.com", leaf.der()), Some(Ok(())));
+        let intermediate = with(mid.pem());
+        assert_eq!(
+            intermediate.check_tls("git.example.com", leaf.der()),
+            Some(Ok(()))
+        );
+        let root_only = with(root.pem());
+        let refused = root_only.check_tls("git.example.com", leaf.der());
+        assert!(
+            matches!(&refused, Some(Err(m)) if m.contains("not signed by caFile")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            intermediate.check_tls("other.example.com", leaf.der()),
+            Some(Err(m)) if m.contains("not valid for other.example.com")
+        ));
+    }
 }
