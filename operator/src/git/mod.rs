@@ -699,6 +699,10 @@ pub fn fetch_blocking(
     // depth is negotiated first), which is most of a push's latency. A ref (or pinned commit) new to
     // the mirror is fetched at depth 1, so that a long history is never downloaded for it; after a
     // force push, the new history down to a commit the mirror holds comes along once.
+    // What remains of a fetch's time is mostly the network's: libgit2 writes each POST's head and
+    // body in two writes on a socket without TCP_NODELAY, so each POST can wait for the server's
+    // delayed ACK (40 ms on Linux). On the loopback test server that is ~95 of a fetch's ~120 ms
+    // (measured with `quickack` set on the route: 23 ms).
     let known = resolved
         .refname
         .as_ref()
