@@ -42,29 +42,7 @@ async fn applied_crd_becomes_established_and_serves_objects() -> Result<()> {
     let ns = TestNamespace::create("harness-crd").await?;
     // A group unique to this run, so reruns against a kept cluster do not collide.
     let group = format!("h{}.e2e.tether.dev", std::process::id());
-    let crd = format!(
-        r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.{group}
-spec:
-  group: {group}
-  scope: Namespaced
-  names: {{plural: widgets, singular: widget, kind: Widget}}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            properties:
-              size: {{type: integer}}
-"#
-    );
+    let crd = crate::fixtures::widget_crd(&group);
     ns.kubectl().apply(&crd)?;
     ns.kubectl().run(&[
         "wait",

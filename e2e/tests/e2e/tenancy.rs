@@ -6,7 +6,7 @@ use tether_e2e::cluster::TestNamespace;
 use tether_e2e::git_server::Upstream;
 use tether_e2e::operator::{Operator, install_crds, wait_ready};
 
-use crate::fixtures::{config_map, git_repository, wait_failed};
+use crate::fixtures::{config_map, git_repository, wait_failed, widget_crd};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crd_and_its_objects_land_together_and_target_namespace_places_objects() -> Result<()> {
@@ -16,32 +16,7 @@ async fn a_crd_and_its_objects_land_together_and_target_namespace_places_objects
     // A group of this test's own, so that reruns on a kept cluster do not meet.
     let group = format!("{n}.e2e.tether.dev");
     let repo = Upstream::new("with-crd")?;
-    repo.write(
-        "deploy/crd.yaml",
-        &format!(
-            r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.{group}
-spec:
-  group: {group}
-  scope: Namespaced
-  names: {{plural: widgets, singular: widget, kind: Widget}}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            properties:
-              size: {{type: integer}}
-"#
-        ),
-    )?;
+    repo.write("deploy/crd.yaml", &widget_crd(&group))?;
     repo.write(
         "deploy/widget.yaml",
         &format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: small\n  namespace: {n}\nspec:\n  size: 3\n"),
