@@ -187,24 +187,16 @@ impl Upstream {
     /// Publishes the current branch and every tag through `remote` with the real `git push`, e.g. over
     /// HTTPS with basic auth or over SSH. Tags are pushed with force, so a moved tag moves there too.
     pub fn push_to(&self, remote: &GitRemote) -> Result<()> {
-        let branch = format!("HEAD:refs/heads/{}", self.branch);
-        run_git(
-            Some(self.work_path()),
-            &[
-                "push",
-                "--quiet",
-                remote.url(),
-                &branch,
-                "+refs/tags/*:refs/tags/*",
-            ],
-            remote.env(),
-        )?;
-        Ok(())
+        self.push_branch(remote, "")
     }
 
     /// Force-pushes the current branch (for history rewrites) and every tag through `remote`.
     pub fn force_push_to(&self, remote: &GitRemote) -> Result<()> {
-        let branch = format!("+HEAD:refs/heads/{}", self.branch);
+        self.push_branch(remote, "+")
+    }
+
+    fn push_branch(&self, remote: &GitRemote, force: &str) -> Result<()> {
+        let branch = format!("{force}HEAD:refs/heads/{}", self.branch);
         run_git(
             Some(self.work_path()),
             &[
