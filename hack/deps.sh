@@ -10,6 +10,7 @@ packages=(
   openssh-server openssh-client         # the SSH git server and ssh-keygen
   nftables iproute2 socat               # the network-namespace test with no inbound access
   util-linux procps                     # setpriv (child processes die with the tests), ps
+  tinyproxy                             # an HTTP CONNECT proxy, for git through a proxy
 )
 
 missing=()

@@ -11,6 +11,7 @@
 //! - [`netns`]: a network namespace that lets nothing in, with relays out to the host's services.
 //! - [`operator`]: the real `tether-operator` as a process, and kubectl helpers around `GitRepository`.
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
+//! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
 
 pub mod cluster;
 pub mod controlplane;
@@ -20,6 +21,7 @@ pub mod kubectl;
 pub mod netns;
 pub mod operator;
 pub mod process;
+pub mod proxy;
 
 /// The workspace root (the folder of the top `Cargo.toml`).
 pub fn workspace_root() -> std::path::PathBuf {

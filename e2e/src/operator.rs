@@ -65,12 +65,27 @@ pub struct Operator {
     args: Vec<String>,
     kubeconfig: PathBuf,
     netns: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Operator {
     /// Starts `tether-operator --namespace <namespace>` with `extra` flags.
     pub fn start(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Result<Self> {
         Self::start_in(kubeconfig, namespace, extra, None)
+    }
+
+    /// [`Operator::start`] with extra environment variables (e.g. `HTTPS_PROXY`).
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        namespace: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::launch(kubeconfig, namespace, extra, None, env)
     }
 
     /// [`Operator::start`] inside the network namespace `netns` (through `ip netns exec`), its admin
@@ -80,6 +95,16 @@ impl Operator {
         namespace: &str,
         extra: &[&str],
         netns: Option<&str>,
+    ) -> Result<Self> {
+        Self::launch(kubeconfig, namespace, extra, netns, Vec::new())
+    }
+
+    fn launch(
+        kubeconfig: &Path,
+        namespace: &str,
+        extra: &[&str],
+        netns: Option<&str>,
+        env: Vec<(String, String)>,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tether-operator-")
@@ -105,7 +130,7 @@ impl Operator {
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.path().join("operator.log");
         let netns = netns.map(str::to_string);
-        let process = spawn(kubeconfig, &args, &log, netns.as_deref())?;
+        let process = spawn(kubeconfig, &args, &log, netns.as_deref(), &env)?;
         Ok(Self {
             process,
             admin_port,
@@ -114,6 +139,7 @@ impl Operator {
             args,
             kubeconfig: kubeconfig.to_path_buf(),
             netns,
+            env,
         })
     }
 
@@ -154,6 +180,7 @@ impl Operator {
             &self.args,
             &self.log,
             self.netns.as_deref(),
+            &self.env,
         )?;
         // Keep the earlier run's lines for failure messages.
         let _ = std::fs::write(self.log.with_extension("previous.log"), previous);
@@ -165,7 +192,13 @@ impl Operator {
     }
 }
 
-fn spawn(kubeconfig: &Path, args: &[String], log: &Path, netns: Option<&str>) -> Result<Process> {
+fn spawn(
+    kubeconfig: &Path,
+    args: &[String],
+    log: &Path,
+    netns: Option<&str>,
+    env: &[(String, String)],
+) -> Result<Process> {
     let operator = binary("tether-operator")?;
     let mut all = Vec::new();
     let program = match netns {
@@ -187,7 +220,10 @@ fn spawn(kubeconfig: &Path, args: &[String], log: &Path, netns: Option<&str>) ->
         &[
             ("KUBECONFIG", kubeconfig.display().to_string()),
             ("RUST_LOG", "info,tether_operator=debug".to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(env.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        .collect::<Vec<_>>(),
     )
     .context("starting tether-operator")
 }

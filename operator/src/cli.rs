@@ -76,11 +76,13 @@ pub struct Args {
     #[arg(long, env = "TETHER_HUB_CA_FILE")]
     pub hub_ca_file: Option<PathBuf>,
 
-    /// HTTP proxy for the hub connection (CONNECT), as the standard variable.
+    /// HTTP proxy (CONNECT) for the hub connection. Set as the HTTPS_PROXY environment variable it
+    /// also carries git over HTTPS (and, out of cluster, the API server's connection).
     #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
     pub https_proxy: Option<String>,
 
-    /// Hosts that bypass the proxy, as the standard variable.
+    /// Hosts that bypass the proxy, as the standard variable (for git: host names, domain suffixes
+    /// or *; CIDR blocks apply to the hub connection only).
     #[arg(long, env = "NO_PROXY")]
     pub no_proxy: Option<String>,
 

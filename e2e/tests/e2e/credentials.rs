@@ -7,6 +7,7 @@ use tether_e2e::cluster::TestNamespace;
 use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
 use tether_e2e::kubectl::Kubectl;
 use tether_e2e::operator::{Operator, install_crds, wait_ready};
+use tether_e2e::proxy::HttpProxy;
 
 use crate::fixtures::{config_map, git_repository, wait_applied, wait_failed};
 
@@ -253,4 +254,69 @@ fn hashed_known_hosts(plain: &str) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(std::fs::read_to_string(&file)?)
+}
+
+/// Git over HTTPS goes through the proxy the operator's environment names (`HTTPS_PROXY`, a real
+/// tinyproxy here), and straight to the server when `NO_PROXY` lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_over_https_goes_through_the_proxy_the_environment_names() -> Result<()> {
+    let ns = TestNamespace::create("creds-proxy").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let server = HttpsGitServer::start()?;
+    let repo = server.create_repo("proxied")?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "one"))?;
+    repo.commit("first")?;
+    repo.push_to(&server.remote(&repo))?;
+    create_secret(
+        kubectl,
+        n,
+        "git-auth",
+        &[
+            ("username", server.username()),
+            ("password", server.password()),
+            ("caFile", server.ca_pem()),
+        ],
+    )?;
+    kubectl.apply(&git_repository(
+        n,
+        "app",
+        &server.url("proxied"),
+        "  path: deploy\n  interval: 2s\n  secretRef: {name: git-auth}\n",
+    ))?;
+    let proxy = HttpProxy::start()?;
+    let target = format!("127.0.0.1:{}", server.port());
+
+    let through = Operator::start_with_env(
+        ns.kubeconfig(),
+        n,
+        &[],
+        &[("HTTPS_PROXY", &proxy.url()), ("NO_PROXY", "")],
+    )?;
+    wait_ready(kubectl, n, "app", "90s", &through)?;
+    ensure!(
+        proxy.tunnels_to(&target) >= 2,
+        "the resolve and the fetch did not both go through the proxy; its log:\n{}",
+        proxy.log_tail()
+    );
+    drop(through);
+
+    // The server in NO_PROXY: a new commit is fetched without the proxy.
+    let before = proxy.tunnels_to(&target);
+    let direct = Operator::start_with_env(
+        ns.kubeconfig(),
+        n,
+        &[],
+        &[("HTTPS_PROXY", &proxy.url()), ("NO_PROXY", "127.0.0.1")],
+    )?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "two"))?;
+    let second = repo.commit("second")?;
+    repo.push_to(&server.remote(&repo))?;
+    wait_applied(kubectl, n, "app", &format!("main@sha1:{second}"), &direct)?;
+    ensure!(
+        proxy.tunnels_to(&target) == before,
+        "with NO_PROXY=127.0.0.1 the operator still used the proxy:\n{}",
+        proxy.log_tail()
+    );
+    Ok(())
 }

@@ -380,6 +380,12 @@ fn fetch_options<'a>(
 ) -> FetchOptions<'a> {
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks(url, creds, deadline, state));
+    // HTTP(S) through the proxy the environment names (`https_proxy`/`HTTPS_PROXY` for https,
+    // `http_proxy`/`HTTP_PROXY` for http, except hosts in `NO_PROXY`), or git's `http.proxy`;
+    // SSH is never proxied.
+    let mut proxy = git2::ProxyOptions::new();
+    proxy.auto();
+    opts.proxy_options(proxy);
     opts.download_tags(git2::AutotagOption::None);
     opts.update_fetchhead(false);
     let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
