@@ -38,7 +38,7 @@ unit: ## Unit and component tests (no control plane)
 e2e: deps ## End-to-end tests against the local control plane
 	$(BUILD_BINS)
 	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" $(CARGO) test -p tether-e2e --locked -- --nocapture
-	@bash hack/check-no-leftovers.sh "$(CLUSTER_DIR)"
+	@bash hack/check-no-leftovers.sh "$(RUN_DIR)"
 
 test: deps lint unit e2e ## Everything CI checks: lint, unit tests, end-to-end tests
 
