@@ -52,6 +52,9 @@ pub struct Context {
     watch_set: watch::Sender<BTreeSet<RepoId>>,
     /// When the last push notice per repository arrived, and its push time (Unix ms).
     notices: Mutex<HashMap<RepoId, (SystemTime, u64)>>,
+    /// The inventory recorded before applying a revision (the old one and everything the revision
+    /// may create), kept for a reconcile that fails so that its status does not shrink it back.
+    widened: Mutex<HashMap<Ref<GitRepository>, Vec<ObjectRef>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -81,6 +84,7 @@ impl Context {
             repos: Mutex::new(HashMap::new()),
             watch_set,
             notices: Mutex::new(HashMap::new()),
+            widened: Mutex::new(HashMap::new()),
         })
     }
 
@@ -378,6 +382,7 @@ async fn sync(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error> {
     match outcome {
         Ok(done) => {
             lock(&ctx.failures).remove(&oref);
+            lock(&ctx.widened).remove(&oref);
             let changed = status.last_applied_revision.as_deref() != Some(&done.revision);
             status.last_attempted_revision = Some(done.revision.clone());
             status.last_applied_revision = Some(done.revision.clone());
@@ -410,6 +415,9 @@ async fn sync(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error> {
             timer.fail(err.category());
             if let Some(rev) = revision {
                 status.last_attempted_revision = Some(rev);
+            }
+            if let Some(inventory) = lock(&ctx.widened).remove(&oref) {
+                status.inventory = inventory;
             }
             let message = err.to_string();
             warn!(error = %message, category = err.category(), "reconcile failed");
@@ -538,6 +546,9 @@ async fn stages(obj: &GitRepository, ctx: &Context) -> Result<Done, (Option<Stri
         planned = plan::plan(&files, &input, |g, v, k| kinds.scope(g, v, k));
     }
     let planned = planned.map_err(|e| with_rev(e.into()))?;
+    widen_inventory(obj, ctx, &revision, &planned.inventory())
+        .await
+        .map_err(with_rev)?;
 
     // Apply, dry-run first.
     let applied = apply::apply(&client, &ctx.catalog, &planned, timeout)
@@ -590,11 +601,19 @@ async fn stages(obj: &GitRepository, ctx: &Context) -> Result<Done, (Option<Stri
 /// Before work on a new revision or spec: `Reconciling` True and `Ready` Unknown, so that `kubectl get`
 /// and `kubectl wait` see the work under way. An unchanged revision writes nothing.
 async fn mark_progressing(obj: &GitRepository, ctx: &Context, revision: &str) -> Result<(), Error> {
+    match progressing(obj, revision) {
+        Some(next) => write_status(ctx, obj, next).await,
+        None => Ok(()),
+    }
+}
+
+/// The status [`mark_progressing`] writes; `None` when the revision and spec are the applied ones.
+fn progressing(obj: &GitRepository, revision: &str) -> Option<GitRepositoryStatus> {
     let status = obj.status.clone().unwrap_or_default();
     let settled = status.last_applied_revision.as_deref() == Some(revision)
         && status.observed_generation == obj.metadata.generation;
     if settled {
-        return Ok(());
+        return None;
     }
     let message = format!("Applying revision {revision}");
     let mut next = status;
@@ -614,6 +633,31 @@ async fn mark_progressing(obj: &GitRepository, ctx: &Context, revision: &str) ->
         reason::PROGRESSING,
         &message,
     );
+    Some(next)
+}
+
+/// Before applying: the recorded inventory grows by every object the revision may create. An
+/// operator killed between applying and writing the final status then still knows, at its next
+/// run, what it may have created, and prunes it once it leaves the repository. (Listed objects that
+/// were never created cost a lookup at prune time.) Nothing is written when nothing is new.
+async fn widen_inventory(
+    obj: &GitRepository,
+    ctx: &Context,
+    revision: &str,
+    planned: &[ObjectRef],
+) -> Result<(), Error> {
+    let mut next =
+        progressing(obj, revision).unwrap_or_else(|| obj.status.clone().unwrap_or_default());
+    let before = next.inventory.len();
+    for object in planned {
+        if !next.inventory.contains(object) {
+            next.inventory.push(object.clone());
+        }
+    }
+    if next.inventory.len() == before {
+        return Ok(());
+    }
+    lock(&ctx.widened).insert(Ref::from_obj(obj), next.inventory.clone());
     write_status(ctx, obj, next).await
 }
 

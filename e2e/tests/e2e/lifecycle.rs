@@ -13,7 +13,7 @@ use tether_e2e::operator::{
 };
 use tether_e2e::process::{Lifetime, Process, alive, free_port, signal};
 
-use crate::fixtures::{config_map, git_repository, greeting, wait_applied};
+use crate::fixtures::{config_map, git_repository, greeting, names, wait_applied, wait_failed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()> {
@@ -335,6 +335,72 @@ async fn an_operator_started_before_its_api_server_waits_for_it() -> Result<()> 
             .contains("stopped before the controller started"),
         "{}",
         stranded.log_tail()
+    );
+    Ok(())
+}
+
+/// A revision that fails after its objects were applied (here: `spec.wait` and a Deployment that no
+/// kubelet will ever roll out) keeps them in the inventory, so that they are pruned once they leave
+/// the repository instead of being forgotten in the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_of_a_failed_revision_are_pruned_once_they_leave_the_repository() -> Result<()> {
+    let ns = TestNamespace::create("failed-prune").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let repo = Upstream::new("failing")?;
+    repo.write("deploy/base.yaml", &config_map(n, "base", "one"))?;
+    repo.commit("base")?;
+    repo.push()?;
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "app",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n  wait: true\n  timeout: 3s\n",
+    ))?;
+    wait_ready(kubectl, n, "app", "60s", &operator)?;
+
+    // A Deployment nothing will run, and a ConfigMap beside it: applied, then the health wait fails.
+    repo.write("deploy/extra.yaml", &config_map(n, "extra", "one"))?;
+    repo.write(
+        "deploy/web.yaml",
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {n}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: web\n        image: registry.example/web:1.0\n"
+        ),
+    )?;
+    let failing = repo.commit("a Deployment that never becomes ready")?;
+    repo.push()?;
+    let (_, reason, message) = wait_failed(
+        kubectl,
+        n,
+        "app",
+        &format!("main@sha1:{failing}"),
+        &operator,
+    )?;
+    ensure!(reason == "HealthCheckFailed", "{reason}: {message}");
+    ensure!(names(kubectl, n, "deployments,configmaps")?.contains("deployment.apps/web"));
+    let inventory = get_field(
+        kubectl,
+        n,
+        "app",
+        "{range .status.inventory[*]}{.kind}/{.name} {end}",
+    )?;
+    ensure!(
+        inventory.contains("Deployment/web") && inventory.contains("ConfigMap/extra"),
+        "the failed revision's objects are not in the inventory: {inventory}"
+    );
+
+    // Both leave the repository: the next revision prunes them.
+    repo.remove("deploy/web.yaml")?;
+    repo.remove("deploy/extra.yaml")?;
+    let fixed = repo.commit("back to the base")?;
+    repo.push()?;
+    wait_applied(kubectl, n, "app", &format!("main@sha1:{fixed}"), &operator)?;
+    wait_ready(kubectl, n, "app", "60s", &operator)?;
+    let left = names(kubectl, n, "deployments,configmaps")?;
+    ensure!(
+        !left.contains("deployment.apps/web") && !left.contains("configmap/extra"),
+        "left behind: {left}"
     );
     Ok(())
 }
