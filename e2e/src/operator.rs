@@ -304,21 +304,12 @@ pub fn wait_for_output(
     want: &str,
     operator: &Operator,
 ) -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    while std::time::Instant::now() < deadline {
-        last = match kubectl.run(args) {
-            Ok(out) => out,
-            Err(e) => e.to_string(),
-        };
-        if last.trim() == want {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    bail!(
-        "kubectl {} never printed {want:?}; last: {last:?}\noperator log:\n{}",
-        args.join(" "),
-        operator.log_tail()
-    )
+    let what = format!("kubectl {} prints {want:?}", args.join(" "));
+    let every = Duration::from_millis(250);
+    crate::git_server::wait_until_every(&what, Duration::from_secs(60), every, || {
+        let out = kubectl.run(args)?;
+        anyhow::ensure!(out.trim() == want, "last printed {out:?}");
+        Ok(())
+    })
+    .with_context(|| format!("operator log:\n{}", operator.log_tail()))
 }

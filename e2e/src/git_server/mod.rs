@@ -184,9 +184,15 @@ pub(crate) fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Res
 }
 
 /// Polls `probe` every 50 ms until it succeeds or `timeout` passes; returns the last error on timeout.
-pub fn wait_until<T>(
+pub fn wait_until<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<T>) -> Result<T> {
+    wait_until_every(what, timeout, Duration::from_millis(50), probe)
+}
+
+/// [`wait_until`] with a pause of `every` between attempts, for probes that cost a process (kubectl).
+pub fn wait_until_every<T>(
     what: &str,
     timeout: Duration,
+    every: Duration,
     mut probe: impl FnMut() -> Result<T>,
 ) -> Result<T> {
     let deadline = Instant::now() + timeout;
@@ -196,7 +202,7 @@ pub fn wait_until<T>(
             Err(e) if Instant::now() >= deadline => {
                 return Err(e.context(format!("{what}: not done after {timeout:?}")));
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => std::thread::sleep(every),
         }
     }
 }

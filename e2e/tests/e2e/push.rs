@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
 use tether_e2e::hub::{AgentSpec, Forge, Hub, HubOptions, hmac_sha256_hex, http_get, metric_value};
@@ -152,37 +152,25 @@ fn wait_output(
     context: impl Fn() -> String,
 ) -> Result<Duration> {
     let began = Instant::now();
-    let mut last = String::new();
-    while began.elapsed() < within {
-        last = kubectl.run(args).unwrap_or_else(|e| e.to_string());
-        if last.trim() == want {
-            return Ok(began.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!(
-        "kubectl {} never printed {want:?} within {within:?}; last: {last:?}\n{}",
-        args.join(" "),
-        context()
-    )
+    let what = format!("kubectl {} prints {want:?}", args.join(" "));
+    let every = Duration::from_millis(100);
+    tether_e2e::git_server::wait_until_every(&what, within, every, || {
+        let out = kubectl.run(args)?;
+        ensure!(out.trim() == want, "last printed {out:?}");
+        Ok(())
+    })
+    .with_context(context)?;
+    Ok(began.elapsed())
 }
 
-/// Polls `probe` until it returns true, within `within`.
+/// Polls `probe` until it returns true, within `within`: the harness's `wait_until` for a yes-or-no
+/// probe.
 fn wait_until(what: &str, within: Duration, mut probe: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + within;
-    let mut last_error = None;
-    while Instant::now() < deadline {
-        match probe() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_error = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    match last_error {
-        Some(e) => Err(e.context(format!("{what}: not within {within:?}"))),
-        None => bail!("{what}: not within {within:?}"),
-    }
+    let every = Duration::from_millis(100);
+    tether_e2e::git_server::wait_until_every(what, within, every, || {
+        ensure!(probe()?, "not yet");
+        Ok(())
+    })
 }
 
 fn indent(text: &str, by: usize) -> String {
