@@ -81,8 +81,8 @@ pub struct Args {
     #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
     pub https_proxy: Option<String>,
 
-    /// Hosts that bypass the proxy, as the standard variable (for git: host names, domain suffixes
-    /// or *; CIDR blocks apply to the hub connection only).
+    /// Hosts that bypass the proxy, as the standard variable: host names, domain suffixes, IP
+    /// addresses, CIDR blocks, or *.
     #[arg(long, env = "NO_PROXY")]
     pub no_proxy: Option<String>,
 

@@ -370,6 +370,21 @@ fn classify(
     }
 }
 
+/// Whether `NO_PROXY` (or `no_proxy`) in the environment lists the host of `url`.
+fn bypasses_proxy(url: &str) -> bool {
+    let Some(list) = ["NO_PROXY", "no_proxy"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    else {
+        return false;
+    };
+    let Some((host, port)) = host_and_port(url) else {
+        return false;
+    };
+    let port = port.unwrap_or(if url.starts_with("http://") { 80 } else { 443 });
+    crate::hub_client::NoProxy::parse(&list).matches(&host, port)
+}
+
 /// The fetch options for one operation: callbacks, bearer header, no automatic tags.
 fn fetch_options<'a>(
     url: &'a str,
@@ -381,10 +396,12 @@ fn fetch_options<'a>(
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks(url, creds, deadline, state));
     // HTTP(S) through the proxy the environment names (`https_proxy`/`HTTPS_PROXY` for https,
-    // `http_proxy`/`HTTP_PROXY` for http, except hosts in `NO_PROXY`), or git's `http.proxy`;
-    // SSH is never proxied.
+    // `http_proxy`/`HTTP_PROXY` for http), or git's `http.proxy`; SSH is never proxied. A host that
+    // `NO_PROXY` lists goes direct, read as the hub connection reads it (CIDR blocks included).
     let mut proxy = git2::ProxyOptions::new();
-    proxy.auto();
+    if !bypasses_proxy(url) {
+        proxy.auto();
+    }
     opts.proxy_options(proxy);
     opts.download_tags(git2::AutotagOption::None);
     opts.update_fetchhead(false);
