@@ -16,12 +16,24 @@ use crate::process::{Lifetime, Process, free_port, tail};
 pub struct HttpProxy {
     process: Process,
     port: u16,
+    /// `user:password` the proxy requires, if any.
+    credentials: Option<String>,
     dir: TempDir,
 }
 
 impl HttpProxy {
     /// Starts `tinyproxy -d` that lets 127.0.0.1 through to any port; returns once it accepts.
     pub fn start() -> Result<Self> {
+        Self::launch(None)
+    }
+
+    /// [`HttpProxy::start`], requiring basic authentication (`Proxy-Authorization`) as `user` with
+    /// `password`; anything else is answered 407.
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Result<Self> {
+        Self::launch(Some((user, password)))
+    }
+
+    fn launch(auth: Option<(&str, &str)>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("tether-proxy-").tempdir()?;
         let d = dir.path();
         let port = free_port()?;
@@ -31,9 +43,12 @@ impl HttpProxy {
             d.join("tinyproxy.conf"),
             format!(
                 "Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\nMaxClients 64\n\
-                 LogFile \"{log}\"\nLogLevel Info\nPidFile \"{pid}\"\nDisableViaHeader Yes\n",
+                 LogFile \"{log}\"\nLogLevel Info\nPidFile \"{pid}\"\nDisableViaHeader Yes\n{auth}",
                 log = d.join("tinyproxy.log").display(),
                 pid = d.join("tinyproxy.pid").display(),
+                auth = auth
+                    .map(|(user, password)| format!("BasicAuth {user} {password}\n"))
+                    .unwrap_or_default(),
             ),
         )?;
         let mut process = Process::spawn(
@@ -56,12 +71,20 @@ impl HttpProxy {
                     .with_context(|| format!("connecting to 127.0.0.1:{port}"))
             },
         )?;
-        Ok(Self { process, port, dir })
+        Ok(Self {
+            process,
+            port,
+            credentials: auth.map(|(user, password)| format!("{user}:{password}")),
+            dir,
+        })
     }
 
-    /// `http://127.0.0.1:PORT`, for `HTTPS_PROXY`.
+    /// `http://[user:password@]127.0.0.1:PORT`, for `HTTPS_PROXY`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match &self.credentials {
+            Some(credentials) => format!("http://{credentials}@127.0.0.1:{}", self.port),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 
     /// How many `CONNECT` tunnels to `target` (`host:port`) it has opened so far.

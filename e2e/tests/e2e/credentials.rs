@@ -257,7 +257,7 @@ fn hashed_known_hosts(plain: &str) -> Result<String> {
 }
 
 /// Git over HTTPS goes through the proxy the operator's environment names (`HTTPS_PROXY`, a real
-/// tinyproxy here), and straight to the server when `NO_PROXY` lists it (by a CIDR block, which
+/// tinyproxy here that asks for a user name and password, given in the URL), and straight to the server when `NO_PROXY` lists it (by a CIDR block, which
 /// libgit2's own reading of `NO_PROXY` does not know).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_over_https_goes_through_the_proxy_the_environment_names() -> Result<()> {
@@ -285,7 +285,8 @@ async fn git_over_https_goes_through_the_proxy_the_environment_names() -> Result
         &server.url("proxied"),
         "  path: deploy\n  interval: 2s\n  secretRef: {name: git-auth}\n",
     ))?;
-    let proxy = HttpProxy::start()?;
+    let proxy_password = "proxy-secret-4d1a";
+    let proxy = HttpProxy::start_with_basic_auth("tether", proxy_password)?;
     let target = format!("127.0.0.1:{}", server.port());
 
     let through = Operator::start_with_env(
@@ -300,6 +301,8 @@ async fn git_over_https_goes_through_the_proxy_the_environment_names() -> Result
         "the resolve and the fetch did not both go through the proxy; its log:\n{}",
         proxy.log_tail()
     );
+    // The proxy's password came from HTTPS_PROXY and goes nowhere else.
+    assert_nowhere(kubectl, n, &through, &[proxy_password])?;
     drop(through);
 
     // The server in NO_PROXY (as a CIDR block): a new commit is fetched without the proxy.
