@@ -301,8 +301,21 @@ async fn git_over_https_goes_through_the_proxy_the_environment_names() -> Result
         "the resolve and the fetch did not both go through the proxy; its log:\n{}",
         proxy.log_tail()
     );
-    // The proxy's password came from HTTPS_PROXY and goes nowhere else.
+    // The proxy's password came from HTTPS_PROXY and goes nowhere else, not even into the error of a
+    // tunnel the proxy could not open (to a port where nothing listens).
+    kubectl.apply(&git_repository(
+        n,
+        "nowhere",
+        &format!(
+            "https://127.0.0.1:{}/nothing.git",
+            tether_e2e::process::free_port()?
+        ),
+        "  path: deploy\n  interval: 2s\n",
+    ))?;
+    let (_, reason, message) = wait_failed(kubectl, n, "nowhere", "", &through)?;
+    ensure!(reason == "GitOperationFailed", "{reason}: {message}");
     assert_nowhere(kubectl, n, &through, &[proxy_password])?;
+    kubectl.run(&["delete", "gitrepo", "nowhere", "-n", n])?;
     drop(through);
 
     // The server in NO_PROXY (as a CIDR block): a new commit is fetched without the proxy.
