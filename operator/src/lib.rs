@@ -11,6 +11,7 @@
 //! - [`hub_link`]: starts the hub client from the flags, when a hub is configured.
 //! - [`crd`]: the `GitRepository` resource, its status, and the names stamped on managed objects.
 //! - [`duration`]: Kubernetes-style durations for `spec.interval` and `spec.timeout`.
+//! - [`error`]: how a stage's error is sorted (category, class, reason).
 //! - [`git`]: resolve a ref on a remote, fetch into a cache of bare mirrors, read a commit's tree.
 //! - [`plan`]: pure: turn a commit's manifests into ordered, labelled objects and what to prune.
 
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod duration;
+pub mod error;
 pub mod git;
 pub mod health;
 pub mod hub_client;
