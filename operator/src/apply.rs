@@ -10,107 +10,23 @@
 //! 5. everything else is applied.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
 use kube::core::ApiResource;
-use kube::discovery::{Discovery, Scope as KubeScope};
 use kube::runtime::wait::{await_condition, conditions};
-use tokio::sync::RwLock;
 
-use crate::crd::{FIELD_MANAGER, ObjectRef};
-use crate::plan::{Plan, PlannedObject, Scope, is_owned_by, is_prune_disabled};
+use crate::crd::{FIELD_MANAGER, ObjectRef, reason};
+use crate::discovery::{Catalog, DiscoveryError, Kinds};
+use crate::error::{ErrorClass, StageError};
+use crate::plan::{Plan, PlannedObject, is_owned_by, is_prune_disabled};
 
-/// What the API server serves: kinds, their resources and scope. Shared by every reconcile and
-/// refreshed when a kind is missing (a CRD was installed since), at most once per
-/// [`Catalog::MIN_REFRESH`].
-#[derive(Debug, Default)]
-pub struct Catalog {
-    inner: RwLock<Option<(Instant, Arc<Kinds>)>>,
-}
-
-/// One discovery snapshot.
-#[derive(Debug, Default)]
-pub struct Kinds {
-    by_gvk: HashMap<(String, String, String), (ApiResource, Scope)>,
-}
-
-impl Kinds {
-    /// Whether `(group, version, kind)` is namespaced, or `None` when the server does not serve it.
-    pub fn scope(&self, group: &str, version: &str, kind: &str) -> Option<Scope> {
-        self.by_gvk
-            .get(&(group.to_string(), version.to_string(), kind.to_string()))
-            .map(|(_, s)| *s)
-    }
-
-    /// The API resource serving an object's kind at its version.
-    pub fn resource(&self, id: &ObjectRef) -> Option<&ApiResource> {
-        self.by_gvk
-            .get(&(id.group.clone(), id.version.clone(), id.kind.clone()))
-            .map(|(r, _)| r)
-    }
-}
-
-impl Catalog {
-    /// The shortest time between two refreshes asked for by a missing kind.
-    pub const MIN_REFRESH: Duration = Duration::from_secs(5);
-
-    /// The current snapshot, loaded on first use.
-    pub async fn kinds(&self, client: &kube::Client) -> Result<Arc<Kinds>, ApplyError> {
-        if let Some((_, kinds)) = self.inner.read().await.as_ref() {
-            return Ok(kinds.clone());
-        }
-        self.refresh(client, true).await
-    }
-
-    /// Reloads the snapshot, unless the last load is younger than [`Self::MIN_REFRESH`] and
-    /// `force` is false.
-    pub async fn refresh(
-        &self,
-        client: &kube::Client,
-        force: bool,
-    ) -> Result<Arc<Kinds>, ApplyError> {
-        let mut guard = self.inner.write().await;
-        if let Some((at, kinds)) = guard.as_ref()
-            && !force
-            && at.elapsed() < Self::MIN_REFRESH
-        {
-            return Ok(kinds.clone());
-        }
-        let discovery = Discovery::new(client.clone())
-            .run_aggregated()
-            .await
-            .map_err(ApplyError::Discovery)?;
-        let mut by_gvk = HashMap::new();
-        for group in discovery.groups() {
-            for version in group.versions() {
-                for (resource, caps) in group.versioned_resources(version) {
-                    let scope = match caps.scope {
-                        KubeScope::Namespaced => Scope::Namespaced,
-                        KubeScope::Cluster => Scope::Cluster,
-                    };
-                    let key = (
-                        resource.group.clone(),
-                        resource.version.clone(),
-                        resource.kind.clone(),
-                    );
-                    by_gvk.insert(key, (resource, scope));
-                }
-            }
-        }
-        let kinds = Arc::new(Kinds { by_gvk });
-        *guard = Some((Instant::now(), kinds.clone()));
-        Ok(kinds)
-    }
-}
-
-/// What happened to one object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What happened to one object. The order is the summary's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
-    Created,
     Configured,
+    Created,
     Unchanged,
     Pruned,
 }
@@ -127,37 +43,44 @@ impl Action {
     }
 }
 
-/// The outcome of applying a revision.
-#[derive(Debug, Default)]
+/// What applying and pruning a revision did, counted by action.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
-    pub actions: BTreeMap<&'static str, usize>,
+    pub actions: BTreeMap<Action, usize>,
 }
 
 impl Applied {
-    fn count(&mut self, action: Action) {
-        *self.actions.entry(action.as_str()).or_default() += 1;
+    /// Counts `n` more objects for `action`.
+    pub fn record(&mut self, action: Action, n: usize) {
+        if n > 0 {
+            *self.actions.entry(action).or_default() += n;
+        }
     }
 
-    /// `created 2, configured 1, unchanged 5`.
+    /// `configured 1, created 2, unchanged 5, pruned 1`; a revision that changed nothing says so
+    /// before what it pruned.
     pub fn summary(&self) -> String {
-        let parts: Vec<String> = self
+        let mut parts: Vec<String> = self
             .actions
             .iter()
-            .map(|(k, v)| format!("{k} {v}"))
+            .filter(|(a, _)| **a != Action::Pruned)
+            .map(|(a, n)| format!("{} {n}", a.as_str()))
             .collect();
         if parts.is_empty() {
-            "nothing to do".to_string()
-        } else {
-            parts.join(", ")
+            parts.push("nothing to do".into());
         }
+        if let Some(n) = self.actions.get(&Action::Pruned) {
+            parts.push(format!("pruned {n}"));
+        }
+        parts.join(", ")
     }
 }
 
 /// Errors of the apply and prune stages.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("discovering the API server's kinds: {0}")]
-    Discovery(#[source] kube::Error),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     #[error("{file}: {object}: the cluster does not serve this kind")]
     UnknownKind { file: String, object: String },
     #[error("{file}: {object}: {message}")]
@@ -186,11 +109,11 @@ pub enum ApplyError {
     },
 }
 
-impl ApplyError {
-    /// A short fixed name for metrics and Event reasons.
-    pub fn category(&self) -> &'static str {
+impl StageError for ApplyError {
+    fn category(&self) -> &'static str {
         match self {
-            ApplyError::Discovery(_) | ApplyError::Api { .. } => "api_error",
+            ApplyError::Discovery(e) => e.category(),
+            ApplyError::Api { .. } => "api_error",
             ApplyError::UnknownKind { .. } => "unknown_kind",
             ApplyError::Rejected { .. } => "invalid_manifest",
             ApplyError::Forbidden { .. } => "forbidden",
@@ -199,12 +122,22 @@ impl ApplyError {
         }
     }
 
-    /// Whether retrying the same revision cannot help (the commit must change).
-    pub fn is_revision_error(&self) -> bool {
-        matches!(
-            self,
-            ApplyError::UnknownKind { .. } | ApplyError::Rejected { .. }
-        )
+    /// An object the server does not serve or refuses waits for a new commit.
+    fn class(&self) -> ErrorClass {
+        match self {
+            ApplyError::UnknownKind { .. } | ApplyError::Rejected { .. } => ErrorClass::Revision,
+            _ => ErrorClass::Transient,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ApplyError::UnknownKind { .. } | ApplyError::Rejected { .. } => {
+                reason::INVALID_MANIFEST
+            }
+            ApplyError::Prune { .. } => reason::PRUNE_FAILED,
+            _ => reason::APPLY_FAILED,
+        }
     }
 }
 
@@ -339,7 +272,7 @@ pub async fn apply(
     for &i in &first {
         let object = &plan.objects[i];
         let action = apply_one(client, &kinds, object, &real, dry_rv.get(&i)).await?;
-        applied.count(action);
+        applied.record(action, 1);
         if object.is_crd() {
             new_crds.push(object.id.name.clone());
         }
@@ -390,7 +323,7 @@ pub async fn apply(
         }
         let before = dry_rv.get(&i);
         let action = apply_one(client, &kinds, object, &real, before).await?;
-        applied.count(action);
+        applied.record(action, 1);
     }
     Ok(applied)
 }
@@ -444,21 +377,10 @@ pub async fn prune(
     let kinds = catalog.kinds(client).await?;
     let mut pruned = Vec::new();
     for id in gone {
-        let resource = match kinds.resource(id) {
-            Some(r) => r.clone(),
-            // A kind is also reachable under another version of its group.
-            None => match kinds
-                .by_gvk
-                .iter()
-                .find(|((g, _, k), _)| g == &id.group && k == &id.kind)
-            {
-                Some((_, (r, _))) => r.clone(),
-                None => {
-                    // The kind is gone, and so are its objects.
-                    pruned.push(id.clone());
-                    continue;
-                }
-            },
+        let Some(resource) = kinds.resource_any_version(id).cloned() else {
+            // The kind is gone, and so are its objects.
+            pruned.push(id.clone());
+            continue;
         };
         let api = api_for(client, &resource, id);
         let current = match api.get_opt(&id.name).await {
@@ -501,6 +423,18 @@ pub async fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_lists_applied_actions_then_pruned() {
+        let mut applied = Applied::default();
+        assert_eq!(applied.summary(), "nothing to do");
+        applied.record(Action::Pruned, 2);
+        assert_eq!(applied.summary(), "nothing to do, pruned 2");
+        applied.record(Action::Unchanged, 5);
+        applied.record(Action::Created, 1);
+        applied.record(Action::Configured, 0);
+        assert_eq!(applied.summary(), "created 1, unchanged 5, pruned 2");
+    }
 
     fn status(code: u16, message: &str) -> kube::core::Status {
         kube::core::Status {

@@ -11,13 +11,15 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::Api;
 use kube::runtime::events::Reporter;
 use kube::runtime::wait::{Condition as _, await_condition, conditions};
-use tokio::sync::mpsc;
+use tether_protocol::Backoff;
 use tracing::{info, warn};
 
 use crate::controller::{self, Context};
 use crate::crd::crd_yaml;
+use crate::git::MirrorCache;
 use crate::leader::Elector;
 use crate::metrics::{Metrics, Readiness, bind_admin, serve_admin};
+use crate::triggers::Triggers;
 
 /// The name of the CRD the operator serves.
 const CRD_NAME: &str = "gitrepositories.tether.dev";
@@ -215,8 +217,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         controller: "tether-operator".into(),
         instance: Some(identity),
     };
-    let ctx = Context::new(client, config, cache_dir, metrics.clone(), reporter);
-    let (notice_tx, notice_rx) = mpsc::channel(1024);
+    let (triggers, notices) = Triggers::new();
+    let ctx = Context::new(
+        client,
+        config,
+        MirrorCache::new(cache_dir),
+        metrics.clone(),
+        reporter,
+        triggers.clone(),
+    );
     crate::hub_link::start(
         crate::hub_link::HubSettings {
             url: hub_url,
@@ -228,8 +237,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             dead_after: hub_dead_after,
         },
         &metrics,
-        ctx.watch_set(),
-        notice_tx,
+        triggers.watch_set(),
+        triggers.notice_sender(),
         stopped(stop_rx.clone()),
     )?;
 
@@ -237,21 +246,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match leadership {
         Some(leadership) => {
             tokio::select! {
-                () = controller::run(ctx, namespace, concurrency, notice_rx, shutdown) => {}
+                () = controller::run(ctx, namespace, concurrency, notices, shutdown) => {}
                 () = leadership.lost() => anyhow::bail!("leader election: lost the lease; exiting so that another replica leads"),
             }
         }
-        None => controller::run(ctx, namespace, concurrency, notice_rx, shutdown).await,
+        None => controller::run(ctx, namespace, concurrency, notices, shutdown).await,
     }
     info!("stopped");
     Ok(())
 }
 
 /// Waits until the GitRepository CRD is established, rather than exiting when it is missing or the
-/// API server cannot be reached yet: each failure is logged and retried, 1 s doubling to 30 s.
+/// API server cannot be reached yet: each failure is logged and retried, about 1 s doubling to 30 s.
 async fn wait_for_crd(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        Duration::MAX,
+    );
     let mut announced = false;
     loop {
         let failure = match crds.get_opt(CRD_NAME).await {
@@ -278,13 +291,13 @@ async fn wait_for_crd(client: &kube::Client) {
             }
             Err(e) => e.to_string(),
         };
+        let delay = backoff.next_delay_near(rand::random());
         warn!(
             error = %failure,
             retry_in = ?delay,
             "cannot read the GitRepository CRD from the API server; retrying"
         );
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -9,23 +9,61 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, DynamicObject};
 use serde_json::Value;
 
-use crate::apply::{Catalog, describe};
+use crate::apply::describe;
+use crate::crd::reason;
+use crate::discovery::{Catalog, DiscoveryError};
+use crate::error::{ErrorClass, StageError};
 use crate::plan::Plan;
+
+/// Why the health wait failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// The kinds to read could not be discovered: an API problem, retried soon.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// Objects still not ready at the deadline, each with why.
+    #[error("objects not ready within {timeout:?}: {pending}")]
+    NotReady { timeout: Duration, pending: String },
+}
+
+impl StageError for HealthError {
+    fn category(&self) -> &'static str {
+        match self {
+            HealthError::Discovery(e) => e.category(),
+            HealthError::NotReady { .. } => "health",
+        }
+    }
+
+    /// Unready objects wait for the next commit (or the interval); an API error is transient.
+    fn class(&self) -> ErrorClass {
+        match self {
+            HealthError::Discovery(_) => ErrorClass::Transient,
+            HealthError::NotReady { .. } => ErrorClass::Revision,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            HealthError::Discovery(_) => reason::FAILED,
+            HealthError::NotReady { .. } => reason::HEALTH_CHECK_FAILED,
+        }
+    }
+}
 
 /// How often the objects are read again while waiting.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Waits until every object of `plan` is ready, or `timeout`. On timeout, returns the objects still
-/// pending, described for a person, each with the reason it is not ready.
+/// Waits until every object of `plan` is ready, or `timeout`. On timeout, the error lists the
+/// objects still pending, described for a person, each with the reason it is not ready.
 pub async fn wait(
     client: &kube::Client,
     catalog: &Catalog,
     plan: &Plan,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), HealthError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let kinds = catalog.kinds(client).await.map_err(|e| e.to_string())?;
+        let kinds = catalog.kinds(client).await?;
         let mut pending = Vec::new();
         for object in &plan.objects {
             let Some(resource) = kinds.resource(&object.id) else {
@@ -48,7 +86,10 @@ pub async fn wait(
             return Ok(());
         }
         if Instant::now() + POLL > deadline {
-            return Err(pending.join(", "));
+            return Err(HealthError::NotReady {
+                timeout,
+                pending: pending.join(", "),
+            });
         }
         tokio::time::sleep(POLL).await;
     }

@@ -1,4 +1,4 @@
-//! Starts the hub client from the operator's flags, and turns its notices into reconcile triggers.
+//! Starts the hub client from the operator's flags; its notices go to the push triggers.
 //!
 //! Without `--hub-url` nothing starts: the interval alone keeps every `GitRepository` correct.
 
@@ -26,13 +26,13 @@ pub struct HubSettings {
     pub dead_after: Option<std::time::Duration>,
 }
 
-/// Validates the settings and spawns the client. Notices reach `triggers` as the repository and the
-/// time the hub received the push (Unix ms).
+/// Validates the settings and spawns the client, which tells the hub about `watch_set` and sends
+/// the notices it receives to `notices`.
 pub fn start(
     settings: HubSettings,
     metrics: &Metrics,
     watch_set: watch::Receiver<BTreeSet<RepoId>>,
-    triggers: mpsc::Sender<(RepoId, u64)>,
+    notices: mpsc::Sender<tether_protocol::Notice>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let HubSettings {
@@ -71,20 +71,8 @@ pub fn start(
     let hub_metrics = HubMetrics::register(&metrics.registry)?;
     info!(url = %config.url, proxy = config.proxy.is_some(), "connecting to the hub");
 
-    let (notice_tx, mut notice_rx) = mpsc::channel::<tether_protocol::Notice>(256);
     tokio::spawn(async move {
-        while let Some(notice) = notice_rx.recv().await {
-            if triggers
-                .send((notice.repo, notice.received_at))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        if let Err(e) = hub_client::run(config, watch_set, notice_tx, hub_metrics, shutdown).await {
+        if let Err(e) = hub_client::run(config, watch_set, notices, hub_metrics, shutdown).await {
             warn!(error = %e, "the hub client stopped; reconciles run on the interval only");
         }
     });

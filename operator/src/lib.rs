@@ -4,7 +4,9 @@
 //! - [`cli`]: the flags and the process's life, from start-up to graceful shutdown.
 //! - [`controller`]: the reconcile pipeline (resolve, fetch, plan, apply, prune, status) and its
 //!   error policy.
+//! - [`triggers`]: push notices from the hub: which objects follow which repository, the watch set.
 //! - [`apply`]: server-side apply, dry-run first, and pruning, against the API server.
+//! - [`discovery`]: the kinds the API server serves, shared and refreshed on demand.
 //! - [`health`]: the wait for applied objects to become ready (`spec.wait`).
 //! - [`leader`]: Lease-based leader election.
 //! - [`metrics`]: the Prometheus registry and the admin server.
@@ -19,6 +21,7 @@ pub mod apply;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod discovery;
 pub mod duration;
 pub mod error;
 pub mod git;
@@ -28,3 +31,4 @@ pub mod hub_link;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod triggers;

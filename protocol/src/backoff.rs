@@ -1,4 +1,5 @@
-//! Reconnect delays: exponential backoff with full jitter, reset only after a stable connection.
+//! Retry delays: exponential backoff with full jitter (reconnects), reset only after a stable
+//! connection, or with a narrow spread around the ceiling (the operator's per-object retries).
 //!
 //! Pure: the caller passes the time and a random number, so the policy is tested without clocks.
 //! With full jitter, a fleet of agents that lost the same hub spreads its reconnects over the whole window
@@ -75,6 +76,19 @@ impl Backoff {
         delay
     }
 
+    /// Like [`Self::next_delay`], but within 25 % of the ceiling: for retries that should neither
+    /// come at once nor bunch up.
+    pub fn next_delay_near(&mut self, random: f64) -> Duration {
+        let random = if random.is_finite() {
+            random.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
+        let delay = self.ceiling().mul_f64(0.75 + 0.5 * random);
+        self.attempts = self.attempts.saturating_add(1);
+        delay
+    }
+
     /// Record that a connection was established at `now`.
     pub fn connected(&mut self, now: Instant) {
         self.connected_at = Some(now);
@@ -129,6 +143,22 @@ mod tests {
         assert_eq!(b.next_delay(7.0), Duration::from_millis(500));
         let mut b = Backoff::default();
         assert_eq!(b.next_delay(f64::NAN), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_near_spread_stays_within_a_quarter_of_the_ceiling() {
+        let mut b = Backoff::new(
+            Duration::from_secs(2),
+            Duration::from_secs(300),
+            STABLE_AFTER,
+        );
+        assert_eq!(b.next_delay_near(0.0), Duration::from_millis(1500));
+        assert_eq!(b.next_delay_near(1.0), Duration::from_secs(5));
+        assert_eq!(b.next_delay_near(0.5), Duration::from_secs(8));
+        for _ in 0..20 {
+            b.next_delay_near(0.9);
+        }
+        assert_eq!(b.next_delay_near(f64::NAN), Duration::from_secs(300));
     }
 
     #[test]

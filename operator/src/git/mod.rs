@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 pub use credentials::{Credentials, CredentialsError, HostKeyError};
 
 use crate::crd::{RefTarget, format_revision};
+use crate::error::StageError;
 
 /// A ref resolved on the remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,9 +125,8 @@ pub enum GitError {
     Task(String),
 }
 
-impl GitError {
-    /// A short fixed name for metrics and Event reasons.
-    pub fn category(&self) -> &'static str {
+impl StageError for GitError {
+    fn category(&self) -> &'static str {
         match self {
             GitError::Credentials(e) => e.category(),
             GitError::AuthFailed { .. } => "auth_failed",
@@ -141,6 +141,17 @@ impl GitError {
         }
     }
 
+    fn reason(&self) -> &'static str {
+        match self {
+            GitError::AuthFailed { .. } | GitError::HostKey(_) => {
+                crate::crd::reason::AUTHENTICATION_FAILED
+            }
+            _ => crate::crd::reason::GIT_OPERATION_FAILED,
+        }
+    }
+}
+
+impl GitError {
     /// Whether retrying the same operation unchanged can succeed (a flaky network, a server
     /// restart), as opposed to an error that waits for a change of spec, secret or repository.
     pub fn is_transient(&self) -> bool {

@@ -1,0 +1,107 @@
+//! What every reconcile shares: the API clients, discovery, the mirror cache, metrics, the push
+//! triggers and the per-object retry state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef as Ref;
+use tether_protocol::Backoff;
+
+use super::error::Error;
+use crate::crd::GitRepository;
+use crate::discovery::Catalog;
+use crate::git::MirrorCache;
+use crate::metrics::Metrics;
+use crate::triggers::Triggers;
+
+/// The first retry after a transient failure, and the longest.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub(super) client: kube::Client,
+    config: kube::Config,
+    pub(super) catalog: Catalog,
+    pub(super) mirrors: MirrorCache,
+    pub(super) metrics: Metrics,
+    /// Who publishes Events. A recorder is made per Event: kube's `Recorder` folds Events with the
+    /// same reason into one series that keeps the first note, so a second "Applied revision" would
+    /// still name the first revision. Events come only on a change, so there is no flood to fold.
+    pub(super) reporter: Reporter,
+    pub(super) triggers: Arc<Triggers>,
+    /// Per object, the backoff of its consecutive transient failures.
+    retries: Mutex<HashMap<Ref<GitRepository>, Backoff>>,
+    /// Clients impersonating a `serviceAccountName`, by `namespace/name`.
+    impersonated: Mutex<HashMap<String, kube::Client>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        config: kube::Config,
+        mirrors: MirrorCache,
+        metrics: Metrics,
+        reporter: Reporter,
+        triggers: Arc<Triggers>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            config,
+            catalog: Catalog::default(),
+            mirrors,
+            metrics,
+            reporter,
+            triggers,
+            retries: Mutex::new(HashMap::new()),
+            impersonated: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The client that applies for a `GitRepository`: the operator's own, or one impersonating
+    /// its `serviceAccountName`.
+    pub(super) fn apply_client(
+        &self,
+        namespace: &str,
+        account: Option<&str>,
+    ) -> Result<kube::Client, Error> {
+        let Some(account) = account else {
+            return Ok(self.client.clone());
+        };
+        let key = format!("{namespace}/{account}");
+        let mut cache = lock(&self.impersonated);
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let mut config = self.config.clone();
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{account}"));
+        let client = kube::Client::try_from(config).map_err(Error::Kube)?;
+        cache.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The delay before retrying `obj` after one more transient failure.
+    pub(super) fn next_retry(&self, obj: Ref<GitRepository>) -> Duration {
+        lock(&self.retries)
+            .entry(obj)
+            .or_insert_with(|| Backoff::new(RETRY_FIRST, RETRY_MAX, Duration::MAX))
+            .next_delay_near(rand::random())
+    }
+
+    /// `obj` succeeded: its next failure starts the backoff again.
+    pub(super) fn reset_retries(&self, obj: &Ref<GitRepository>) {
+        lock(&self.retries).remove(obj);
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,76 @@
+//! Why a reconcile failed: each stage's error, sorted through [`StageError`].
+
+use crate::apply::ApplyError;
+use crate::crd::reason;
+use crate::error::{ErrorClass, StageError};
+use crate::git::GitError;
+use crate::health::HealthError;
+use crate::plan::PlanError;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("secret {name}: {message}")]
+    Secret { name: String, message: String },
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Apply(Box<ApplyError>),
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+}
+
+impl From<ApplyError> for Error {
+    fn from(e: ApplyError) -> Self {
+        Error::Apply(Box::new(e))
+    }
+}
+
+impl From<crate::discovery::DiscoveryError> for Error {
+    fn from(e: crate::discovery::DiscoveryError) -> Self {
+        ApplyError::from(e).into()
+    }
+}
+
+impl StageError for Error {
+    fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::Secret { .. } => "secret",
+            Error::Git(e) => e.category(),
+            Error::Plan(e) => e.category(),
+            Error::Apply(e) => e.category(),
+            Error::Health(e) => e.category(),
+            Error::Kube(_) => "api_error",
+        }
+    }
+
+    fn class(&self) -> ErrorClass {
+        match self {
+            Error::InvalidSpec(_) => ErrorClass::Stalled,
+            Error::Secret { .. } | Error::Kube(_) => ErrorClass::Transient,
+            Error::Git(e) => e.class(),
+            Error::Plan(e) => e.class(),
+            Error::Apply(e) => e.class(),
+            Error::Health(e) => e.class(),
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => reason::INVALID_SPEC,
+            Error::Secret { .. } => reason::AUTHENTICATION_FAILED,
+            Error::Git(e) => e.reason(),
+            Error::Plan(e) => e.reason(),
+            Error::Apply(e) => e.reason(),
+            Error::Health(e) => e.reason(),
+            Error::Kube(_) => reason::FAILED,
+        }
+    }
+}

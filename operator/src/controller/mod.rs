@@ -1,0 +1,213 @@
+//! The controller: watches `GitRepository` objects and reconciles each through the pipeline.
+//!
+//! - [`spec`]: the spec checked once, as the stages consume it.
+//! - [`pipeline`]: resolve, fetch, plan, apply, prune, wait; returns an [`status::Attempt`].
+//! - [`status`]: pure: the next status and Event from an attempt.
+//! - [`writer`]: writes the status and publishes Events.
+//! - [`error`]: why a reconcile failed, sorted by [`crate::error::StageError`].
+//! - [`context`]: what every reconcile shares.
+//!
+//! Errors are sorted by what will fix them ([`ErrorClass`]): an invalid spec waits for the spec to
+//! change (Stalled); a bad revision waits for the next commit (retried at the interval); anything
+//! else is transient and retried with a per-object backoff.
+
+mod context;
+mod error;
+mod pipeline;
+mod spec;
+pub mod status;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef as Ref};
+use kube::runtime::{Predicate as _, WatchStreamExt, predicates, watcher};
+use tracing::{debug, info, instrument, warn};
+
+pub use context::Context;
+pub use error::Error;
+
+use self::spec::ValidSpec;
+use self::status::Attempt;
+use self::writer::{publish, write_status};
+use crate::apply;
+use crate::crd::{ANNOTATION_RECONCILE_REQUESTED_AT, FINALIZER, GitRepository};
+use crate::error::{ErrorClass, StageError as _};
+use crate::plan;
+use crate::triggers::Notices;
+
+/// The interval assumed for an object whose own does not parse.
+const FALLBACK_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Runs the controller, over one namespace or all, until `shutdown` resolves. Each push notice in
+/// `notices` reconciles every `GitRepository` that follows the pushed repository.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    notices: Notices,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<GitRepository> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    // Reconcile on what a user changes (the spec, or the reconcile-requested-at annotation, or a
+    // deletion), not on our own status writes.
+    let changes = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(requested_at),
+            Default::default(),
+        );
+    let pushed = ctx.triggers.clone().reconciles(notices);
+    Controller::for_stream(changes, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .reconcile_on(pushed)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+/// What besides the spec's generation calls for a reconcile: the reconcile-requested-at
+/// annotation, the finalizers (the finalizer's own addition is followed by the first real reconcile)
+/// and a deletion.
+fn requested_at(obj: &GitRepository) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    obj.annotations()
+        .get(ANNOTATION_RECONCILE_REQUESTED_AT)
+        .hash(&mut h);
+    obj.finalizers().hash(&mut h);
+    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+fn error_policy(obj: Arc<GitRepository>, err: &Error, ctx: Arc<Context>) -> Action {
+    let interval = obj.spec.interval().unwrap_or(FALLBACK_INTERVAL);
+    match err.class() {
+        ErrorClass::Stalled => Action::await_change(),
+        ErrorClass::Revision => Action::requeue(jittered(interval)),
+        ErrorClass::Transient => {
+            Action::requeue(ctx.next_retry(Ref::from_obj(&*obj)).min(interval))
+        }
+    }
+}
+
+/// The interval plus up to 10 % jitter, so that objects created together spread out.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(1.0 + 0.1 * rand::random::<f64>())
+}
+
+#[instrument(skip_all, fields(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
+async fn reconcile(obj: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let api: Api<GitRepository> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(obj) => converge(obj, &ctx).await,
+            Finalizer::Cleanup(obj) => cleanup(obj, &ctx).await,
+        }
+    })
+    .await;
+    result.map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::AddFinalizer(e)
+        | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::InvalidSpec(other.to_string()),
+    })
+}
+
+/// Makes the cluster match the repository: the pipeline, then the status it leads to.
+async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error> {
+    let mut timer = ctx.metrics.reconcile_timer();
+    let oref = Ref::from_obj(&*obj);
+    let spec = ValidSpec::parse(&obj.spec);
+    ctx.triggers
+        .track(oref.clone(), spec.as_ref().ok().map(|s| s.repo.clone()));
+
+    if obj.spec.suspend {
+        debug!("suspended: nothing to do until spec.suspend is lifted");
+        write_status(ctx, &obj, status::suspended(&obj, Timestamp::now())).await?;
+        return Ok(Action::await_change());
+    }
+
+    let (attempt, notice, interval) = match spec {
+        Ok(spec) => {
+            let notice = ctx.triggers.last_notice(&spec.repo);
+            let attempt = pipeline::attempt(&obj, &spec, ctx).await;
+            (attempt, notice, spec.interval)
+        }
+        Err(error) => {
+            let attempt = Attempt::Failed {
+                revision: None,
+                recorded_inventory: None,
+                error,
+            };
+            (attempt, None, FALLBACK_INTERVAL)
+        }
+    };
+    let next = status::after(&obj, &attempt, notice.map(|n| n.at), Timestamp::now());
+    if let Attempt::Failed { error, .. } = &attempt {
+        timer.fail(error.category());
+        warn!(error = %error, category = error.category(), "reconcile failed");
+    }
+    write_status(ctx, &obj, next.status).await?;
+    match attempt {
+        Attempt::Applied {
+            revision, summary, ..
+        } => {
+            ctx.reset_retries(&oref);
+            if let Some(event) = next.event {
+                info!(revision = %revision, summary = %summary, "applied");
+                publish(ctx, &obj, event).await;
+            }
+            if let (Some(notice), true) = (notice, next.new_revision) {
+                let since_ms = tether_protocol::unix_ms().saturating_sub(notice.pushed_at_ms);
+                ctx.metrics
+                    .push_to_applied
+                    .observe(since_ms as f64 / 1000.0);
+            }
+            Ok(Action::requeue(jittered(interval)))
+        }
+        Attempt::Failed { error, .. } => {
+            if let Some(event) = next.event {
+                publish(ctx, &obj, event).await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Finalizer cleanup: prune everything the repository applied when `prune` is on.
+async fn cleanup(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error> {
+    ctx.triggers.track(Ref::from_obj(&*obj), None);
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    if obj.spec.prune
+        && let Some(status) = &obj.status
+        && !status.inventory.is_empty()
+    {
+        let client = ctx.apply_client(&namespace, obj.spec.service_account_name.as_deref())?;
+        let gone = plan::prune_candidates(&status.inventory, &[]);
+        let pruned = apply::prune(&client, &ctx.catalog, &gone, (&name, &namespace)).await?;
+        info!(pruned = pruned.len(), "deleted: pruned its objects");
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,195 @@
+//! The stages of one reconcile: resolve, fetch, plan, apply, prune, wait. Each records what it did
+//! in the [`Attempt`] it returns; the only status written here are the two checkpoints before
+//! applying (progress shown, inventory widened).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt as _;
+use kube::api::Api;
+
+use super::context::Context;
+use super::error::Error;
+use super::spec::ValidSpec;
+use super::status::{self, Attempt};
+use super::writer::write_status;
+use crate::apply::{self, Action};
+use crate::crd::{GitRepository, ObjectRef};
+use crate::git::{self, Credentials};
+use crate::plan::{self, PlanError, PlanInput};
+
+/// What the stages learn as they go, kept for a failure's status.
+#[derive(Debug, Default)]
+struct Progress {
+    revision: Option<String>,
+    recorded_inventory: Option<Vec<ObjectRef>>,
+}
+
+/// Runs every stage for `obj`, whose spec is `spec`.
+pub async fn attempt(obj: &GitRepository, spec: &ValidSpec, ctx: &Context) -> Attempt {
+    let mut progress = Progress::default();
+    match stages(obj, spec, ctx, &mut progress).await {
+        Ok((revision, inventory, summary)) => Attempt::Applied {
+            revision,
+            inventory,
+            summary,
+        },
+        Err(error) => Attempt::Failed {
+            revision: progress.revision,
+            recorded_inventory: progress.recorded_inventory,
+            error,
+        },
+    }
+}
+
+/// Returns the applied revision, its inventory and a summary of what applying did.
+async fn stages(
+    obj: &GitRepository,
+    spec: &ValidSpec,
+    ctx: &Context,
+    progress: &mut Progress,
+) -> Result<(String, Vec<ObjectRef>, String), Error> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let timeout = spec.timeout;
+    let secret = obj.spec.secret_ref.as_ref().map(|s| s.name.as_str());
+    let creds = Arc::new(credentials(ctx, &namespace, secret).await?);
+
+    // Resolve: one ls-remote.
+    let started = Instant::now();
+    let resolved = git::resolve(
+        spec.url.clone(),
+        spec.target.clone(),
+        creds.clone(),
+        timeout,
+    )
+    .await?;
+    ctx.metrics
+        .resolve_duration
+        .observe(started.elapsed().as_secs_f64());
+    let revision = resolved.revision.clone();
+    progress.revision = Some(revision.clone());
+    if let Some(next) = status::progressing(obj, &revision, Timestamp::now()) {
+        write_status(ctx, obj, next).await?;
+    }
+
+    // Fetch, unless the mirror has the commit.
+    let key = spec.repo.to_string();
+    let started = Instant::now();
+    let fetched = ctx
+        .mirrors
+        .fetch(&key, spec.url.clone(), resolved.clone(), creds, timeout)
+        .await?;
+    let outcome = match fetched {
+        git::FetchOutcome::Fetched => "fetched",
+        git::FetchOutcome::AlreadyPresent => "cached",
+    };
+    ctx.metrics
+        .fetch_duration
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+
+    // Plan, from the commit's tree.
+    let started = Instant::now();
+    let filter = spec.filter.clone();
+    let files = ctx
+        .mirrors
+        .read_tree(&key, resolved.sha.clone(), spec.path.clone(), move |p| {
+            filter.accepts(p)
+        })
+        .await?;
+    let input = PlanInput {
+        owner_name: &name,
+        owner_namespace: &namespace,
+        filter: &spec.filter,
+        target_namespace: obj.spec.target_namespace.as_deref(),
+    };
+    let client = ctx.apply_client(&namespace, obj.spec.service_account_name.as_deref())?;
+    let mut kinds = ctx.catalog.kinds(&ctx.client).await?;
+    let mut planned = plan::plan(&files, &input, |g, v, k| kinds.scope(g, v, k));
+    if matches!(planned, Err(PlanError::UnknownKind { .. })) {
+        // A CRD may have been installed since the last discovery.
+        kinds = ctx.catalog.refresh(&ctx.client, false).await?;
+        planned = plan::plan(&files, &input, |g, v, k| kinds.scope(g, v, k));
+    }
+    let planned = planned?;
+    let new = planned.inventory();
+    if let Some(next) = status::widened(obj, &revision, &new, Timestamp::now()) {
+        let inventory = next.inventory.clone();
+        write_status(ctx, obj, next).await?;
+        progress.recorded_inventory = Some(inventory);
+    }
+
+    // Apply, dry-run first.
+    let mut applied = apply::apply(&client, &ctx.catalog, &planned, timeout).await?;
+    count(ctx, &applied);
+
+    // Prune what left the repository.
+    if obj.spec.prune {
+        let old = obj
+            .status
+            .as_ref()
+            .map(|s| s.inventory.as_slice())
+            .unwrap_or_default();
+        let gone = plan::prune_candidates(old, &new);
+        if !gone.is_empty() {
+            let pruned = apply::prune(&client, &ctx.catalog, &gone, (&name, &namespace)).await?;
+            ctx.metrics
+                .objects
+                .with_label_values(&[Action::Pruned.as_str()])
+                .inc_by(pruned.len() as u64);
+            applied.record(Action::Pruned, pruned.len());
+        }
+    }
+
+    if obj.spec.wait {
+        crate::health::wait(&client, &ctx.catalog, &planned, timeout).await?;
+    }
+    ctx.metrics
+        .apply_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok((resolved.revision, new, applied.summary()))
+}
+
+/// Counts objects by action in `tether_objects_applied_total`.
+fn count(ctx: &Context, applied: &apply::Applied) {
+    for (action, n) in &applied.actions {
+        ctx.metrics
+            .objects
+            .with_label_values(&[action.as_str()])
+            .inc_by(*n as u64);
+    }
+}
+
+/// Loads the git credentials a `secretRef` names.
+async fn credentials(
+    ctx: &Context,
+    namespace: &str,
+    secret: Option<&str>,
+) -> Result<Credentials, Error> {
+    let Some(name) = secret else {
+        return Ok(Credentials::none());
+    };
+    let full = format!("{namespace}/{name}");
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(Error::Kube)?
+        .ok_or_else(|| Error::Secret {
+            name: full.clone(),
+            message: "not found; create it in the GitRepository's namespace".into(),
+        })?;
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    Credentials::from_secret_data(&full, &data).map_err(|e| Error::Secret {
+        name: full,
+        message: e.to_string(),
+    })
+}
