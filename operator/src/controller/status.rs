@@ -152,15 +152,16 @@ pub fn suspended(obj: &GitRepository, now: Timestamp) -> GitRepositoryStatus {
 }
 
 /// Before work on a new revision or spec: `Reconciling` True and `Ready` Unknown, so that
-/// `kubectl get` and `kubectl wait` see the work under way. `None` when the revision and the spec
-/// are the applied ones.
+/// `kubectl get` and `kubectl wait` see the work under way. `None` when this revision and spec were
+/// attempted already: a retry keeps the outcome it retries in view, so `Ready` does not flap.
 pub fn progressing(
     obj: &GitRepository,
     revision: &str,
     now: Timestamp,
 ) -> Option<GitRepositoryStatus> {
     let mut status = obj.status.clone().unwrap_or_default();
-    let settled = status.last_applied_revision.as_deref() == Some(revision)
+    let seen = |r: &Option<String>| r.as_deref() == Some(revision);
+    let settled = (seen(&status.last_applied_revision) || seen(&status.last_attempted_revision))
         && status.observed_generation == obj.metadata.generation;
     if settled {
         return None;

@@ -419,6 +419,29 @@ fn progress_is_shown_for_a_new_revision_or_spec_and_cleared_when_done() {
 }
 
 #[test]
+fn retrying_a_failed_revision_shows_no_progress_so_ready_does_not_flap() {
+    let error = PlanError::Invalid {
+        location: Location {
+            file: "deploy/a.yaml".into(),
+            document: 1,
+            item: None,
+        },
+        problem: "missing metadata.name".into(),
+    };
+    let broken = after(
+        &repo(1, Some(ready_at_rev1())),
+        &failed(Some(REV2), error.into()),
+        None,
+        at(5),
+    );
+    assert_eq!(
+        progressing(&repo(1, Some(broken.status.clone())), REV2, at(7)),
+        None
+    );
+    assert!(progressing(&repo(2, Some(broken.status)), REV2, at(7)).is_some());
+}
+
+#[test]
 fn widening_adds_only_new_objects_and_marks_progress() {
     let obj = repo(1, Some(ready_at_rev1()));
     assert_eq!(widened(&obj, REV1, &[cm("a")], at(5)), None);
