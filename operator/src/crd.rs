@@ -2,6 +2,7 @@
 //! Tether stamps on the objects it manages, and the CRD rendered as YAML.
 
 use std::fmt;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -87,7 +88,7 @@ pub const COMMIT_PATTERN: &str = r"^[0-9a-f]{40}$";
 /// Syncs the manifests of a Git repository into the cluster: Tether follows a branch, tag,
 /// semver range or commit, applies the manifests under a path with server-side apply, and
 /// deletes (prunes) the objects that leave the repository.
-#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "tether.dev",
     version = "v1alpha1",
@@ -132,15 +133,21 @@ pub struct GitRepositorySpec {
 
     /// How often the remote is checked for a new revision and the cluster for drift,
     /// as a duration such as `30s`, `5m` or `1h30m`. A push notice from the hub
-    /// triggers a check at once, whatever the interval.
+    /// triggers a check at once, whatever the interval. From `1s` to `720h` (30 days).
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 24))]
+    #[x_kube(validation = Rule::new(
+        "duration(self) >= duration('1s') && duration(self) <= duration('720h')"
+    ).message("must be a duration from 1s to 720h, such as 30s, 5m or 1h"))]
     pub interval: String,
 
     /// How long one git operation (ls-remote or fetch) may take, as a duration such as
-    /// `30s` or `1m`.
+    /// `30s` or `1m`. From `1s` to `1h`.
     #[serde(default = "default_timeout")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 24))]
+    #[x_kube(validation = Rule::new(
+        "duration(self) >= duration('1s') && duration(self) <= duration('1h')"
+    ).message("must be a duration from 1s to 1h, such as 30s or 1m"))]
     pub timeout: String,
 
     /// A Secret in the same namespace holding the credentials for the repository:
@@ -281,15 +288,22 @@ pub struct SecretRef {
     pub name: String,
 }
 
+/// The bounds of `spec.interval`, as the CRD's rule states them.
+pub const INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(720 * 3600));
+/// The bounds of `spec.timeout`, as the CRD's rule states them.
+pub const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+
 impl GitRepositorySpec {
-    /// `spec.interval` as a [`std::time::Duration`].
-    pub fn interval(&self) -> Result<std::time::Duration, DurationError> {
-        duration::parse(&self.interval).map_err(|e| e.in_field("spec.interval"))
+    /// `spec.interval` as a [`Duration`], within [`INTERVAL_RANGE`].
+    pub fn interval(&self) -> Result<Duration, DurationError> {
+        duration::parse_within(&self.interval, INTERVAL_RANGE)
+            .map_err(|e| e.in_field("spec.interval"))
     }
 
-    /// `spec.timeout` as a [`std::time::Duration`].
-    pub fn timeout(&self) -> Result<std::time::Duration, DurationError> {
-        duration::parse(&self.timeout).map_err(|e| e.in_field("spec.timeout"))
+    /// `spec.timeout` as a [`Duration`], within [`TIMEOUT_RANGE`].
+    pub fn timeout(&self) -> Result<Duration, DurationError> {
+        duration::parse_within(&self.timeout, TIMEOUT_RANGE).map_err(|e| e.in_field("spec.timeout"))
     }
 
     /// The folder to apply, without leading or trailing slashes (`""` for the root).

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub struct DurationError {
     field: String,
     input: String,
-    problem: &'static str,
+    problem: String,
 }
 
 impl DurationError {
@@ -25,19 +25,46 @@ impl DurationError {
         self.field = format!("{field}: ");
         self
     }
+}
 
-    /// A short fixed name for metrics and Event reasons.
-    pub fn category(&self) -> &'static str {
-        "invalid_spec"
+/// The longest duration anything here accepts: ten years. Longer ones are typing mistakes, and
+/// refusing them keeps every sum with an `Instant` far from overflow.
+pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses a duration and checks it lies within `(min, max)`, both included.
+pub fn parse_within(
+    input: &str,
+    (min, max): (Duration, Duration),
+) -> Result<Duration, DurationError> {
+    let d = parse(input)?;
+    if d < min || d > max {
+        return Err(DurationError {
+            field: String::new(),
+            input: input.to_owned(),
+            problem: format!("it must lie from {} to {}", humantime(min), humantime(max)),
+        });
+    }
+    Ok(d)
+}
+
+/// `1s`, `720h`, `250ms`: a bound as a person writes it.
+fn humantime(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs, d.subsec_millis()) {
+        (0, ms) => format!("{ms}ms"),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
     }
 }
 
 /// Parses a Kubernetes-style duration.
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
-    let err = |problem| DurationError {
+    let err = |problem: &str| DurationError {
         field: String::new(),
         input: input.to_owned(),
-        problem,
+        problem: problem.to_owned(),
     };
     if input.is_empty() {
         return Err(err("it is empty"));
@@ -93,7 +120,11 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err("duration too large"))?;
     // The remainder is below 1e9 and so fits a u32.
     let nanos = u32::try_from(total_nanos % 1_000_000_000).unwrap_or(0);
-    Ok(Duration::new(secs, nanos))
+    let d = Duration::new(secs, nanos);
+    if d > MAX {
+        return Err(err("duration too large (at most 87600h, ten years)"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -132,5 +163,36 @@ mod tests {
         assert!(parse("1.h").is_err());
         assert!(parse("-1s").is_err());
         assert!(parse("99999999999999999999999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn a_huge_duration_is_refused_not_carried_into_arithmetic() {
+        // Fits a u64 of seconds, but any Instant plus it overflows.
+        let e = parse("5124095576030431h").unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+        assert_eq!(parse("87600h").unwrap(), MAX);
+        assert!(parse("87600h1s").is_err());
+    }
+
+    #[test]
+    fn a_duration_out_of_its_fields_range_names_the_range() {
+        let range = (Duration::from_secs(1), Duration::from_secs(720 * 3600));
+        assert_eq!(parse_within("5m", range).unwrap(), Duration::from_secs(300));
+        let e = parse_within("0s", range)
+            .unwrap_err()
+            .in_field("spec.interval");
+        assert_eq!(
+            e.to_string(),
+            "spec.interval: invalid duration \"0s\": it must lie from 1s to 720h; \
+             use a number and a unit such as 30s, 5m, 1h or 1h30m"
+        );
+        assert!(parse_within("721h", range).is_err());
+        assert!(
+            parse_within(
+                "500ms",
+                (Duration::from_millis(250), Duration::from_secs(1))
+            )
+            .is_ok()
+        );
     }
 }

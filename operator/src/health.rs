@@ -61,7 +61,8 @@ pub async fn wait(
     plan: &Plan,
     timeout: Duration,
 ) -> Result<(), HealthError> {
-    let deadline = Instant::now() + timeout;
+    // Bounded by spec.timeout's range, but never trust a sum with the clock.
+    let deadline = Instant::now().checked_add(timeout);
     loop {
         let kinds = catalog.kinds(client).await?;
         let mut pending = Vec::new();
@@ -85,7 +86,7 @@ pub async fn wait(
         if pending.is_empty() {
             return Ok(());
         }
-        if Instant::now() + POLL > deadline {
+        if deadline.is_none_or(|d| Instant::now() + POLL > d) {
             return Err(HealthError::NotReady {
                 timeout,
                 pending: pending.join(", "),

@@ -10,5 +10,6 @@ mod harness;
 mod lifecycle;
 mod push;
 mod refs;
+mod spec_bounds;
 mod sync;
 mod tenancy;

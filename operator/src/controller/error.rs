@@ -24,6 +24,9 @@ pub enum Error {
     Health(#[from] HealthError),
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
+    /// A bug: the reconcile panicked (the operator's log has the backtrace).
+    #[error("internal error, retried: {0}")]
+    Panicked(String),
 }
 
 impl From<ApplyError> for Error {
@@ -48,13 +51,14 @@ impl StageError for Error {
             Error::Apply(e) => e.category(),
             Error::Health(e) => e.category(),
             Error::Kube(_) => "api_error",
+            Error::Panicked(_) => "panic",
         }
     }
 
     fn class(&self) -> ErrorClass {
         match self {
             Error::InvalidSpec(_) => ErrorClass::Stalled,
-            Error::Secret { .. } | Error::Kube(_) => ErrorClass::Transient,
+            Error::Secret { .. } | Error::Kube(_) | Error::Panicked(_) => ErrorClass::Transient,
             Error::Git(e) => e.class(),
             Error::Plan(e) => e.class(),
             Error::Apply(e) => e.class(),
@@ -70,7 +74,7 @@ impl StageError for Error {
             Error::Plan(e) => e.reason(),
             Error::Apply(e) => e.reason(),
             Error::Health(e) => e.reason(),
-            Error::Kube(_) => reason::FAILED,
+            Error::Kube(_) | Error::Panicked(_) => reason::FAILED,
         }
     }
 }

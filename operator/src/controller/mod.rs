@@ -111,11 +111,38 @@ fn error_policy(obj: Arc<GitRepository>, err: &Error, ctx: Arc<Context>) -> Acti
 
 /// The interval plus up to 10 % jitter, so that objects created together spread out.
 fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(1.0 + 0.1 * rand::random::<f64>())
+    Duration::try_from_secs_f64(interval.as_secs_f64() * (1.0 + 0.1 * rand::random::<f64>()))
+        .unwrap_or(interval)
 }
 
 #[instrument(skip_all, fields(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
 async fn reconcile(obj: Arc<GitRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
+    contained(reconcile_with_finalizer(obj, ctx)).await
+}
+
+/// A panic in one object's reconcile fails that reconcile, and only it: the runtime would
+/// otherwise take the whole process down, and with it every other tenant's reconciles.
+async fn contained(
+    work: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    use futures::FutureExt as _;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(Error::Panicked(what))
+        })
+}
+
+async fn reconcile_with_finalizer(
+    obj: Arc<GitRepository>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let namespace = obj.namespace().unwrap_or_default();
     let api: Api<GitRepository> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, obj, |event| async {
@@ -210,4 +237,25 @@ async fn cleanup(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error
         info!(pruned = pruned.len(), "deleted: pruned its objects");
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_fails_alone_with_its_message() {
+        let err = contained(async { panic!("interval overflow") })
+            .await
+            .err()
+            .map(|e| (e.category(), e.class(), e.to_string()));
+        assert_eq!(
+            err,
+            Some((
+                "panic",
+                ErrorClass::Transient,
+                "internal error, retried: interval overflow".into()
+            ))
+        );
+    }
 }
