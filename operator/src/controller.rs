@@ -28,6 +28,7 @@ use crate::crd::{
     ANNOTATION_RECONCILE_REQUESTED_AT, FIELD_MANAGER, FINALIZER, GitRepository,
     GitRepositoryStatus, ObjectRef, condition, reason, short_revision,
 };
+use crate::error::StageError as _;
 use crate::git::{self, Credentials, GitError, MirrorCache};
 use crate::metrics::Metrics;
 use crate::plan::{self, PlanError, PlanInput};

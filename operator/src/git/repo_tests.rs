@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::crd::RefTarget;
+use crate::error::{ErrorClass, StageError};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -165,7 +167,7 @@ fn missing_branch_and_missing_repository_are_told_apart() {
     )
     .unwrap_err();
     assert_eq!(err.category(), "git_unreachable", "{err}");
-    assert!(err.is_transient());
+    assert_eq!(err.class(), ErrorClass::Transient);
 }
 
 fn tree_fixture(up: &Upstream) -> String {
@@ -184,7 +186,7 @@ async fn fetch_twice_skips_the_second_and_read_tree_walks_nested_folders() {
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = MirrorCache::new(cache_dir.path());
     let creds = Arc::new(Credentials::none());
-    let key = cache_key(&up.url());
+    let key = tether_protocol::normalize(&up.url()).unwrap().to_string();
 
     let resolved = super::resolve(
         up.url(),
