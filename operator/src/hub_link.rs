@@ -10,8 +10,9 @@ use tether_protocol::RepoId;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::hub_client::{self, HubClientConfig, HubMetrics, ProxyConfig};
+use crate::hub::{self, HubClientConfig, HubMetrics};
 use crate::metrics::Metrics;
+use crate::net::ProxyConfig;
 
 /// The hub flags, as given.
 #[derive(Debug, Default)]
@@ -60,7 +61,7 @@ pub fn start(
                 .with_context(|| format!("reading the hub CA from {}", ca.display()))?,
         );
     }
-    config.proxy = ProxyConfig::from_env_vars(https_proxy, no_proxy)?;
+    config.proxy = ProxyConfig::new(https_proxy, no_proxy);
     if let Some(keepalive) = keepalive {
         config.keepalive = keepalive;
     }
@@ -69,7 +70,7 @@ pub fn start(
     }
     config.validate()?;
     let hub_metrics = HubMetrics::register(&metrics.registry)?;
-    info!(url = %config.url, proxy = config.proxy.is_some(), "connecting to the hub");
+    info!(url = %config.url, proxy = config.proxy.is_set(), "connecting to the hub");
 
     let (notice_tx, mut notice_rx) = mpsc::channel::<tether_protocol::Notice>(256);
     tokio::spawn(async move {
@@ -84,7 +85,7 @@ pub fn start(
         }
     });
     tokio::spawn(async move {
-        if let Err(e) = hub_client::run(config, watch_set, notice_tx, hub_metrics, shutdown).await {
+        if let Err(e) = hub::run(config, watch_set, notice_tx, hub_metrics, shutdown).await {
             warn!(error = %e, "the hub client stopped; reconciles run on the interval only");
         }
     });

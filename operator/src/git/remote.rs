@@ -235,7 +235,7 @@ fn bypasses_proxy(url: &str) -> bool {
         return false;
     };
     let port = port.unwrap_or(if url.starts_with("http://") { 80 } else { 443 });
-    crate::hub_client::NoProxy::parse(&list).matches(host, port)
+    crate::net::ProxyConfig::new(None, Some(list)).bypasses(host, port)
 }
 
 /// Waits for a blocking git task, a little past `timeout` (libgit2 cannot always be stopped
