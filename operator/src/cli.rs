@@ -18,6 +18,7 @@ use crate::controller::{self, Context};
 use crate::crd::crd_yaml;
 use crate::leader::Elector;
 use crate::metrics::{Metrics, Readiness, bind_admin, serve_admin};
+use crate::net::ProxyConfig;
 
 /// The name of the CRD the operator serves.
 const CRD_NAME: &str = "gitrepositories.tether.dev";
@@ -215,15 +216,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         controller: "tether-operator".into(),
         instance: Some(identity),
     };
-    let ctx = Context::new(client, config, cache_dir, metrics.clone(), reporter);
+    let proxy = ProxyConfig::new(https_proxy, no_proxy);
+    let ctx = Context::new(
+        client,
+        config,
+        cache_dir,
+        proxy.clone(),
+        metrics.clone(),
+        reporter,
+    );
     let (notice_tx, notice_rx) = mpsc::channel(1024);
     crate::hub_link::start(
         crate::hub_link::HubSettings {
             url: hub_url,
             token_file: hub_token_file,
             ca_file: hub_ca_file,
-            https_proxy,
-            no_proxy,
+            proxy,
             keepalive: hub_keepalive,
             dead_after: hub_dead_after,
         },

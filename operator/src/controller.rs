@@ -31,6 +31,7 @@ use crate::crd::{
 use crate::error::StageError as _;
 use crate::git::{self, Credentials, GitError, MirrorCache};
 use crate::metrics::Metrics;
+use crate::net::ProxyConfig;
 use crate::plan::{self, PlanError, PlanInput};
 
 /// Shared by every reconcile.
@@ -69,6 +70,7 @@ impl Context {
         client: kube::Client,
         config: kube::Config,
         cache_dir: std::path::PathBuf,
+        proxy: ProxyConfig,
         metrics: Metrics,
         reporter: Reporter,
     ) -> Arc<Self> {
@@ -78,7 +80,7 @@ impl Context {
             client,
             config,
             catalog: Catalog::default(),
-            mirrors: MirrorCache::new(cache_dir),
+            mirrors: MirrorCache::new(cache_dir, proxy),
             metrics,
             failures: Mutex::new(HashMap::new()),
             impersonated: Mutex::new(HashMap::new()),
@@ -479,7 +481,9 @@ async fn stages(obj: &GitRepository, ctx: &Context) -> Result<Done, (Option<Stri
 
     // Resolve: one ls-remote.
     let started = Instant::now();
-    let resolved = git::resolve(spec.url.clone(), target, creds.clone(), timeout)
+    let resolved = ctx
+        .mirrors
+        .resolve(spec.url.clone(), target, creds.clone(), timeout)
         .await
         .map_err(|e| fail(e.into()))?;
     ctx.metrics

@@ -20,8 +20,7 @@ pub struct HubSettings {
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
-    pub https_proxy: Option<String>,
-    pub no_proxy: Option<String>,
+    pub proxy: ProxyConfig,
     /// Overrides of the protocol's ping interval and dead-connection timeout.
     pub keepalive: Option<std::time::Duration>,
     pub dead_after: Option<std::time::Duration>,
@@ -40,8 +39,7 @@ pub fn start(
         url,
         token_file,
         ca_file,
-        https_proxy,
-        no_proxy,
+        proxy,
         keepalive,
         dead_after,
     } = settings;
@@ -61,7 +59,7 @@ pub fn start(
                 .with_context(|| format!("reading the hub CA from {}", ca.display()))?,
         );
     }
-    config.proxy = ProxyConfig::new(https_proxy, no_proxy);
+    config.proxy = proxy;
     if let Some(keepalive) = keepalive {
         config.keepalive = keepalive;
     }

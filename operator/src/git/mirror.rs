@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use tether_protocol::url::without_userinfo;
 
 use super::remote::{CallbackState, bounded, classify, fetch_options, is_local};
-use super::{Credentials, GitError, Resolved};
+use super::{Credentials, GitError, Resolved, resolve_blocking};
+use crate::crd::RefTarget;
+use crate::net::ProxyConfig;
 
 /// What a fetch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,20 +25,39 @@ pub enum FetchOutcome {
 }
 
 /// A cache of bare mirrors, one per repository, under one folder; at most one fetch at a time
-/// per repository, any number across repositories.
+/// per repository, any number across repositories. Its remotes are reached through `proxy`.
 #[derive(Debug)]
 pub struct MirrorCache {
     root: PathBuf,
+    proxy: Arc<ProxyConfig>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl MirrorCache {
-    /// A cache under `root` (created on first use).
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    /// A cache under `root` (created on first use), reaching remotes through `proxy`.
+    pub fn new(root: impl Into<PathBuf>, proxy: ProxyConfig) -> Self {
         Self {
             root: root.into(),
+            proxy: Arc::new(proxy),
             locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Resolves `target` on the remote at `url` ([`resolve_blocking`] on a blocking thread,
+    /// bounded by `timeout`); no mirror is involved.
+    pub async fn resolve(
+        &self,
+        url: String,
+        target: RefTarget,
+        creds: Arc<Credentials>,
+        timeout: Duration,
+    ) -> Result<Resolved, GitError> {
+        let redacted = without_userinfo(&url);
+        let proxy = Arc::clone(&self.proxy);
+        let task = tokio::task::spawn_blocking(move || {
+            resolve_blocking(&url, &target, &creds, &proxy, timeout)
+        });
+        bounded(task, redacted, timeout).await
     }
 
     /// The folder of the mirror for `key`: a hash of the key, so any key makes a safe name.
@@ -67,8 +88,9 @@ impl MirrorCache {
         let _guard = lock.lock().await;
         let path = self.mirror_path(key);
         let redacted = without_userinfo(&url);
+        let proxy = Arc::clone(&self.proxy);
         let task = tokio::task::spawn_blocking(move || {
-            fetch_blocking(&path, &url, &resolved, &creds, timeout)
+            fetch_blocking(&path, &url, &resolved, &creds, &proxy, timeout)
         });
         bounded(task, redacted, timeout).await
     }
@@ -117,6 +139,7 @@ pub fn fetch_blocking(
     url: &str,
     resolved: &Resolved,
     creds: &Credentials,
+    proxy: &ProxyConfig,
     timeout: Duration,
 ) -> Result<FetchOutcome, GitError> {
     let repo = open_or_init(mirror)?;
@@ -147,7 +170,7 @@ pub fn fetch_blocking(
     let mut last_error = None;
     for (refspecs, depth) in [(first, shallow), (everything, false)] {
         let state = Mutex::new(CallbackState::default());
-        let mut opts = fetch_options(url, creds, deadline, &state, &headers);
+        let mut opts = fetch_options(url, creds, proxy, deadline, &state, &headers);
         if depth {
             opts.depth(1);
         }
@@ -265,7 +288,7 @@ mod tests {
         assert_eq!(k, "github.com/org/repo");
         assert_eq!(key("ssh://git@github.com/org/repo"), k);
         assert_eq!(key("git@github.com:org/repo.git"), k);
-        let cache = MirrorCache::new("/cache");
+        let cache = MirrorCache::new("/cache", ProxyConfig::default());
         assert_eq!(
             cache.mirror_path(&k),
             cache.mirror_path("github.com/org/repo")

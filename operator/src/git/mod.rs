@@ -1,9 +1,9 @@
 //! Git, with libgit2 on blocking threads: resolve a ref on a remote without cloning, fetch a
 //! commit into a cache of bare mirrors, and read a commit's files straight from its tree.
 //!
-//! The controller calls [`resolve`] and the async methods of [`MirrorCache`]; each runs its
-//! libgit2 calls under [`tokio::task::spawn_blocking`], bounded by the spec's timeout. The
-//! `*_blocking` functions underneath are public for tests and tools.
+//! The controller calls the async methods of [`MirrorCache`]; each runs its libgit2 calls under
+//! [`tokio::task::spawn_blocking`], bounded by the spec's timeout. The `*_blocking` functions
+//! underneath are public for tests and tools.
 //!
 //! - `error`: [`GitError`], sorted for the controller through [`crate::error::StageError`].
 //! - `remote`: how libgit2 talks to a remote (callbacks, proxy, errors told apart).
@@ -21,9 +21,7 @@ mod resolve;
 pub use credentials::{Credentials, CredentialsError, HostKeyError};
 pub use error::GitError;
 pub use mirror::{FetchOutcome, MirrorCache, fetch_blocking, read_tree_blocking};
-pub use resolve::{
-    Resolved, highest_matching, ls_remote_blocking, pick, resolve, resolve_blocking,
-};
+pub use resolve::{Resolved, highest_matching, ls_remote_blocking, pick, resolve_blocking};
 
 #[cfg(test)]
 mod repo_tests;

@@ -8,6 +8,7 @@ use git2::{CertificateCheckStatus, Cred, CredentialType, FetchOptions, RemoteCal
 use tether_protocol::url::{Syntax, Url, unbracket, without_userinfo};
 
 use super::{Credentials, GitError, HostKeyError, known_hosts};
+use crate::net::ProxyConfig;
 
 /// The host (an IPv6 address without brackets) and port of a remote, for host key, certificate
 /// and `NO_PROXY` checks; `None` for a local path.
@@ -198,13 +199,14 @@ pub(super) fn classify(
 pub(super) fn fetch_options<'a>(
     url: &'a str,
     creds: &'a Credentials,
+    proxy: &ProxyConfig,
     deadline: Instant,
     state: &'a Mutex<CallbackState>,
     headers: &'a [String],
 ) -> FetchOptions<'a> {
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks(url, creds, deadline, state));
-    opts.proxy_options(proxy_options(url));
+    opts.proxy_options(proxy_options(url, proxy));
     opts.download_tags(git2::AutotagOption::None);
     opts.update_fetchhead(false);
     let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
@@ -215,27 +217,16 @@ pub(super) fn fetch_options<'a>(
 /// HTTP(S) through the proxy libgit2 finds (`HTTPS_PROXY` for https, `HTTP_PROXY` for http, or
 /// git's `http.proxy`); SSH is never proxied. A host that `NO_PROXY` lists goes direct, read as
 /// the hub connection reads it: libgit2's own reading of `NO_PROXY` knows no CIDR blocks.
-fn proxy_options(url: &str) -> git2::ProxyOptions<'static> {
+fn proxy_options(url: &str, proxy: &ProxyConfig) -> git2::ProxyOptions<'static> {
     let mut options = git2::ProxyOptions::new();
-    if !bypasses_proxy(url) {
+    let bypass = host_and_port(url).is_some_and(|(host, port)| {
+        let port = port.unwrap_or(if url.starts_with("http://") { 80 } else { 443 });
+        proxy.bypasses(host, port)
+    });
+    if !bypass {
         options.auto();
     }
     options
-}
-
-/// Whether `NO_PROXY` (or `no_proxy`) in the environment lists the host of `url`.
-fn bypasses_proxy(url: &str) -> bool {
-    let Some(list) = ["NO_PROXY", "no_proxy"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
-    else {
-        return false;
-    };
-    let Some((host, port)) = host_and_port(url) else {
-        return false;
-    };
-    let port = port.unwrap_or(if url.starts_with("http://") { 80 } else { 443 });
-    crate::net::ProxyConfig::new(None, Some(list)).bypasses(host, port)
 }
 
 /// Waits for a blocking git task, a little past `timeout` (libgit2 cannot always be stopped

@@ -2,15 +2,16 @@
 //! the highest tag in a semver range among what the remote advertises.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use git2::Repository;
 use tether_protocol::url::without_userinfo;
 
-use super::remote::{CallbackState, bounded, classify, fetch_options};
+use super::remote::{CallbackState, classify, fetch_options};
 use super::{Credentials, GitError};
 use crate::crd::{RefTarget, format_revision};
+use crate::net::ProxyConfig;
 
 /// A ref resolved on the remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,7 @@ pub struct Resolved {
 pub fn ls_remote_blocking(
     url: &str,
     creds: &Credentials,
+    proxy: &ProxyConfig,
     timeout: Duration,
 ) -> Result<Vec<(String, String)>, GitError> {
     let deadline = Instant::now() + timeout;
@@ -50,7 +52,7 @@ pub fn ls_remote_blocking(
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(|e| classify(url, timeout, &state, e))?;
-    let mut opts = fetch_options(url, creds, deadline, &state, &headers);
+    let mut opts = fetch_options(url, creds, proxy, deadline, &state, &headers);
     remote
         .download(
             &["refs/tether-ls-remote-nothing:refs/tether-ls-remote-nothing"],
@@ -71,6 +73,7 @@ pub fn resolve_blocking(
     url: &str,
     target: &RefTarget,
     creds: &Credentials,
+    proxy: &ProxyConfig,
     timeout: Duration,
 ) -> Result<Resolved, GitError> {
     if let RefTarget::Commit(sha) = target {
@@ -80,7 +83,7 @@ pub fn resolve_blocking(
             refname: None,
         });
     }
-    let heads = ls_remote_blocking(url, creds, timeout)?;
+    let heads = ls_remote_blocking(url, creds, proxy, timeout)?;
     pick(url, target, &heads)
 }
 
@@ -172,19 +175,6 @@ pub fn highest_matching<'a>(
         }
     }
     Ok(best.map(|(_, tag)| tag.to_owned()))
-}
-
-/// Async [`resolve_blocking`], on a blocking thread, bounded by `timeout`.
-pub async fn resolve(
-    url: String,
-    target: RefTarget,
-    creds: Arc<Credentials>,
-    timeout: Duration,
-) -> Result<Resolved, GitError> {
-    let redacted = without_userinfo(&url);
-    let task =
-        tokio::task::spawn_blocking(move || resolve_blocking(&url, &target, &creds, timeout));
-    bounded(task, redacted, timeout).await
 }
 
 #[cfg(test)]
