@@ -10,6 +10,7 @@ use anyhow::{Context, Result, ensure};
 use tether_e2e::git_server::HttpsGitServer;
 use tether_operator::crd::RefTarget;
 use tether_operator::git::{Credentials, FetchOutcome, fetch_blocking, resolve_blocking};
+use tether_operator::net::ProxyConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -55,9 +56,12 @@ fn the_first_fetch_of_a_branch_is_shallow_and_later_ones_bring_only_what_is_new(
     let cache = tempfile::tempdir()?;
     let mirror = cache.path().join("mirror");
     let main = RefTarget::Branch("main".into());
+    let proxy = ProxyConfig::default();
 
-    let first = resolve_blocking(&url, &main, &creds, TIMEOUT)?;
-    ensure!(fetch_blocking(&mirror, &url, &first, &creds, TIMEOUT)? == FetchOutcome::Fetched);
+    let first = resolve_blocking(&url, &main, &creds, &proxy, TIMEOUT)?;
+    ensure!(
+        fetch_blocking(&mirror, &url, &first, &creds, &proxy, TIMEOUT)? == FetchOutcome::Fetched
+    );
     ensure!(
         in_mirror(&mirror, &["rev-list", "--count", &first.sha])? == "1",
         "the first fetch brought more than the tip"
@@ -73,9 +77,11 @@ fn the_first_fetch_of_a_branch_is_shallow_and_later_ones_bring_only_what_is_new(
         repo.commit(&format!("commit {i}"))?;
     }
     repo.push_to(&server.remote(&repo))?;
-    let second = resolve_blocking(&url, &main, &creds, TIMEOUT)?;
+    let second = resolve_blocking(&url, &main, &creds, &proxy, TIMEOUT)?;
     ensure!(second.sha != first.sha);
-    ensure!(fetch_blocking(&mirror, &url, &second, &creds, TIMEOUT)? == FetchOutcome::Fetched);
+    ensure!(
+        fetch_blocking(&mirror, &url, &second, &creds, &proxy, TIMEOUT)? == FetchOutcome::Fetched
+    );
     // The tip, the commit between, and the first fetch's tip: nothing older, nothing cut off.
     ensure!(
         in_mirror(&mirror, &["rev-list", "--count", &second.sha])? == "3",
@@ -87,16 +93,20 @@ fn the_first_fetch_of_a_branch_is_shallow_and_later_ones_bring_only_what_is_new(
         "the second fetch moved the shallow boundary: {boundary:?}"
     );
     ensure!(
-        fetch_blocking(&mirror, &url, &second, &creds, TIMEOUT)? == FetchOutcome::AlreadyPresent
+        fetch_blocking(&mirror, &url, &second, &creds, &proxy, TIMEOUT)?
+            == FetchOutcome::AlreadyPresent
     );
 
     // A rollback by force push, to a commit older than the mirror's shallow boundary: fetched too.
     let older = repo.rev_parse("HEAD~4")?;
     repo.git(&["reset", "--hard", &older])?;
     repo.force_push_to(&server.remote(&repo))?;
-    let rolled_back = resolve_blocking(&url, &main, &creds, TIMEOUT)?;
+    let rolled_back = resolve_blocking(&url, &main, &creds, &proxy, TIMEOUT)?;
     ensure!(rolled_back.sha == older);
-    ensure!(fetch_blocking(&mirror, &url, &rolled_back, &creds, TIMEOUT)? == FetchOutcome::Fetched);
+    ensure!(
+        fetch_blocking(&mirror, &url, &rolled_back, &creds, &proxy, TIMEOUT)?
+            == FetchOutcome::Fetched
+    );
     ensure!(in_mirror(&mirror, &["cat-file", "-t", &older])? == "commit");
     Ok(())
 }

@@ -19,6 +19,7 @@ use crate::crd::crd_yaml;
 use crate::git::MirrorCache;
 use crate::leader::Elector;
 use crate::metrics::{Metrics, Readiness, bind_admin, serve_admin};
+use crate::net::ProxyConfig;
 use crate::triggers::Triggers;
 
 /// The name of the CRD the operator serves.
@@ -217,22 +218,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         controller: "tether-operator".into(),
         instance: Some(identity),
     };
+    let proxy = ProxyConfig::new(https_proxy, no_proxy);
     let (triggers, notices) = Triggers::new();
     let ctx = Context::new(
         client,
         config,
-        MirrorCache::new(cache_dir),
+        MirrorCache::new(cache_dir, proxy.clone()),
         metrics.clone(),
         reporter,
         triggers.clone(),
     );
-    crate::hub_link::start(
-        crate::hub_link::HubSettings {
+    crate::hub::start(
+        crate::hub::HubSettings {
             url: hub_url,
             token_file: hub_token_file,
             ca_file: hub_ca_file,
-            https_proxy,
-            no_proxy,
+            proxy,
             keepalive: hub_keepalive,
             dead_after: hub_dead_after,
         },

@@ -10,11 +10,15 @@
 //! - [`health`]: the wait for applied objects to become ready (`spec.wait`).
 //! - [`leader`]: Lease-based leader election.
 //! - [`metrics`]: the Prometheus registry and the admin server.
-//! - [`hub_link`]: starts the hub client from the flags, when a hub is configured.
+//! - [`hub`]: the hub client: the outbound websocket over which push notices arrive (config, dial,
+//!   TLS, the proxy tunnel, the session, its errors and metrics), started from the flags.
+//! - [`net`]: what outbound connections share: the proxy settings (`HTTPS_PROXY`, `NO_PROXY`), read
+//!   once for git and the hub client, and `host:port` endpoints.
 //! - [`crd`]: the `GitRepository` resource, its status, and the names stamped on managed objects.
 //! - [`duration`]: Kubernetes-style durations for `spec.interval` and `spec.timeout`.
 //! - [`error`]: how a stage's error is sorted (category, class, reason).
-//! - [`git`]: resolve a ref on a remote, fetch into a cache of bare mirrors, read a commit's tree.
+//! - [`git`]: resolve a ref on a remote, fetch into a cache of bare mirrors, read a commit's tree
+//!   (errors, remote callbacks, resolve, mirror, credentials, known_hosts).
 //! - [`plan`]: pure: turn a commit's manifests into ordered, labelled objects and what to prune.
 
 pub mod apply;
@@ -26,9 +30,9 @@ pub mod duration;
 pub mod error;
 pub mod git;
 pub mod health;
-pub mod hub_client;
-pub mod hub_link;
+pub mod hub;
 pub mod leader;
 pub mod metrics;
+pub mod net;
 pub mod plan;
 pub mod triggers;

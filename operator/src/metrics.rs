@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn every_metric_is_in_the_reference() {
         let m = Metrics::new().unwrap();
-        crate::hub_client::HubMetrics::register(&m.registry).unwrap();
+        crate::hub::HubMetrics::register(&m.registry).unwrap();
         // Vectors appear once they have a label set.
         m.reconcile_duration
             .with_label_values(&["success"])

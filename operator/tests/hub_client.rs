@@ -12,9 +12,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tether_hub::config::{Config, Environment};
-use tether_operator::hub_client::{
-    self, CATCHUP_DELIVERY, HubClientConfig, HubMetrics, ProxyConfig,
-};
+use tether_operator::hub::{self, CATCHUP_DELIVERY, HubClientConfig, HubMetrics};
+use tether_operator::net::ProxyConfig;
 use tether_protocol::{AgentMessage, Notice, RepoId, SUBPROTOCOL, normalize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -243,7 +242,7 @@ struct Client {
     metrics: HubMetrics,
     registry: prometheus::Registry,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), hub_client::HubClientError>>,
+    task: JoinHandle<Result<(), hub::HubClientError>>,
 }
 
 impl Client {
@@ -253,7 +252,7 @@ impl Client {
         let (watch_tx, watch_rx) = watch::channel(repos(watched));
         let (notice_tx, notice_rx) = mpsc::channel(16);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hub_client::run(
+        let task = tokio::spawn(hub::run(
             config,
             watch_rx,
             notice_tx,
@@ -427,11 +426,10 @@ async fn wss_through_an_http_connect_proxy_with_a_private_ca() {
 
     let mut config = client_config(format!("wss://localhost:{}", hub.addr.port()));
     config.ca_pem = Some(tls.ca_pem.clone().into_bytes());
-    config.proxy = ProxyConfig::from_env_vars(
+    config.proxy = ProxyConfig::new(
         Some(format!("http://{}", proxy.addr)),
         Some("example.org,.svc.cluster.local".into()),
-    )
-    .unwrap();
+    );
     let mut client = Client::start(config, &[REPO_A]);
     client.until("connected", HubMetrics::connected).await;
 
@@ -458,11 +456,10 @@ async fn no_proxy_sends_the_hub_connection_direct() {
     let proxy = ConnectProxy::start().await;
 
     let mut config = client_config(format!("ws://{}", hub.addr));
-    config.proxy = ProxyConfig::from_env_vars(
+    config.proxy = ProxyConfig::new(
         Some(format!("http://{}", proxy.addr)),
         Some("localhost, 127.0.0.0/8".into()),
-    )
-    .unwrap();
+    );
     let mut client = Client::start(config, &[REPO_A]);
     client.until("connected", HubMetrics::connected).await;
     assert_eq!(post_webhook(hub.addr, REPO_A, &sha(5)).await, 202);
@@ -478,7 +475,7 @@ async fn a_proxy_that_refuses_the_tunnel_is_retried() {
     init_tracing();
     let proxy = ConnectProxy::start_refusing().await;
     let mut config = client_config("wss://hub.example:443".into());
-    config.proxy = ProxyConfig::from_env_vars(Some(proxy.addr.to_string()), None).unwrap();
+    config.proxy = ProxyConfig::new(Some(proxy.addr.to_string()), None);
     let client = Client::start(config, &[REPO_A]);
     client.until("a retry", |m| m.reconnects() >= 1).await;
     assert!(!client.metrics.connected());

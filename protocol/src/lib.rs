@@ -1,12 +1,15 @@
 //! The contract between `tether-hub` and `tether-operator`.
 //!
 //! - [`repo`]: repository identity, the normalised form of a clone URL that both sides compare.
+//! - [`url`]: the one reading of git's URL forms (scheme, user info, host, port, path), and URLs
+//!   shown without their password.
 //! - [`message`]: the versioned JSON messages on the agent's websocket, and the connection constants.
 //! - [`backoff`]: the reconnect policy (exponential backoff, full jitter, reset after a stable period).
 
 pub mod backoff;
 pub mod message;
 pub mod repo;
+pub mod url;
 
 pub use backoff::Backoff;
 pub use message::{

@@ -20,6 +20,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::url::{Syntax, Url, UrlError, mask_password, parse_port};
+
 /// The normalised identity of a git repository, `host[:port]/path`. Build one with [`normalize`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -134,90 +136,90 @@ pub fn normalize(url: &str) -> Result<RepoId, RepoError> {
     }
     if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(RepoError::InvalidCharacters {
-            url: redact(trimmed),
+            url: mask_password(trimmed),
         });
     }
     // Query and fragment never name a different repository.
     let trimmed = trimmed.split(['?', '#']).next().unwrap_or(trimmed);
-
-    if let Some((scheme, rest)) = trimmed.split_once("://") {
-        let scheme = scheme.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "https" => Some(443),
-            "http" => Some(80),
-            "ssh" | "git+ssh" | "ssh+git" => Some(22),
-            "git" => Some(9418),
-            "file" => return local(trimmed, rest),
-            _ => {
-                return Err(RepoError::UnsupportedScheme {
-                    url: redact(trimmed),
-                    scheme,
-                });
-            }
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        return build(trimmed, authority, path, default_port);
-    }
-
-    if trimmed.starts_with('/') {
-        return local(trimmed, trimmed);
-    }
-
-    // An IPv6 literal without a scheme can only be a normalised id: `[::1]:8443/path`.
-    if trimmed.starts_with('[') {
-        return match trimmed.find('/') {
-            Some(s) => build(trimmed, &trimmed[..s], &trimmed[s..], None),
-            None => Err(RepoError::MissingPath {
-                url: redact(trimmed),
-            }),
-        };
-    }
-
-    // No scheme: either an id already normalised (`host[:port]/path`) or scp-like `[user@]host:path`.
-    let slash = trimmed.find('/');
-    let colon = trimmed.find(':');
-    match (colon, slash) {
-        (Some(c), slash) if slash.is_none_or(|s| c < s) => {
-            let after = &trimmed[c + 1..];
-            let digits = after.split('/').next().unwrap_or("");
-            let looks_like_port = !trimmed[..c].contains('@')
+    let parts = Url::split(trimmed);
+    match parts.syntax {
+        Syntax::Url => {
+            let scheme = parts.scheme.unwrap_or_default().to_ascii_lowercase();
+            let default_port = match scheme.as_str() {
+                "https" => Some(443),
+                "http" => Some(80),
+                "ssh" | "git+ssh" | "ssh+git" => Some(22),
+                "git" => Some(9418),
+                "file" => return local_url(trimmed, &parts),
+                _ => {
+                    return Err(RepoError::UnsupportedScheme {
+                        url: mask_password(trimmed),
+                        scheme,
+                    });
+                }
+            };
+            let (host, port) = host_port(trimmed, &parts)?;
+            build(trimmed, host, port, parts.path, default_port)
+        }
+        Syntax::Local => local(trimmed, parts.path),
+        Syntax::Scp => {
+            let (host, _) = host_port(trimmed, &parts)?;
+            // To git, `host:2222/path` is scp-like with a path `2222/path`; here it is an id already
+            // normalised, with a port, so that `normalize` is idempotent.
+            let digits = parts.path.split('/').next().unwrap_or("");
+            let is_port = parts.userinfo.is_none()
                 && !digits.is_empty()
                 && digits.bytes().all(|b| b.is_ascii_digit())
-                && after.len() > digits.len();
-            if looks_like_port {
-                let i = c + 1 + digits.len();
-                build(trimmed, &trimmed[..i], &trimmed[i..], None)
+                && parts.path.len() > digits.len();
+            if is_port {
+                let port = parse_port(digits).map_err(|e| port_error(trimmed, e))?;
+                build(trimmed, host, Some(port), &parts.path[digits.len()..], None)
             } else {
-                // scp-like: everything after the colon is the path, relative to the login's home.
-                build(trimmed, &trimmed[..c], after, None)
+                // Everything after the colon is the path, relative to the login's home.
+                build(trimmed, host, None, parts.path, None)
             }
         }
-        (_, Some(s)) => build(trimmed, &trimmed[..s], &trimmed[s..], None),
-        (_, None) => Err(RepoError::MissingPath {
-            url: redact(trimmed),
+        Syntax::HostPath if parts.path.is_empty() => Err(RepoError::MissingPath {
+            url: mask_password(trimmed),
         }),
+        Syntax::HostPath => {
+            let (host, port) = host_port(trimmed, &parts)?;
+            build(trimmed, host, port, parts.path, None)
+        }
     }
 }
 
-/// Assemble `host[:port]/path` from an authority (`[userinfo@]host[:port]`) and a path.
+fn host_port<'a>(url: &str, parts: &Url<'a>) -> Result<(&'a str, Option<u16>), RepoError> {
+    parts.host_port().map_err(|e| port_error(url, e))
+}
+
+fn port_error(url: &str, e: UrlError) -> RepoError {
+    let url = mask_password(url);
+    match e {
+        UrlError::InvalidPort { port } => RepoError::InvalidPort { url, port },
+        UrlError::UnclosedBracket => RepoError::MissingHost { url },
+    }
+}
+
+/// Assemble `host[:port]/path`, dropping a default port.
 fn build(
     url: &str,
-    authority: &str,
+    host: &str,
+    port: Option<u16>,
     path: &str,
     default_port: Option<u16>,
 ) -> Result<RepoId, RepoError> {
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = split_port(url, host_port)?;
     if host.is_empty() {
-        return Err(RepoError::MissingHost { url: redact(url) });
+        return Err(RepoError::MissingHost {
+            url: mask_password(url),
+        });
     }
     let host = host.to_ascii_lowercase();
     let path = clean_path(path);
     if path.is_empty() {
-        return Err(RepoError::MissingPath { url: redact(url) });
+        return Err(RepoError::MissingPath {
+            url: mask_password(url),
+        });
     }
     let id = match port {
         Some(p) if Some(p) != default_port => format!("{host}:{p}/{path}"),
@@ -226,50 +228,26 @@ fn build(
     Ok(RepoId(id))
 }
 
-/// Split `host[:port]`, keeping IPv6 literals (`[::1]:8443`) whole.
-fn split_port<'a>(url: &str, host_port: &'a str) -> Result<(&'a str, Option<u16>), RepoError> {
-    let (host, port) = if host_port.starts_with('[') {
-        match host_port.find(']') {
-            Some(end) => {
-                let rest = &host_port[end + 1..];
-                let port = rest.strip_prefix(':');
-                (&host_port[..=end], port)
-            }
-            None => return Err(RepoError::MissingHost { url: redact(url) }),
-        }
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
-        }
-    };
-    let port = match port {
-        None | Some("") => None,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                return Err(RepoError::InvalidPort {
-                    url: redact(url),
-                    port: p.to_string(),
-                });
-            }
-        },
-    };
-    Ok((host, port))
-}
-
-fn local(url: &str, path: &str) -> Result<RepoId, RepoError> {
-    // `file://host/path` is rare; `file:///path` leaves an empty host and `path` starts with '/'.
-    let path = path.strip_prefix("localhost").unwrap_or(path);
-    if !path.starts_with('/') {
+/// `file:///path` (or `file://localhost/path`); a remote host is not a local repository.
+fn local_url(url: &str, parts: &Url<'_>) -> Result<RepoId, RepoError> {
+    if parts.userinfo.is_some()
+        || !matches!(parts.authority, "" | "localhost")
+        || !parts.path.starts_with('/')
+    {
         return Err(RepoError::UnsupportedScheme {
-            url: redact(url),
+            url: mask_password(url),
             scheme: "file (with a remote host)".to_string(),
         });
     }
+    local(url, parts.path)
+}
+
+fn local(url: &str, path: &str) -> Result<RepoId, RepoError> {
     let path = clean_path(path);
     if path.is_empty() {
-        return Err(RepoError::MissingPath { url: redact(url) });
+        return Err(RepoError::MissingPath {
+            url: mask_password(url),
+        });
     }
     Ok(RepoId(format!("file/{path}")))
 }
@@ -284,23 +262,6 @@ fn clean_path(path: &str) -> String {
     match joined.strip_suffix(".git") {
         Some(stripped) => stripped.trim_end_matches('/').to_string(),
         None => joined,
-    }
-}
-
-/// The URL with any password in its user info replaced, for error messages.
-fn redact(url: &str) -> String {
-    let (prefix, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{prefix}{user}:***@{host}{}", &rest[authority_end..])
-        }
-        _ => url.to_string(),
     }
 }
 

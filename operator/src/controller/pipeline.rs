@@ -60,13 +60,15 @@ async fn stages(
 
     // Resolve: one ls-remote.
     let started = Instant::now();
-    let resolved = git::resolve(
-        spec.url.clone(),
-        spec.target.clone(),
-        creds.clone(),
-        timeout,
-    )
-    .await?;
+    let resolved = ctx
+        .mirrors
+        .resolve(
+            spec.url.clone(),
+            spec.target.clone(),
+            creds.clone(),
+            timeout,
+        )
+        .await?;
     ctx.metrics
         .resolve_duration
         .observe(started.elapsed().as_secs_f64());

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::crd::RefTarget;
+use crate::error::{ErrorClass, StageError};
+use crate::net::ProxyConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -66,7 +69,13 @@ impl Upstream {
 }
 
 fn resolve(up: &Upstream, target: RefTarget) -> Result<Resolved, GitError> {
-    resolve_blocking(&up.url(), &target, &Credentials::none(), TIMEOUT)
+    resolve_blocking(
+        &up.url(),
+        &target,
+        &Credentials::none(),
+        &ProxyConfig::default(),
+        TIMEOUT,
+    )
 }
 
 #[test]
@@ -139,6 +148,7 @@ fn a_pinned_commit_needs_no_remote() {
         "file:///does/not/exist",
         &RefTarget::Commit(sha.into()),
         &Credentials::none(),
+        &ProxyConfig::default(),
         TIMEOUT,
     )
     .unwrap();
@@ -161,11 +171,12 @@ fn missing_branch_and_missing_repository_are_told_apart() {
         "file:///does/not/exist",
         &RefTarget::Branch("main".into()),
         &Credentials::none(),
+        &ProxyConfig::default(),
         TIMEOUT,
     )
     .unwrap_err();
     assert_eq!(err.category(), "git_unreachable", "{err}");
-    assert!(err.is_transient());
+    assert_eq!(err.class(), ErrorClass::Transient);
 }
 
 fn tree_fixture(up: &Upstream) -> String {
@@ -182,18 +193,19 @@ async fn fetch_twice_skips_the_second_and_read_tree_walks_nested_folders() {
     let up = Upstream::new();
     let sha = tree_fixture(&up);
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = MirrorCache::new(cache_dir.path());
+    let cache = MirrorCache::new(cache_dir.path(), ProxyConfig::default());
     let creds = Arc::new(Credentials::none());
-    let key = cache_key(&up.url());
+    let key = tether_protocol::normalize(&up.url()).unwrap().to_string();
 
-    let resolved = super::resolve(
-        up.url(),
-        RefTarget::Branch("main".into()),
-        creds.clone(),
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let resolved = cache
+        .resolve(
+            up.url(),
+            RefTarget::Branch("main".into()),
+            creds.clone(),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
     assert_eq!(resolved.sha, sha);
     let outcome = cache
         .fetch(&key, up.url(), resolved.clone(), creds.clone(), TIMEOUT)
@@ -237,10 +249,11 @@ fn fetches_a_moved_branch_a_tag_and_a_pinned_commit() {
     let mirror_dir = tempfile::tempdir().unwrap();
     let mirror = mirror_dir.path().join("m");
     let creds = Credentials::none();
+    let proxy = ProxyConfig::default();
 
     let tag = resolve(&up, RefTarget::Tag("v1.0.0".into())).unwrap();
     assert_eq!(
-        fetch_blocking(&mirror, &up.url(), &tag, &creds, TIMEOUT).unwrap(),
+        fetch_blocking(&mirror, &up.url(), &tag, &creds, &proxy, TIMEOUT).unwrap(),
         FetchOutcome::Fetched
     );
 
@@ -249,7 +262,7 @@ fn fetches_a_moved_branch_a_tag_and_a_pinned_commit() {
     let branch = resolve(&up, RefTarget::Branch("main".into())).unwrap();
     assert_eq!(branch.sha, second);
     assert_eq!(
-        fetch_blocking(&mirror, &up.url(), &branch, &creds, TIMEOUT).unwrap(),
+        fetch_blocking(&mirror, &up.url(), &branch, &creds, &proxy, TIMEOUT).unwrap(),
         FetchOutcome::Fetched
     );
     let files = read_tree_blocking(&mirror, &second, "deploy", |_| true).unwrap();
@@ -261,7 +274,7 @@ fn fetches_a_moved_branch_a_tag_and_a_pinned_commit() {
     let fresh = mirror_dir.path().join("fresh");
     let pinned = resolve(&up, RefTarget::Commit(first.clone())).unwrap();
     assert_eq!(
-        fetch_blocking(&fresh, &up.url(), &pinned, &creds, TIMEOUT).unwrap(),
+        fetch_blocking(&fresh, &up.url(), &pinned, &creds, &proxy, TIMEOUT).unwrap(),
         FetchOutcome::Fetched
     );
     assert!(read_tree_blocking(&fresh, &first, "", |_| true).is_ok());
@@ -271,13 +284,13 @@ fn fetches_a_moved_branch_a_tag_and_a_pinned_commit() {
         RefTarget::Commit("0123456789abcdef0123456789abcdef01234567".into()),
     )
     .unwrap();
-    let err = fetch_blocking(&fresh, &up.url(), &ghost, &creds, TIMEOUT).unwrap_err();
+    let err = fetch_blocking(&fresh, &up.url(), &ghost, &creds, &proxy, TIMEOUT).unwrap_err();
     assert_eq!(err.category(), "ref_not_found", "{err}");
 }
 
 #[test]
 fn mirror_paths_are_stable_and_inside_the_cache() {
-    let cache = MirrorCache::new("/var/cache/tether");
+    let cache = MirrorCache::new("/var/cache/tether", ProxyConfig::default());
     let p = cache.mirror_path("example.com/org/repo");
     assert!(p.starts_with(Path::new("/var/cache/tether")));
     assert_eq!(p.file_name().unwrap().len(), 32);

@@ -10,8 +10,9 @@ use tether_protocol::RepoId;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::hub_client::{self, HubClientConfig, HubMetrics, ProxyConfig};
+use super::{self as hub, HubClientConfig, HubMetrics};
 use crate::metrics::Metrics;
+use crate::net::ProxyConfig;
 
 /// The hub flags, as given.
 #[derive(Debug, Default)]
@@ -19,8 +20,7 @@ pub struct HubSettings {
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
-    pub https_proxy: Option<String>,
-    pub no_proxy: Option<String>,
+    pub proxy: ProxyConfig,
     /// Overrides of the protocol's ping interval and dead-connection timeout.
     pub keepalive: Option<std::time::Duration>,
     pub dead_after: Option<std::time::Duration>,
@@ -39,8 +39,7 @@ pub fn start(
         url,
         token_file,
         ca_file,
-        https_proxy,
-        no_proxy,
+        proxy,
         keepalive,
         dead_after,
     } = settings;
@@ -60,7 +59,7 @@ pub fn start(
                 .with_context(|| format!("reading the hub CA from {}", ca.display()))?,
         );
     }
-    config.proxy = ProxyConfig::from_env_vars(https_proxy, no_proxy)?;
+    config.proxy = proxy;
     if let Some(keepalive) = keepalive {
         config.keepalive = keepalive;
     }
@@ -69,10 +68,10 @@ pub fn start(
     }
     config.validate()?;
     let hub_metrics = HubMetrics::register(&metrics.registry)?;
-    info!(url = %config.url, proxy = config.proxy.is_some(), "connecting to the hub");
+    info!(url = %config.url, proxy = config.proxy.is_set(), "connecting to the hub");
 
     tokio::spawn(async move {
-        if let Err(e) = hub_client::run(config, watch_set, notices, hub_metrics, shutdown).await {
+        if let Err(e) = hub::run(config, watch_set, notices, hub_metrics, shutdown).await {
             warn!(error = %e, "the hub client stopped; reconciles run on the interval only");
         }
     });

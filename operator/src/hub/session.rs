@@ -1,0 +1,240 @@
+//! One open connection to the hub: the watch set out, notices in, keepalive, and the catch-up
+//! that reports only the pushes missed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Sink, SinkExt, StreamExt};
+use tether_protocol::{AgentMessage, HubMessage, Notice, RepoId, RepoState};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tracing::{debug, warn};
+
+use super::{HubClientConfig, HubClientError, HubMetrics};
+
+/// The `delivery` of a [`Notice`] made from a catch-up entry rather than a live push.
+pub const CATCHUP_DELIVERY: &str = "catchup";
+
+/// How long to wait for the close frame to go out on shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a session ended.
+pub(super) enum SessionEnd {
+    Shutdown,
+    NoticesClosed,
+    Lost(HubClientError),
+}
+
+/// The pushes this client already forwarded, per repo, so a catch-up does not repeat them.
+#[derive(Default)]
+pub(super) struct Forwarded(HashMap<RepoId, RepoState>);
+
+impl Forwarded {
+    /// Record `state`; whether it was new.
+    fn record(&mut self, state: RepoState) -> bool {
+        if self.0.get(&state.repo) == Some(&state) {
+            return false;
+        }
+        self.0.insert(state.repo.clone(), state);
+        true
+    }
+
+    fn retain(&mut self, watched: &BTreeSet<RepoId>) {
+        self.0.retain(|repo, _| watched.contains(repo));
+    }
+}
+
+/// One open connection.
+pub(super) struct Session<'a> {
+    pub(super) config: &'a HubClientConfig,
+    pub(super) watch: &'a mut watch::Receiver<BTreeSet<RepoId>>,
+    pub(super) notices: &'a mpsc::Sender<Notice>,
+    pub(super) metrics: &'a HubMetrics,
+    pub(super) forwarded: &'a mut Forwarded,
+}
+
+impl Session<'_> {
+    pub(super) async fn run<S, F>(
+        mut self,
+        ws: WebSocketStream<S>,
+        mut shutdown: Pin<&mut F>,
+    ) -> SessionEnd
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        F: Future<Output = ()>,
+    {
+        let dead_after = self.config.dead_after;
+        let keepalive = self.config.keepalive;
+        let (mut sink, mut stream) = ws.split();
+
+        let mut watching = true;
+        if let Err(e) = self.send_watch(&mut sink).await {
+            return SessionEnd::Lost(e);
+        }
+        let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let dead = sleep_until(Instant::now() + dead_after);
+        tokio::pin!(dead);
+
+        loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    let frame = CloseFrame { code: CloseCode::Away, reason: "operator shutting down".into() };
+                    let _ = timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+                    return SessionEnd::Shutdown;
+                }
+                () = &mut dead => return SessionEnd::Lost(HubClientError::Dead { after: dead_after }),
+                _ = ping.tick() => {
+                    if let Err(e) = send(&mut sink, Message::Ping(Default::default()), dead_after).await {
+                        return SessionEnd::Lost(e);
+                    }
+                }
+                changed = self.watch.changed(), if watching => match changed {
+                    Ok(()) => {
+                        if let Err(e) = self.send_watch(&mut sink).await {
+                            return SessionEnd::Lost(e);
+                        }
+                    }
+                    // The controller dropped its sender: keep following the last set.
+                    Err(_) => watching = false,
+                },
+                frame = stream.next() => {
+                    let message = match frame {
+                        None => return SessionEnd::Lost(HubClientError::Closed { reason: "stream ended".into() }),
+                        Some(Err(e)) => return SessionEnd::Lost(HubClientError::Connection { source: Box::new(e) }),
+                        Some(Ok(message)) => message,
+                    };
+                    dead.as_mut().reset(Instant::now() + dead_after);
+                    let text = match message {
+                        Message::Text(text) => text,
+                        Message::Close(frame) => {
+                            let reason = match frame {
+                                Some(f) if f.reason.is_empty() => format!("code {}", u16::from(f.code)),
+                                Some(f) => format!("code {}: {}", u16::from(f.code), f.reason),
+                                None => "no close code".to_string(),
+                            };
+                            return SessionEnd::Lost(HubClientError::Closed { reason });
+                        }
+                        // Pings are answered by tungstenite; pongs and pings only prove liveness.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                        Message::Binary(_) => {
+                            debug!("ignoring a binary frame from the hub");
+                            continue;
+                        }
+                    };
+                    for notice in self.notices_in(text.as_str()) {
+                        tokio::select! {
+                            () = &mut shutdown => return SessionEnd::Shutdown,
+                            sent = self.notices.send(notice) => if sent.is_err() {
+                                return SessionEnd::NoticesClosed;
+                            }
+                        }
+                        self.metrics.notices.inc();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send the full watch set as it is now.
+    async fn send_watch<K>(&mut self, sink: &mut K) -> Result<(), HubClientError>
+    where
+        K: Sink<Message, Error = tungstenite::Error> + Unpin,
+    {
+        let repos = self.watch.borrow_and_update().clone();
+        self.forwarded.retain(&repos);
+        debug!(repos = repos.len(), "sending the watch set to the hub");
+        let text = AgentMessage::Watch {
+            repos: repos.into_iter().collect(),
+        }
+        .to_json();
+        send(sink, Message::Text(text.into()), self.config.dead_after).await
+    }
+
+    /// The notices a text frame carries (none for an error or an unreadable message).
+    fn notices_in(&mut self, text: &str) -> Vec<Notice> {
+        match HubMessage::from_json(text) {
+            Ok(HubMessage::Push(notice)) => {
+                debug!(repo = %notice.repo, git_ref = %notice.git_ref, delivery = %notice.delivery, "push notice");
+                let delay_ms = tether_protocol::unix_ms().saturating_sub(notice.received_at);
+                self.metrics.notice_delay.observe(delay_ms as f64 / 1000.0);
+                // A push that raced the watch can reach us twice: in the catch-up and live.
+                if self.forwarded.record(notice.state()) {
+                    vec![notice]
+                } else {
+                    Vec::new()
+                }
+            }
+            Ok(HubMessage::Catchup { latest }) => {
+                let missed: Vec<Notice> = latest
+                    .into_iter()
+                    .filter(|state| self.forwarded.record(state.clone()))
+                    .map(|state| Notice {
+                        repo: state.repo,
+                        git_ref: state.git_ref,
+                        sha: state.sha,
+                        delivery: CATCHUP_DELIVERY.to_string(),
+                        received_at: state.received_at,
+                    })
+                    .collect();
+                debug!(missed = missed.len(), "catch-up from the hub");
+                missed
+            }
+            Ok(HubMessage::Error { message }) => {
+                warn!(hub_error = %message, "the hub reported a problem with this agent's request");
+                Vec::new()
+            }
+            Err(e) => {
+                warn!(error = %e, category = e.category(), "ignoring a message from the hub that could not be read");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Send one frame; a send that does not complete within `limit` means the hub stopped reading.
+async fn send<K>(sink: &mut K, message: Message, limit: Duration) -> Result<(), HubClientError>
+where
+    K: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    match timeout(limit, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(HubClientError::Connection {
+            source: Box::new(e),
+        }),
+        Err(_) => Err(HubClientError::Dead { after: limit }),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catchup_skips_pushes_already_forwarded() {
+        let repo = tether_protocol::normalize("https://git.example/a/b.git").unwrap();
+        let state = RepoState {
+            repo: repo.clone(),
+            git_ref: "refs/heads/main".into(),
+            sha: "1".repeat(40),
+            received_at: 1,
+        };
+        let mut seen = Forwarded::default();
+        assert!(seen.record(state.clone()));
+        assert!(!seen.record(state.clone()));
+        let newer = RepoState {
+            sha: "2".repeat(40),
+            received_at: 2,
+            ..state.clone()
+        };
+        assert!(seen.record(newer.clone()));
+        seen.retain(&BTreeSet::new());
+        assert!(seen.record(newer), "forgotten once no longer watched");
+    }
+}
