@@ -13,11 +13,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use tether_e2e::cluster::{TestNamespace, shared};
 use tether_e2e::git_server::HttpsGitServer;
 use tether_e2e::hub::{Forge, Hub, http_get, metric_value};
 use tether_e2e::operator::{Operator, install_crds};
+use tether_e2e::wait::wait_until_every;
 
 /// How long one push may take to be applied before the run is abandoned.
 const PUSH_DEADLINE: Duration = Duration::from_secs(30);
@@ -77,27 +78,23 @@ async fn main() -> Result<()> {
         Duration::from_secs(60),
     )?;
 
-    let applied = Instant::now() + Duration::from_secs(60);
-    while kubectl
-        .run(&[
-            "get",
-            "configmap",
-            "settings",
-            "-n",
-            ns.name(),
-            "-o",
-            "name",
-        ])
-        .is_err()
-    {
-        if Instant::now() > applied {
-            bail!(
-                "the first revision was never applied:\n{}",
-                operator.log_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_every(
+        "the first revision applied",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            kubectl.run(&[
+                "get",
+                "configmap",
+                "settings",
+                "-n",
+                ns.name(),
+                "-o",
+                "name",
+            ])
+        },
+    )
+    .with_context(|| operator.log_tail())?;
 
     // Every value the ConfigMap takes, as the API server's watch delivers it, with its arrival time.
     let mut child = Command::new(plane.binaries().path("kubectl"))
@@ -149,20 +146,20 @@ async fn main() -> Result<()> {
         end_to_end.push(seen.saturating_duration_since(pushed));
         // The operator records push → applied after writing status, a moment after the watch saw
         // the ConfigMap: wait for that observation so that this push's figures are complete.
-        let deadline = Instant::now() + PUSH_DEADLINE;
-        let after = loop {
-            let now = Scrape::take(&operator, &hub)?;
-            if now.count(PUSH_TO_APPLIED) > before.count(PUSH_TO_APPLIED) {
-                break now;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "push {i}: the operator never recorded push → applied\n{}",
-                    operator.log_tail()
+        let after = wait_until_every(
+            &format!("push {i}: the operator recording push → applied"),
+            PUSH_DEADLINE,
+            Duration::from_millis(20),
+            || {
+                let now = Scrape::take(&operator, &hub)?;
+                ensure!(
+                    now.count(PUSH_TO_APPLIED) > before.count(PUSH_TO_APPLIED),
+                    "not yet"
                 );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+                Ok(now)
+            },
+        )
+        .with_context(|| operator.log_tail())?;
         reconciles += after.count(RECONCILES) - before.count(RECONCILES);
         stages[0].push(pushed - pushing);
         stages[1].push(last_hook_post(&hub)?);

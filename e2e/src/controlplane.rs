@@ -6,9 +6,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -16,6 +16,7 @@ use rcgen::{
 };
 
 use crate::process::{Lifetime, Process, free_port};
+use crate::wait::{fatal, wait_until_every};
 
 /// How long the control plane may take to become ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(90);
@@ -171,41 +172,21 @@ impl ControlPlane {
 
     /// Polls `/readyz` and the `default` namespace with the real kubectl until both answer.
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            for p in &mut self.processes {
-                p.check_running()?;
+        let what = format!("the control plane in {}", self.dir.display());
+        let every = Duration::from_millis(200);
+        let kubectl = self.binaries.path("kubectl");
+        let kubeconfig = self.kubeconfig();
+        let processes = &mut self.processes;
+        wait_until_every(&what, READY_DEADLINE, every, || {
+            for p in processes.iter_mut() {
+                p.check_running().map_err(fatal)?;
             }
-            let last = match self.kubectl_output(&["get", "--raw", "/readyz"]) {
-                Ok(body) if body.trim() == "ok" => {
-                    match self.kubectl_output(&["get", "namespace", "default", "-o", "name"]) {
-                        Ok(_) => return Ok(()),
-                        Err(e) => e.to_string(),
-                    }
-                }
-                Ok(body) => body,
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() > deadline {
-                bail!(
-                    "the control plane in {} was not ready within {READY_DEADLINE:?}; last answer: {last}",
-                    self.dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn kubectl_output(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(self.binaries.path("kubectl"))
-            .env("KUBECONFIG", self.kubeconfig())
-            .args(["--request-timeout=5s"])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            let body = kubectl_output(&kubectl, &kubeconfig, &["get", "--raw", "/readyz"])?;
+            ensure!(body.trim() == "ok", "last answer: {body}");
+            let default = ["get", "namespace", "default", "-o", "name"];
+            kubectl_output(&kubectl, &kubeconfig, &default)
+        })?;
+        Ok(())
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -258,6 +239,19 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `kubectl --request-timeout=5s <args>` with `kubeconfig`: its stdout, or its stderr as the error.
+fn kubectl_output(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(kubectl)
+        .env("KUBECONFIG", kubeconfig)
+        .args(["--request-timeout=5s"])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A kube client from a kubeconfig file.

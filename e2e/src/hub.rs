@@ -7,13 +7,14 @@ use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use tempfile::TempDir;
 
 use crate::git_server::run_tool;
 use crate::process::{Lifetime, Process, free_port, signal, tail};
+use crate::wait::{fatal, wait_until};
 
 /// How long the hub may take to answer `/healthz` after it is started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -170,24 +171,19 @@ impl Hub {
 
     /// Waits until `/healthz` answers `ok`, failing early if the process exits.
     pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match self.process.as_mut() {
-                Some(p) => p.check_running()?,
-                None => bail!("the hub is stopped"),
+        let port = self.port;
+        let process = &mut self.process;
+        wait_until("the hub answering /healthz", timeout, || {
+            match process.as_mut() {
+                Some(p) => p.check_running().map_err(fatal)?,
+                None => return Err(fatal(anyhow!("the hub is stopped"))),
             }
-            match http_get(self.port, "/healthz") {
-                Ok((200, body)) if body.trim() == "ok" => return Ok(()),
-                Ok((status, body)) => last = format!("{status} {body}"),
-                Err(e) => last = e.to_string(),
+            match http_get(port, "/healthz")? {
+                (200, body) if body.trim() == "ok" => Ok(()),
+                (status, body) => bail!("last answer: {status} {body}"),
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "the hub did not answer /healthz within {timeout:?} (last: {last}); log:\n{}",
-            self.log_tail()
-        )
+        })
+        .with_context(|| format!("log:\n{}", self.log_tail()))
     }
 
     /// Stops the hub (SIGTERM, then SIGKILL after a grace period); its data dir stays.
@@ -368,24 +364,17 @@ exit 0
 
     /// Waits until at least `count` lines of the current log contain every one of `parts`.
     pub fn wait_for_log(&self, parts: &[&str], count: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("the hub logging {count} line(s) with {parts:?}");
+        wait_until(&what, timeout, || {
             let seen = self
                 .log()
                 .lines()
                 .filter(|line| parts.iter().all(|p| line.contains(p)))
                 .count();
-            if seen >= count {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the hub logged {seen} line(s) with {parts:?} within {timeout:?}, want {count}; log:\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            ensure!(seen >= count, "logged {seen}");
+            Ok(())
+        })
+        .with_context(|| format!("log:\n{}", self.log_tail()))
     }
 
     fn log_path(&self) -> PathBuf {

@@ -3,10 +3,12 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::controlplane::ControlPlane;
+use crate::wait::wait_until_every;
 
 /// Runs the `kubectl` built with the control plane against its admin kubeconfig.
 #[derive(Debug, Clone)]
@@ -60,5 +62,24 @@ impl Kubectl {
     /// `kubectl apply -f -` of a YAML text.
     pub fn apply(&self, yaml: &str) -> Result<String> {
         self.run_with_stdin(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// Runs `kubectl <args>` every `every` until it prints `want` (trimmed), within `within`; returns
+    /// how long that took, or fails with what it printed last.
+    pub fn wait_for_output(
+        &self,
+        args: &[&str],
+        want: &str,
+        within: Duration,
+        every: Duration,
+    ) -> Result<Duration> {
+        let began = Instant::now();
+        let what = format!("kubectl {} prints {want:?}", args.join(" "));
+        wait_until_every(&what, within, every, || {
+            let out = self.run(args)?;
+            ensure!(out.trim() == want, "last printed {out:?}");
+            Ok(())
+        })?;
+        Ok(began.elapsed())
     }
 }

@@ -12,6 +12,7 @@
 //! - [`operator`]: the real `tether-operator` as a process, and kubectl helpers around `GitRepository`.
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
 //! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
+//! - [`wait`]: waiting with a deadline on a probe, for the harness and the tests alike; never a bare sleep.
 
 pub mod cluster;
 pub mod controlplane;
@@ -22,6 +23,7 @@ pub mod netns;
 pub mod operator;
 pub mod process;
 pub mod proxy;
+pub mod wait;
 
 /// The workspace root (the folder of the top `Cargo.toml`).
 pub fn workspace_root() -> std::path::PathBuf {

@@ -304,12 +304,13 @@ pub fn wait_for_output(
     want: &str,
     operator: &Operator,
 ) -> Result<()> {
-    let what = format!("kubectl {} prints {want:?}", args.join(" "));
-    let every = Duration::from_millis(250);
-    crate::git_server::wait_until_every(&what, Duration::from_secs(60), every, || {
-        let out = kubectl.run(args)?;
-        anyhow::ensure!(out.trim() == want, "last printed {out:?}");
-        Ok(())
-    })
-    .with_context(|| format!("operator log:\n{}", operator.log_tail()))
+    kubectl
+        .wait_for_output(
+            args,
+            want,
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+        )
+        .with_context(|| format!("operator log:\n{}", operator.log_tail()))?;
+    Ok(())
 }

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::wait::{fatal, wait_until};
+
 pub use https::{HttpsGitServer, HttpsOptions};
 pub use ssh::SshGitServer;
 pub use upstream::Upstream;
@@ -183,30 +185,6 @@ pub(crate) fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Res
     check(&cmd, out)
 }
 
-/// Polls `probe` every 50 ms until it succeeds or `timeout` passes; returns the last error on timeout.
-pub fn wait_until<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<T>) -> Result<T> {
-    wait_until_every(what, timeout, Duration::from_millis(50), probe)
-}
-
-/// [`wait_until`] with a pause of `every` between attempts, for probes that cost a process (kubectl).
-pub fn wait_until_every<T>(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut probe: impl FnMut() -> Result<T>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe() {
-            Ok(value) => return Ok(value),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!("{what}: not done after {timeout:?}")));
-            }
-            Err(_) => std::thread::sleep(every),
-        }
-    }
-}
-
 /// Waits for a started server: its process must stay up, its port accept TCP, and `git ls-remote` on
 /// `probe` succeed. On failure the error carries the tail of `log`.
 pub(crate) fn wait_ready(
@@ -218,7 +196,7 @@ pub(crate) fn wait_ready(
 ) -> Result<()> {
     let started = Instant::now();
     let result = wait_until(&format!("{name} on {addr}"), READY_TIMEOUT, || {
-        process.check_running()?;
+        process.check_running().map_err(fatal)?;
         TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         probe.ls_remote()
     });

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use tether_e2e::git_server::wait_until;
 use tether_e2e::operator::binary;
 use tether_e2e::process::{Lifetime, Process};
+use tether_e2e::wait::wait_until;
 
 /// The value after `prefix` on the first printed line that starts with it (leading spaces ignored).
 fn printed(log: &str, prefix: &str) -> Option<String> {

@@ -17,10 +17,11 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use tether_e2e::cluster::{TestNamespace, shared};
-use tether_e2e::git_server::{Upstream, wait_until};
+use tether_e2e::git_server::Upstream;
 use tether_e2e::hub::{Forge, Hub};
 use tether_e2e::operator::{Operator, binary, install_crds, wait_for_output, wait_ready};
 use tether_e2e::process::alive;
+use tether_e2e::wait::wait_until;
 
 /// What the tests do with one shell block of the docs.
 enum Use {

@@ -2,16 +2,17 @@
 //! operator killed mid-way and restarted converges with an intact inventory. And an operator that
 //! starts before its API server can be reached.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use tether_e2e::cluster::TestNamespace;
-use tether_e2e::git_server::{Upstream, wait_until};
+use tether_e2e::git_server::Upstream;
 use tether_e2e::hub::http_get;
 use tether_e2e::operator::{
     Operator, get_field, install_crds, wait_condition, wait_for_output, wait_ready,
 };
 use tether_e2e::process::{Lifetime, Process, alive, free_port, signal};
+use tether_e2e::wait::{wait_until, wait_until_every};
 
 use crate::fixtures::{config_map, git_repository, greeting, names, wait_applied, wait_failed};
 
@@ -96,25 +97,24 @@ async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()
     ensure!(greeting(kubectl, n, "settings")? == "two");
     // The Event tells what the revision changed, told apart by the dry-run's resourceVersion.
     let applied = format!("Applied revision main@sha1:{second}: configured 1, unchanged 1");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let events = kubectl.run(&[
-            "get",
-            "events",
-            "-n",
-            n,
-            "--field-selector=reason=ReconciliationSucceeded",
-            "-o",
-            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
-        ])?;
-        if events.lines().any(|l| l == applied) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("no Event {applied:?} within 30s; Events:\n{events}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until_every(
+        &format!("an Event {applied:?}"),
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || {
+            let events = kubectl.run(&[
+                "get",
+                "events",
+                "-n",
+                n,
+                "--field-selector=reason=ReconciliationSucceeded",
+                "-o",
+                "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+            ])?;
+            ensure!(events.lines().any(|l| l == applied), "Events:\n{events}");
+            Ok(())
+        },
+    )?;
 
     // Deleting it (prune: true by default) deletes its objects, then the GitRepository goes.
     kubectl.run(&["delete", "gitrepo", "app", "-n", n, "--timeout=60s"])?;
@@ -183,17 +183,19 @@ async fn killed_mid_apply_and_restarted_converges_with_an_intact_inventory() -> 
         "  path: deploy\n  interval: 2s\n",
     ))?;
     // Kill it as soon as the first object lands, before the revision is done.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let seen = owned_config_maps(kubectl, n, "many")?.len();
-        if seen > 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("nothing applied within 60s\n{}", operator.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_every(
+        "the first object applied",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || {
+            ensure!(
+                !owned_config_maps(kubectl, n, "many")?.is_empty(),
+                "nothing applied"
+            );
+            Ok(())
+        },
+    )
+    .with_context(|| operator.log_tail())?;
     operator.kill();
     let at_kill = owned_config_maps(kubectl, n, "many")?.len();
     eprintln!("killed with {at_kill} of {COUNT} ConfigMaps applied");

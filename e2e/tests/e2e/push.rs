@@ -3,7 +3,7 @@
 //! opened. Every `GitRepository` here has `interval: 1h`, so only a notice can explain a change within
 //! the test's deadline.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use tether_e2e::cluster::TestNamespace;
@@ -11,12 +11,16 @@ use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
 use tether_e2e::hub::{AgentSpec, Forge, Hub, HubOptions, hmac_sha256_hex, http_get, metric_value};
 use tether_e2e::kubectl::Kubectl;
 use tether_e2e::operator::{Operator, get_field, install_crds, wait_ready};
+use tether_e2e::wait::{wait_until, wait_until_every};
 
 use crate::fixtures::{config_map, git_repository};
 
 /// How long a pushed change may take to be applied through a notice. Generous for a loaded machine;
 /// the interval (1 h) is far beyond it.
 const LANDS_WITHIN: Duration = Duration::from_secs(30);
+
+/// The pause between two polls through kubectl.
+const POLL: Duration = Duration::from_millis(100);
 
 /// A namespace, an HTTPS git server with one repository `app` (a ConfigMap `settings` under `deploy/`),
 /// and a hub.
@@ -151,26 +155,9 @@ fn wait_output(
     within: Duration,
     context: impl Fn() -> String,
 ) -> Result<Duration> {
-    let began = Instant::now();
-    let what = format!("kubectl {} prints {want:?}", args.join(" "));
-    let every = Duration::from_millis(100);
-    tether_e2e::git_server::wait_until_every(&what, within, every, || {
-        let out = kubectl.run(args)?;
-        ensure!(out.trim() == want, "last printed {out:?}");
-        Ok(())
-    })
-    .with_context(context)?;
-    Ok(began.elapsed())
-}
-
-/// Polls `probe` until it returns true, within `within`: the harness's `wait_until` for a yes-or-no
-/// probe.
-fn wait_until(what: &str, within: Duration, mut probe: impl FnMut() -> Result<bool>) -> Result<()> {
-    let every = Duration::from_millis(100);
-    tether_e2e::git_server::wait_until_every(what, within, every, || {
-        ensure!(probe()?, "not yet");
-        Ok(())
-    })
+    kubectl
+        .wait_for_output(args, want, within, POLL)
+        .with_context(context)
 }
 
 fn indent(text: &str, by: usize) -> String {
@@ -321,10 +308,15 @@ async fn gitlab_and_gitea_webhooks_reach_repositories_named_by_https_and_ssh_url
         let sha = scene.push_greeting(greeting)?;
         scene.wait_greeting("settings", greeting, LANDS_WITHIN, &operator)?;
         for name in ["app", "app-over-ssh"] {
-            wait_until(
+            wait_until_every(
                 &format!("{name} applies {sha} after a {} webhook", forge.name()),
                 LANDS_WITHIN,
-                || Ok(revision(name)? == format!("main@sha1:{sha}")),
+                POLL,
+                || {
+                    let applied = revision(name)?;
+                    ensure!(applied == format!("main@sha1:{sha}"), "at {applied:?}");
+                    Ok(())
+                },
             )
             .with_context(|| operator.log_tail())?;
         }
@@ -389,16 +381,19 @@ async fn an_scp_form_in_the_webhook_reaches_scp_and_ssh_urls_of_the_repository()
 
     let sha = scene.push_greeting("over-scp")?;
     for name in ["app-scp", "app-ssh"] {
-        wait_until(
+        wait_until_every(
             &format!("{name} applies {sha} after a webhook naming it in scp form"),
             LANDS_WITHIN,
+            POLL,
             || {
-                Ok(get_field(
+                let applied = get_field(
                     scene.kubectl(),
                     scene.ns.name(),
                     name,
                     "{.status.lastAppliedRevision}",
-                )? == format!("main@sha1:{sha}"))
+                )?;
+                ensure!(applied == format!("main@sha1:{sha}"), "at {applied:?}");
+                Ok(())
             },
         )
         .with_context(|| operator.log_tail())?;
@@ -506,7 +501,8 @@ async fn a_frozen_hub_is_detected_as_dead_and_the_operator_reconnects_when_it_th
     scene.hub.freeze();
     // Silent for dead-after: the operator drops the connection and starts dialling again.
     let dead = wait_until("the operator declares the hub dead", LANDS_WITHIN, || {
-        Ok(operator.log().contains(r#"category="dead""#))
+        ensure!(operator.log().contains(r#"category="dead""#), "not yet");
+        Ok(())
     });
     scene.hub.thaw();
     dead.with_context(|| operator.log_tail())?;
@@ -577,15 +573,22 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
     let (wrong_ns, wrong_op) = &others[0];
     let (narrow_ns, narrow_op) = &others[1];
     wait_until("the wrong token is refused", LANDS_WITHIN, || {
-        Ok(wrong_op
-            .log()
-            .contains("refused the agent token (HTTP 401)"))
+        let log = wrong_op.log();
+        ensure!(
+            log.contains("refused the agent token (HTTP 401)"),
+            "not yet"
+        );
+        Ok(())
     })
     .with_context(|| wrong_op.log_tail())?;
     wait_until(
         "the narrow agent is told the repository is not for it",
         LANDS_WITHIN,
-        || Ok(narrow_op.log().contains("the hub reported a problem")),
+        || {
+            let log = narrow_op.log();
+            ensure!(log.contains("the hub reported a problem"), "not yet");
+            Ok(())
+        },
     )
     .with_context(|| narrow_op.log_tail())?;
     let metrics = scene.hub.metrics()?;
@@ -732,9 +735,16 @@ async fn a_push_lands_while_nothing_can_connect_into_the_operators_network() -> 
 
 /// Fails unless `curl url` succeeds from inside the namespace (within a deadline).
 fn ensure_inside(netns: &tether_e2e::netns::IsolatedNetns, url: &str) -> Result<()> {
-    wait_until(
+    wait_until_every(
         "the admin server answers inside the namespace",
         Duration::from_secs(20),
-        || netns.run_inside("curl", &["-sf", "-m", "2", url]),
+        POLL,
+        || {
+            ensure!(
+                netns.run_inside("curl", &["-sf", "-m", "2", url])?,
+                "not yet"
+            );
+            Ok(())
+        },
     )
 }
