@@ -10,12 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
 
 use crate::process::{Lifetime, Process, free_port};
+use crate::tls::{TestCa, signing_key};
 use crate::wait::{fatal, wait_until_every};
 
 /// How long the control plane may take to become ready.
@@ -273,57 +270,33 @@ struct Pki {
 
 impl Pki {
     fn write(dir: &Path) -> Result<Self> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name = dn("tether-local-ca", None);
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let server_key = KeyPair::generate()?;
-        let mut server = CertificateParams::new(vec![
-            "localhost".to_string(),
-            "kubernetes".to_string(),
-            "kubernetes.default".to_string(),
-            "kubernetes.default.svc".to_string(),
-        ])?;
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([10, 96, 0, 1].into()));
-        server.distinguished_name = dn("kube-apiserver", None);
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_cert = server.signed_by(&server_key, &issuer)?;
-
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin.distinguished_name = dn("tether-admin", Some("system:masters"));
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
-
-        let sa_key = KeyPair::generate()?;
-
+        let ca = TestCa::new("tether-local-ca")?;
+        let server = ca.server(
+            "kube-apiserver",
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ],
+            &[[127, 0, 0, 1].into(), [10, 96, 0, 1].into()],
+        )?;
+        let admin = ca.client("tether-admin", Some("system:masters"))?;
+        let (sa_key, sa_pub) = signing_key()?;
         let files = [
-            ("ca.crt", ca_cert.pem()),
-            ("apiserver.crt", server_cert.pem()),
-            ("apiserver.key", server_key.serialize_pem()),
-            ("sa.key", sa_key.serialize_pem()),
-            ("sa.pub", sa_key.public_key_pem()),
+            ("ca.crt", ca.cert_pem()),
+            ("apiserver.crt", server.cert_pem.as_str()),
+            ("apiserver.key", server.key_pem.as_str()),
+            ("sa.key", sa_key.as_str()),
+            ("sa.pub", sa_pub.as_str()),
         ];
         for (name, pem) in files {
             std::fs::write(dir.join(name), pem)?;
         }
         Ok(Self {
-            ca_pem: ca_cert.pem(),
-            admin_cert_pem: admin_cert.pem(),
-            admin_key_pem: admin_key.serialize_pem(),
+            ca_pem: ca.cert_pem().to_string(),
+            admin_cert_pem: admin.cert_pem,
+            admin_key_pem: admin.key_pem,
         })
     }
 
@@ -339,13 +312,4 @@ impl Pki {
         );
         out
     }
-}
-
-fn dn(common_name: &str, organization: Option<&str>) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    if let Some(org) = organization {
-        dn.push(DnType::OrganizationName, org);
-    }
-    dn
 }

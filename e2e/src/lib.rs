@@ -12,6 +12,7 @@
 //! - [`operator`]: the real `tether-operator` as a process, and kubectl helpers around `GitRepository`.
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
 //! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
+//! - [`tls`]: test certificates: a CA of its own per server or control plane, and what it signs.
 //! - [`wait`]: waiting with a deadline on a probe, for the harness and the tests alike; never a bare sleep.
 
 pub mod cluster;
@@ -23,6 +24,7 @@ pub mod netns;
 pub mod operator;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 pub mod wait;
 
 /// The workspace root (the folder of the top `Cargo.toml`).
