@@ -13,6 +13,7 @@ use base64::Engine as _;
 
 use crate::process::{Lifetime, Process, free_port};
 use crate::tls::{TestCa, signing_key};
+use crate::tool;
 use crate::wait::{fatal, wait_until_every};
 
 /// How long the control plane may take to become ready.
@@ -238,17 +239,13 @@ impl Drop for ControlPlane {
     }
 }
 
-/// `kubectl --request-timeout=5s <args>` with `kubeconfig`: its stdout, or its stderr as the error.
+/// `kubectl --request-timeout=5s <args>` with `kubeconfig`: its stdout.
 fn kubectl_output(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(kubectl)
-        .env("KUBECONFIG", kubeconfig)
-        .args(["--request-timeout=5s"])
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut cmd = Command::new(kubectl);
+    cmd.env("KUBECONFIG", kubeconfig)
+        .arg("--request-timeout=5s")
+        .args(args);
+    tool::run_command(&mut cmd, None)
 }
 
 /// A kube client from a kubeconfig file.

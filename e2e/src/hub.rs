@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use tempfile::TempDir;
 
-use crate::git_server::run_tool;
 use crate::process::{Lifetime, Process, free_port, signal, tail};
+use crate::tool;
 use crate::wait::{fatal, wait_until};
 
 /// How long the hub may take to answer `/healthz` after it is started.
@@ -112,8 +112,7 @@ impl Hub {
         );
         for agent in &options.agents {
             std::fs::write(token_path(d, &agent.name), format!("{}\n", agent.token))?;
-            let hash = run_tool("sha256sum", &[], Some(&agent.token))?;
-            let hash = hash.split_whitespace().next().unwrap_or_default();
+            let hash = sha256_hex(&agent.token)?;
             let _ = writeln!(
                 config,
                 "  - name: {}\n    token_sha256: \"{hash}\"\n    repos: {:?}",
@@ -351,7 +350,7 @@ exit 0
         args.push(format!("@{}", file.path().display()));
         args.push(self.webhook_url(provider));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let code = run_tool("curl", &refs, None)?;
+        let code = tool::run("curl", &refs, None)?;
         code.trim()
             .parse()
             .with_context(|| format!("curl printed {code:?} as the status"))
@@ -436,8 +435,19 @@ fn generated(prefix: &str) -> String {
 
 /// The HMAC-SHA256 of `body` under `secret` as hex, computed by `openssl` as a forge's sender would.
 pub fn hmac_sha256_hex(secret: &str, body: &str) -> Result<String> {
-    let out = run_tool("openssl", &["dgst", "-sha256", "-hmac", secret], Some(body))?;
+    let out = tool::run("openssl", &["dgst", "-sha256", "-hmac", secret], Some(body))?;
     Ok(out.rsplit(' ').next().unwrap_or_default().to_string())
+}
+
+/// The SHA-256 of `text` as hex, by `sha256sum` (how the config names a token, and the generic
+/// webhook a delivery without an id).
+pub fn sha256_hex(text: &str) -> Result<String> {
+    let out = tool::run("sha256sum", &[], Some(text))?;
+    Ok(out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// `GET http://127.0.0.1:PORT<path>` over a plain socket, with a 5 s bound: the status and the body.

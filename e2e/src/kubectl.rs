@@ -1,13 +1,13 @@
 //! The real `kubectl`, pointed at a control plane.
 
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, ensure};
 
 use crate::controlplane::ControlPlane;
+use crate::tool::{self, Finished};
 use crate::wait::wait_until_every;
 
 /// Runs the `kubectl` built with the control plane against its admin kubeconfig.
@@ -19,9 +19,14 @@ pub struct Kubectl {
 
 impl Kubectl {
     pub fn for_plane(plane: &ControlPlane) -> Self {
+        Self::new(plane.binaries().path("kubectl"), plane.kubeconfig())
+    }
+
+    /// The `kubectl` at `program`, against `kubeconfig`.
+    pub fn new(program: PathBuf, kubeconfig: PathBuf) -> Self {
         Self {
-            program: plane.binaries().path("kubectl"),
-            kubeconfig: plane.kubeconfig(),
+            program,
+            kubeconfig,
         }
     }
 
@@ -32,31 +37,19 @@ impl Kubectl {
 
     /// Runs kubectl with `stdin` (for `apply -f -`).
     pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut child = Command::new(&self.program)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", self.program.display()))?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(input.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        tool::run_command(&mut self.command(args), stdin)
+    }
+
+    /// Runs kubectl whatever its exit status, for commands that answer by it (`auth can-i` says no
+    /// with 1).
+    pub fn output(&self, args: &[&str]) -> Result<Finished> {
+        tool::output(&mut self.command(args), None)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        cmd
     }
 
     /// `kubectl apply -f -` of a YAML text.

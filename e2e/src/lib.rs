@@ -13,6 +13,8 @@
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
 //! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
 //! - [`tls`]: test certificates: a CA of its own per server or control plane, and what it signs.
+//! - [`tool`]: one-shot runs of command-line tools (git, kubectl, helm, openssl, curl), stdin fed,
+//!   a failure told with the command line and its output.
 //! - [`wait`]: waiting with a deadline on a probe, for the harness and the tests alike; never a bare sleep.
 
 pub mod cluster;
@@ -25,6 +27,7 @@ pub mod operator;
 pub mod process;
 pub mod proxy;
 pub mod tls;
+pub mod tool;
 pub mod wait;
 
 /// The workspace root (the folder of the top `Cargo.toml`).

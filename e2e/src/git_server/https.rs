@@ -8,9 +8,10 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 use tempfile::TempDir;
 
-use super::{GitRemote, Upstream, init_bare, run_tool, wait_ready};
+use super::{GitRemote, Upstream, init_bare, wait_ready};
 use crate::process::{Lifetime, Process, free_port, tail};
 use crate::tls::TestCa;
+use crate::tool;
 
 const HTTP_BACKEND: &str = "/usr/lib/git-core/git-http-backend";
 const PROBE_REPO: &str = "tether-ready";
@@ -74,7 +75,7 @@ impl HttpsGitServer {
             std::fs::create_dir_all(d.join(sub))?;
         }
         let ca_pem = write_certificates(d)?;
-        let hash = run_tool(
+        let hash = tool::run(
             "openssl",
             &["passwd", "-apr1", "-stdin"],
             Some(&format!("{}\n", options.password)),

@@ -3,55 +3,30 @@
 //! `kubectl auth can-i --as`, and every YAML example in the docs parsed (and `GitRepository` examples
 //! dry-run applied), so that neither can drift from the code.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use tether_e2e::cluster::{TestNamespace, shared};
+use tether_e2e::kubectl::Kubectl;
 use tether_e2e::operator::install_crds;
+use tether_e2e::tool;
 
 fn chart(name: &str) -> PathBuf {
     tether_e2e::workspace_root().join("charts").join(name)
 }
 
-/// Runs a program with optional stdin; returns (success, stdout, stderr).
-fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
-    let mut child = Command::new(program)
-        .env("KUBECONFIG", shared().kubeconfig())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
-/// `helm <args>`, failing with its output when it fails.
+/// `helm <args>` against the shared control plane, failing with its output when it fails.
 pub(crate) fn helm(args: &[&str]) -> Result<String> {
-    let (ok, out, err) = run(&shared().binaries().path("helm"), args, None)?;
-    ensure!(ok, "helm {} failed:\n{out}\n{err}", args.join(" "));
-    Ok(out)
+    let mut cmd = Command::new(shared().binaries().path("helm"));
+    cmd.env("KUBECONFIG", shared().kubeconfig()).args(args);
+    tool::run_command(&mut cmd, None)
 }
 
+/// `kubectl <args>` against the shared control plane, with `stdin` (for `apply -f -`).
 fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let (ok, out, err) = run(&shared().binaries().path("kubectl"), args, stdin)?;
-    ensure!(ok, "kubectl {} failed:\n{out}\n{err}", args.join(" "));
-    Ok(out)
+    Kubectl::for_plane(shared()).run_with_stdin(args, stdin)
 }
 
 /// `helm template` of a chart with a values file (YAML text), as release `release` in `namespace`.
@@ -107,11 +82,11 @@ fn can_i(who: &str, verb: &str, resource: &str, more: &[&str]) -> Result<bool> {
     let as_ = format!("--as={who}");
     let mut args = vec!["auth", "can-i", verb, resource, as_.as_str()];
     args.extend_from_slice(more);
-    let (_, out, err) = run(&shared().binaries().path("kubectl"), &args, None)?;
-    match out.trim() {
+    let answer = Kubectl::for_plane(shared()).output(&args)?;
+    match answer.stdout.trim() {
         "yes" => Ok(true),
         "no" => Ok(false),
-        other => bail!("kubectl {}: {other:?} {err}", args.join(" ")),
+        other => bail!("kubectl {}: {other:?} {}", args.join(" "), answer.stderr),
     }
 }
 

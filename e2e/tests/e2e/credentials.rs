@@ -2,12 +2,13 @@
 //! known_hosts). The right ones work; wrong ones fail with a clear reason; the secret's values show
 //! up in no status, Event or log line.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
 use tether_e2e::kubectl::Kubectl;
 use tether_e2e::operator::{Operator, install_crds, wait_ready};
 use tether_e2e::proxy::HttpProxy;
+use tether_e2e::tool;
 
 use crate::fixtures::{config_map, git_repository, wait_applied, wait_failed};
 
@@ -243,16 +244,8 @@ fn hashed_known_hosts(plain: &str) -> Result<String> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("known_hosts");
     std::fs::write(&file, format!("{plain}\n"))?;
-    let out = std::process::Command::new("ssh-keygen")
-        .arg("-H")
-        .arg("-f")
-        .arg(&file)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "ssh-keygen -H failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = file.to_str().context("a temporary path is not UTF-8")?;
+    tool::run("ssh-keygen", &["-H", "-f", path], None)?;
     Ok(std::fs::read_to_string(&file)?)
 }
 
