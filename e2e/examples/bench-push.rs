@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use tether_e2e::cluster::{TestNamespace, shared};
+use tether_e2e::fixtures::{config_map, git_repository, https_secret};
 use tether_e2e::git_server::HttpsGitServer;
-use tether_e2e::hub::{Forge, Hub, http_get, metric_value};
-use tether_e2e::operator::{Operator, install_crds};
+use tether_e2e::gitrepo::install_crds;
+use tether_e2e::http::metric_value;
+use tether_e2e::hub::{Forge, Hub};
+use tether_e2e::operator::Operator;
 use tether_e2e::wait::wait_until_every;
 
 /// How long one push may take to be applied before the run is abandoned.
@@ -46,23 +49,22 @@ async fn main() -> Result<()> {
 
     let server = HttpsGitServer::start()?;
     let repo = server.create_repo("app")?;
-    repo.write("deploy/config.yaml", &config_map(ns.name(), "v0"))?;
+    repo.write(
+        "deploy/config.yaml",
+        &config_map(ns.name(), "settings", "v0"),
+    )?;
     repo.commit("v0")?;
     repo.push_to(&server.remote(&repo))?;
     let hub = Hub::start()?;
     let url = server.url("app");
     repo.install_post_receive_hook(&hub.post_receive_hook(Forge::Github, &[&url])?)?;
 
-    let ca: String = server
-        .ca_pem()
-        .lines()
-        .map(|l| format!("    {l}\n"))
-        .collect();
-    kubectl.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-auth\n  namespace: {ns}\nstringData:\n  username: {user}\n  password: {pw}\n  caFile: |\n{ca}---\napiVersion: tether.dev/v1alpha1\nkind: GitRepository\nmetadata:\n  name: app\n  namespace: {ns}\nspec:\n  url: {url}\n  path: deploy\n  interval: 1h\n  secretRef:\n    name: app-auth\n",
-        ns = ns.name(),
-        user = server.username(),
-        pw = server.password(),
+    kubectl.apply(&https_secret(ns.name(), "app-auth", &server))?;
+    kubectl.apply(&git_repository(
+        ns.name(),
+        "app",
+        &url,
+        "  path: deploy\n  interval: 1h\n  secretRef:\n    name: app-auth\n",
     ))?;
     let operator = Operator::start(
         ns.kubeconfig(),
@@ -130,7 +132,10 @@ async fn main() -> Result<()> {
     let mut reconciles = 0.0;
     for i in 1..=pushes {
         let greeting = format!("v{i}");
-        repo.write("deploy/config.yaml", &config_map(ns.name(), &greeting))?;
+        repo.write(
+            "deploy/config.yaml",
+            &config_map(ns.name(), "settings", &greeting),
+        )?;
         repo.commit(&greeting)?;
         let before = Scrape::take(&operator, &hub)?;
         let pushing = Instant::now();
@@ -247,11 +252,7 @@ struct Scrape(String);
 
 impl Scrape {
     fn take(operator: &Operator, hub: &Hub) -> Result<Self> {
-        let (status, text) = http_get(operator.admin_port(), "/metrics")?;
-        if status != 200 {
-            bail!("the operator's /metrics answered {status}");
-        }
-        Ok(Self(text + &hub.metrics()?))
+        Ok(Self(operator.metrics()? + &hub.metrics()?))
     }
 
     fn count(&self, metric: &str) -> f64 {
@@ -321,10 +322,4 @@ fn wait_for(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn config_map(ns: &str, greeting: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: {ns}\ndata:\n  greeting: {greeting}\n"
-    )
 }

@@ -31,7 +31,7 @@ impl Binaries {
         if let Some(dir) = std::env::var_os("TETHER_CONTROLPLANE_BIN") {
             return Self::at(PathBuf::from(dir));
         }
-        let script = crate::workspace_root().join("hack/controlplane-bin.sh");
+        let script = crate::workspace::root().join("hack/controlplane-bin.sh");
         let out = Command::new("bash")
             .arg(&script)
             .output()
@@ -201,6 +201,11 @@ impl ControlPlane {
 
     pub fn api_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    /// The API server's port on 127.0.0.1.
+    pub fn api_port(&self) -> u16 {
+        self.api_port
     }
 
     /// Pids by process name, in start order.

@@ -1,4 +1,5 @@
-//! The real `kubectl`, pointed at a control plane.
+//! The real `kubectl`, pointed at a control plane: run with stdin, polled until it prints what a test
+//! waits for.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -55,6 +56,15 @@ impl Kubectl {
     /// `kubectl apply -f -` of a YAML text.
     pub fn apply(&self, yaml: &str) -> Result<String> {
         self.run_with_stdin(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// `<kind>/<name>` of every object of `kinds` (e.g. `deployments,configmaps`) in `ns`, one a line,
+    /// as kubectl prints them.
+    pub fn names(&self, ns: &str, kinds: &str) -> Result<String> {
+        Ok(self
+            .run(&["get", kinds, "-n", ns, "-o", "name"])?
+            .trim()
+            .to_string())
     }
 
     /// Runs `kubectl <args>` every `every` until it prints `want` (trimmed), within `within`; returns

@@ -12,8 +12,9 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, PostParams};
 use tether_e2e::cluster::shared;
 use tether_e2e::git_server::Upstream;
+use tether_e2e::gitrepo::install_crds;
 use tether_e2e::kubectl::Kubectl;
-use tether_e2e::operator::{Operator, install_crds};
+use tether_e2e::operator::Operator;
 use tether_e2e::wait::wait_until_async;
 use tether_operator::crd::GitRepository;
 
@@ -104,12 +105,12 @@ async fn run(n: usize, kubeconfig: &std::path::Path, kubectl: &Kubectl) -> Resul
     );
 
     // Idle: nothing changes for a few intervals.
-    let before = metrics(&operator).await?;
+    let before = metrics(&operator)?;
     let cpu_before = cpu_seconds(operator.pid())?;
     let idle_began = Instant::now();
     tokio::time::sleep(IDLE_FOR).await;
     let cpu = cpu_seconds(operator.pid())? - cpu_before;
-    let after = metrics(&operator).await?;
+    let after = metrics(&operator)?;
     let rss = proc_status(operator.pid(), "VmRSS:")?;
     let delta = |name: &str| {
         after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
@@ -201,13 +202,9 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 /// The operator's metrics as `name{labels}` → value.
-async fn metrics(operator: &Operator) -> Result<BTreeMap<String, f64>> {
-    let url = format!("{}/metrics", operator.admin_url());
-    let out = std::process::Command::new("curl")
-        .args(["-sf", &url])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
+fn metrics(operator: &Operator) -> Result<BTreeMap<String, f64>> {
+    Ok(operator
+        .metrics()?
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use tempfile::TempDir;
 
 use super::{GitRemote, Upstream, init_bare, wait_ready};
+use crate::fixtures::unguessable;
 use crate::process::{Lifetime, Process, free_port, tail};
 use crate::tls::TestCa;
 use crate::tool;
@@ -31,19 +32,10 @@ impl Default for HttpsOptions {
     fn default() -> Self {
         Self {
             username: "tether".to_string(),
-            password: generated_password(),
+            password: unguessable("pw"),
             plain_http: false,
         }
     }
-}
-
-/// A password unlikely to be guessed by a test that means to be wrong.
-fn generated_password() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("pw-{:x}-{nanos:x}", std::process::id())
 }
 
 /// nginx (TLS, basic auth) in front of `git http-backend` run by fcgiwrap, serving every bare repository

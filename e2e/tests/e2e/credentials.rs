@@ -4,13 +4,13 @@
 
 use anyhow::{Context as _, Result, ensure};
 use tether_e2e::cluster::TestNamespace;
+use tether_e2e::fixtures::{config_map, git_repository, namespace};
 use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
+use tether_e2e::gitrepo::{install_crds, ready_condition, wait_applied, wait_failed, wait_ready};
 use tether_e2e::kubectl::Kubectl;
-use tether_e2e::operator::{Operator, install_crds, wait_ready};
+use tether_e2e::operator::Operator;
 use tether_e2e::proxy::HttpProxy;
 use tether_e2e::tool;
-
-use crate::fixtures::{config_map, git_repository, wait_applied, wait_failed};
 
 /// `kubectl create secret generic <name>` with literal values.
 fn create_secret(kubectl: &Kubectl, ns: &str, name: &str, data: &[(&str, &str)]) -> Result<()> {
@@ -136,7 +136,7 @@ async fn https_with_basic_auth_and_a_private_ca_and_a_wrong_password() -> Result
     );
     // The right one is unaffected.
     ensure!(
-        crate::fixtures::ready_condition(kubectl, n, "right")?.0 == "True",
+        ready_condition(kubectl, n, "right")?.0 == "True",
         "the right credentials stopped working"
     );
     assert_nowhere(kubectl, n, &operator, &[server.password(), &wrong_password])?;
@@ -201,9 +201,7 @@ async fn ssh_with_a_key_and_known_hosts_and_a_wrong_host_key() -> Result<()> {
         &[("identity", &key), ("known_hosts", &hashed)],
     )?;
     let hashed_target = format!("{n}-hashed");
-    kubectl.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {hashed_target}\n"
-    ))?;
+    kubectl.apply(&namespace(&hashed_target))?;
     kubectl.apply(&git_repository(
         n,
         "hashed",

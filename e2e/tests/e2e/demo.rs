@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use tether_e2e::kubectl::Kubectl;
-use tether_e2e::operator::binary;
 use tether_e2e::process::{Lifetime, Process};
 use tether_e2e::wait::wait_until;
+use tether_e2e::workspace::binary;
 
 /// The value after `prefix` on the first printed line that starts with it (leading spaces ignored).
 fn printed(log: &str, prefix: &str) -> Option<String> {

@@ -17,12 +17,15 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use tether_e2e::cluster::{TestNamespace, shared};
+use tether_e2e::fixtures::config_map;
 use tether_e2e::git_server::Upstream;
+use tether_e2e::gitrepo::{field_args, install_crds, wait_for_output, wait_ready};
 use tether_e2e::hub::{Forge, Hub, sha256_hex};
-use tether_e2e::operator::{Operator, binary, install_crds, wait_for_output, wait_ready};
+use tether_e2e::operator::Operator;
 use tether_e2e::process::alive;
 use tether_e2e::tool;
 use tether_e2e::wait::wait_until;
+use tether_e2e::workspace::{self, binary};
 
 /// What the tests do with one shell block of the docs.
 enum Use {
@@ -194,7 +197,7 @@ impl Block {
 
 /// The fenced blocks of `file` (relative to the repository root) whose language is one of `languages`.
 fn fenced_blocks(file: &str, languages: &[&str]) -> Result<Vec<Block>> {
-    let path = tether_e2e::workspace_root().join(file);
+    let path = workspace::root().join(file);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut blocks = Vec::new();
@@ -293,7 +296,7 @@ impl Shell {
         let mut command = Command::new("setpriv");
         command
             .args(["--pdeathsig", "KILL", "--", "sh", "-eu", "-c", &block.text])
-            .current_dir(tether_e2e::workspace_root())
+            .current_dir(workspace::root())
             .env_remove("KUBECONFIG")
             .env_remove("MAKEFLAGS")
             .env_remove("MFLAGS")
@@ -367,7 +370,7 @@ fn listed_ready(stdout: &str, namespace: &str, name: &str) -> bool {
 
 #[test]
 fn every_shell_block_in_the_docs_is_run_or_skipped_for_a_reason() -> Result<()> {
-    let root = tether_e2e::workspace_root();
+    let root = workspace::root();
     let this_file = include_str!("docs.rs");
     let mut problems = Vec::new();
     let mut claimed = vec![0usize; BLOCKS.len()];
@@ -815,10 +818,7 @@ async fn documented_app(prefix: &str) -> Result<DocumentedApp> {
     install_crds(ns.kubectl())?;
     let n = ns.name();
     let repo = Upstream::new("app")?;
-    repo.write(
-        "deploy/config.yaml",
-        &crate::fixtures::config_map(n, "settings", "hello"),
-    )?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "hello"))?;
     repo.commit("the app's settings")?;
     repo.push()?;
     let mut examples: Vec<Block> = fenced_blocks("docs/gitrepository.md", &["yaml"])?
@@ -942,7 +942,7 @@ async fn troubleshooting_doc_commands_show_the_status_and_request_a_reconcile() 
     ensure!(!requested.is_empty(), "the annotation was not set");
     wait_for_output(
         kubectl,
-        &crate::fixtures::field_args(n, "app", "jsonpath={.status.lastHandledReconcileAt}"),
+        &field_args(n, "app", "jsonpath={.status.lastHandledReconcileAt}"),
         &requested,
         &app.operator,
     )?;

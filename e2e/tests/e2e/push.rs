@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use tether_e2e::cluster::TestNamespace;
+use tether_e2e::fixtures::{
+    config_map, git_repository, greeting, greeting_args, https_secret, namespace, ssh_secret,
+};
 use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
-use tether_e2e::hub::{AgentSpec, Forge, Hub, HubOptions, hmac_sha256_hex, http_get, metric_value};
+use tether_e2e::gitrepo::{get_field, install_crds, wait_ready};
+use tether_e2e::http::metric_value;
+use tether_e2e::hub::{AgentSpec, Forge, Hub, HubOptions, hmac_sha256_hex};
 use tether_e2e::kubectl::Kubectl;
-use tether_e2e::operator::{Operator, get_field, install_crds, wait_ready};
+use tether_e2e::netns::IsolatedNetns;
+use tether_e2e::operator::Operator;
 use tether_e2e::wait::{wait_until, wait_until_every};
-
-use crate::fixtures::{config_map, git_repository};
 
 /// How long a pushed change may take to be applied through a notice. Generous for a loaded machine;
 /// the interval (1 h) is far beyond it.
@@ -58,13 +62,7 @@ impl Scene {
 
     /// The HTTPS credentials and CA as a Secret, and a `GitRepository` `name` on `url` with a 1 h interval.
     fn apply_git_repository(&self, name: &str, url: &str) -> Result<()> {
-        let secret = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-auth\n  namespace: {ns}\nstringData:\n  username: {user}\n  password: {pw}\n  caFile: |\n{ca}",
-            ns = self.ns.name(),
-            user = self.server.username(),
-            pw = self.server.password(),
-            ca = indent(self.server.ca_pem(), 4),
-        );
+        let secret = https_secret(self.ns.name(), &format!("{name}-auth"), &self.server);
         self.kubectl().apply(&secret)?;
         self.kubectl().apply(&git_repository(
             self.ns.name(),
@@ -77,12 +75,8 @@ impl Scene {
 
     /// A Secret `name` with the SSH server's client key and host key, for `secretRef`.
     fn apply_ssh_secret(&self, name: &str, server: &SshGitServer) -> Result<()> {
-        self.kubectl().apply(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\nstringData:\n  identity: |\n{key}  known_hosts: |\n{hosts}",
-            ns = self.ns.name(),
-            key = indent(&server.client_key_pem()?, 4),
-            hosts = indent(server.known_hosts(), 4),
-        ))?;
+        self.kubectl()
+            .apply(&ssh_secret(self.ns.name(), name, server)?)?;
         Ok(())
     }
 
@@ -126,15 +120,7 @@ impl Scene {
         within: Duration,
         operator: &Operator,
     ) -> Result<Duration> {
-        let args = [
-            "get",
-            "configmap",
-            name,
-            "-n",
-            self.ns.name(),
-            "-o",
-            "jsonpath={.data.greeting}",
-        ];
+        let args = greeting_args(self.ns.name(), name);
         wait_output(self.kubectl(), &args, want, within, || {
             format!(
                 "operator log:\n{}\nhub log:\n{}\nhook deliveries:\n{}",
@@ -160,11 +146,6 @@ fn wait_output(
         .with_context(context)
 }
 
-fn indent(text: &str, by: usize) -> String {
-    let pad = " ".repeat(by);
-    text.lines().map(|l| format!("{pad}{l}\n")).collect()
-}
-
 /// Runs a future to completion from synchronous code inside a multi-threaded test runtime.
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
@@ -172,17 +153,8 @@ fn futures_block<F: std::future::Future>(f: F) -> F::Output {
 
 /// The operator's hub reconnect counter, read from its `/metrics`.
 fn operator_reconnects(operator: &Operator) -> Result<f64> {
-    let port: u16 = operator
-        .admin_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .context("no port in the operator's admin URL")?;
-    let (status, body) = http_get(port, "/metrics")?;
-    if status != 200 {
-        bail!("operator /metrics answered {status}");
-    }
-    metric_value(&body, "hub_reconnects_total").context("no hub_reconnects_total metric")
+    metric_value(&operator.metrics()?, "hub_reconnects_total")
+        .context("no hub_reconnects_total metric")
 }
 
 /// Waits until the hub has the agent's watch set holding `repos` repositories, `count` times in the
@@ -254,9 +226,7 @@ async fn gitlab_and_gitea_webhooks_reach_repositories_named_by_https_and_ssh_url
     // Over https, and a second GitRepository over ssh:// applying into a namespace of its own.
     scene.apply_git_repository("app", &https)?;
     let ssh_target = format!("{}-ssh", scene.ns.name());
-    scene.kubectl().apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ssh_target}\n"
-    ))?;
+    scene.kubectl().apply(&namespace(&ssh_target))?;
     scene.apply_ssh_secret("app-ssh", &ssh_server)?;
     scene.kubectl().apply(&git_repository(
         scene.ns.name(),
@@ -359,9 +329,7 @@ async fn an_scp_form_in_the_webhook_reaches_scp_and_ssh_urls_of_the_repository()
     let mut targets = Vec::new();
     for (name, url) in [("app-scp", &scp), ("app-ssh", &ssh)] {
         let target = format!("{}-{}", scene.ns.name(), &name[4..]);
-        scene.kubectl().apply(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {target}\n"
-        ))?;
+        scene.kubectl().apply(&namespace(&target))?;
         scene.kubectl().apply(&git_repository(
             scene.ns.name(),
             name,
@@ -542,14 +510,8 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
     let mut others = Vec::new();
     for (prefix, token) in strangers {
         let ns = TestNamespace::create(prefix).await?;
-        let secret = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-auth\n  namespace: {ns}\nstringData:\n  username: {user}\n  password: {pw}\n  caFile: |\n{ca}",
-            ns = ns.name(),
-            user = scene.server.username(),
-            pw = scene.server.password(),
-            ca = indent(scene.server.ca_pem(), 4),
-        );
-        ns.kubectl().apply(&secret)?;
+        ns.kubectl()
+            .apply(&https_secret(ns.name(), "app-auth", &scene.server))?;
         ns.kubectl().apply(&git_repository(
             ns.name(),
             "app",
@@ -677,15 +639,7 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
             op.log_tail()
         );
         assert_eq!(
-            ns.kubectl().run(&[
-                "get",
-                "configmap",
-                "settings",
-                "-n",
-                ns.name(),
-                "-o",
-                "jsonpath={.data.greeting}"
-            ])?,
+            greeting(ns.kubectl(), ns.name(), "settings")?,
             "v0",
             "{} applied the push",
             ns.name()
@@ -700,13 +654,8 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_lands_while_nothing_can_connect_into_the_operators_network() -> Result<()> {
     let scene = Scene::start("push-no-inbound", HubOptions::default())?;
-    let mut netns = tether_e2e::netns::IsolatedNetns::create()?;
-    let api_port: u16 = tether_e2e::cluster::shared()
-        .api_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .context("the API server's port")?;
+    let mut netns = IsolatedNetns::create()?;
+    let api_port = tether_e2e::cluster::shared().api_port();
     for port in [api_port, scene.server.port(), scene.hub.port()] {
         netns.relay_out(port)?;
     }
@@ -734,7 +683,7 @@ async fn a_push_lands_while_nothing_can_connect_into_the_operators_network() -> 
 }
 
 /// Fails unless `curl url` succeeds from inside the namespace (within a deadline).
-fn ensure_inside(netns: &tether_e2e::netns::IsolatedNetns, url: &str) -> Result<()> {
+fn ensure_inside(netns: &IsolatedNetns, url: &str) -> Result<()> {
     wait_until_every(
         "the admin server answers inside the namespace",
         Duration::from_secs(20),

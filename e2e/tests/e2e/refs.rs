@@ -3,10 +3,10 @@
 
 use anyhow::{Result, ensure};
 use tether_e2e::cluster::TestNamespace;
+use tether_e2e::fixtures::{config_map, git_repository, greeting};
 use tether_e2e::git_server::Upstream;
-use tether_e2e::operator::{Operator, install_crds, wait_ready};
-
-use crate::fixtures::{config_map, git_repository, greeting, reconcile_now, wait_applied};
+use tether_e2e::gitrepo::{install_crds, reconcile_now, wait_applied, wait_ready};
+use tether_e2e::operator::Operator;
 
 /// Commits `deploy/config.yaml` holding ConfigMap `name` with `value`; returns the commit.
 fn commit_config(repo: &Upstream, ns: &str, name: &str, value: &str) -> Result<String> {
