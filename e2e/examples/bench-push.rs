@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use tether_e2e::cluster::{TestNamespace, shared};
-use tether_e2e::fixtures::{config_map, git_repository, https_secret};
+use tether_e2e::fixtures::{commit_config_map, git_repository, https_secret};
 use tether_e2e::git_server::HttpsGitServer;
 use tether_e2e::gitrepo::install_crds;
 use tether_e2e::http::metric_value;
@@ -49,11 +49,7 @@ async fn main() -> Result<()> {
 
     let server = HttpsGitServer::start()?;
     let repo = server.create_repo("app")?;
-    repo.write(
-        "deploy/config.yaml",
-        &config_map(ns.name(), "settings", "v0"),
-    )?;
-    repo.commit("v0")?;
+    commit_config_map(&repo, ns.name(), "settings", "v0")?;
     repo.push_to(&server.remote(&repo))?;
     let hub = Hub::start()?;
     let url = server.url("app");
@@ -132,11 +128,7 @@ async fn main() -> Result<()> {
     let mut reconciles = 0.0;
     for i in 1..=pushes {
         let greeting = format!("v{i}");
-        repo.write(
-            "deploy/config.yaml",
-            &config_map(ns.name(), "settings", &greeting),
-        )?;
-        repo.commit(&greeting)?;
+        commit_config_map(&repo, ns.name(), "settings", &greeting)?;
         let before = Scrape::take(&operator, &hub)?;
         let pushing = Instant::now();
         repo.push_to(&server.remote(&repo))?;

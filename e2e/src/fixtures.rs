@@ -18,6 +18,16 @@ pub fn config_map(ns: &str, name: &str, greeting: &str) -> String {
     )
 }
 
+/// Writes [`config_map`] to `deploy/config.yaml` and commits it ("greet with <greeting>"); returns the
+/// commit.
+pub fn commit_config_map(repo: &Upstream, ns: &str, name: &str, greeting: &str) -> Result<String> {
+    repo.commit_file(
+        "deploy/config.yaml",
+        &config_map(ns, name, greeting),
+        &format!("greet with {greeting}"),
+    )
+}
+
 /// `kubectl get configmap <name> -n <ns> -o jsonpath={.data.greeting}` as arguments, for polling.
 pub fn greeting_args<'a>(ns: &'a str, name: &'a str) -> [&'a str; 7] {
     [

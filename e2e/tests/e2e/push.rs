@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::fixtures::{
-    config_map, git_repository, greeting, greeting_args, https_secret, namespace, ssh_secret,
+    commit_config_map, git_repository, greeting, greeting_args, https_secret, namespace, ssh_secret,
 };
 use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
 use tether_e2e::gitrepo::{get_field, install_crds, wait_ready};
@@ -41,11 +41,7 @@ impl Scene {
         install_crds(ns.kubectl())?;
         let server = HttpsGitServer::start()?;
         let repo = server.create_repo("app")?;
-        repo.write(
-            "deploy/config.yaml",
-            &config_map(ns.name(), "settings", "v0"),
-        )?;
-        repo.commit("the first greeting")?;
+        commit_config_map(&repo, ns.name(), "settings", "v0")?;
         repo.push_to(&server.remote(&repo))?;
         let hub = Hub::start_with(hub)?;
         Ok(Self {
@@ -103,11 +99,7 @@ impl Scene {
 
     /// Commits a new greeting and pushes it with the real `git push` over HTTPS (the hook runs).
     fn push_greeting(&self, greeting: &str) -> Result<String> {
-        self.repo.write(
-            "deploy/config.yaml",
-            &config_map(self.ns.name(), "settings", greeting),
-        )?;
-        let sha = self.repo.commit(&format!("greet with {greeting}"))?;
+        let sha = commit_config_map(&self.repo, self.ns.name(), "settings", greeting)?;
         self.repo.push_to(&self.server.remote(&self.repo))?;
         Ok(sha)
     }
