@@ -76,23 +76,21 @@ async fn main() -> Result<()> {
         Duration::from_secs(60),
     )?;
 
-    wait_until_every(
-        "the first revision applied",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            kubectl.run(&[
-                "get",
-                "configmap",
-                "settings",
-                "-n",
-                ns.name(),
-                "-o",
-                "name",
-            ])
-        },
-    )
-    .with_context(|| operator.log_tail())?;
+    kubectl
+        .run(&[
+            "wait",
+            "--for=create",
+            "--timeout=60s",
+            "-n",
+            ns.name(),
+            "configmap/settings",
+        ])
+        .with_context(|| {
+            format!(
+                "the first revision was not applied:\n{}",
+                operator.log_tail()
+            )
+        })?;
 
     // Every value the ConfigMap takes, as the API server's watch delivers it, with its arrival time.
     let mut child = Command::new(plane.binaries().path("kubectl"))
