@@ -1,5 +1,6 @@
 //! The real `tether-operator` binary, run as a process against the local control plane: started with a
-//! cache and an admin port of its own, killed and restarted, its log and its metrics read.
+//! cache and an admin port of its own, killed and restarted, its log and its metrics read; stopped when
+//! dropped.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -149,6 +150,13 @@ impl Operator {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // As the servers do: a test that drops its operator has it gone, not still reconciling.
+        self.process.stop(Duration::from_secs(5));
     }
 }
 
