@@ -13,11 +13,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use tether_e2e::cluster::{TestNamespace, shared};
+use tether_e2e::fixtures::{commit_config_map, git_repository, https_secret};
 use tether_e2e::git_server::HttpsGitServer;
-use tether_e2e::hub::{Forge, Hub, http_get, metric_value};
-use tether_e2e::operator::{Operator, install_crds};
+use tether_e2e::gitrepo::install_crds;
+use tether_e2e::http::metric_value;
+use tether_e2e::hub::{Forge, Hub};
+use tether_e2e::operator::Operator;
+use tether_e2e::wait::wait_until_every;
 
 /// How long one push may take to be applied before the run is abandoned.
 const PUSH_DEADLINE: Duration = Duration::from_secs(30);
@@ -45,23 +49,18 @@ async fn main() -> Result<()> {
 
     let server = HttpsGitServer::start()?;
     let repo = server.create_repo("app")?;
-    repo.write("deploy/config.yaml", &config_map(ns.name(), "v0"))?;
-    repo.commit("v0")?;
+    commit_config_map(&repo, ns.name(), "settings", "v0")?;
     repo.push_to(&server.remote(&repo))?;
     let hub = Hub::start()?;
     let url = server.url("app");
     repo.install_post_receive_hook(&hub.post_receive_hook(Forge::Github, &[&url])?)?;
 
-    let ca: String = server
-        .ca_pem()
-        .lines()
-        .map(|l| format!("    {l}\n"))
-        .collect();
-    kubectl.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-auth\n  namespace: {ns}\nstringData:\n  username: {user}\n  password: {pw}\n  caFile: |\n{ca}---\napiVersion: tether.dev/v1alpha1\nkind: GitRepository\nmetadata:\n  name: app\n  namespace: {ns}\nspec:\n  url: {url}\n  path: deploy\n  interval: 1h\n  secretRef:\n    name: app-auth\n",
-        ns = ns.name(),
-        user = server.username(),
-        pw = server.password(),
+    kubectl.apply(&https_secret(ns.name(), "app-auth", &server))?;
+    kubectl.apply(&git_repository(
+        ns.name(),
+        "app",
+        &url,
+        "  path: deploy\n  interval: 1h\n  secretRef:\n    name: app-auth\n",
     ))?;
     let operator = Operator::start(
         ns.kubeconfig(),
@@ -77,27 +76,21 @@ async fn main() -> Result<()> {
         Duration::from_secs(60),
     )?;
 
-    let applied = Instant::now() + Duration::from_secs(60);
-    while kubectl
+    kubectl
         .run(&[
-            "get",
-            "configmap",
-            "settings",
+            "wait",
+            "--for=create",
+            "--timeout=60s",
             "-n",
             ns.name(),
-            "-o",
-            "name",
+            "configmap/settings",
         ])
-        .is_err()
-    {
-        if Instant::now() > applied {
-            bail!(
-                "the first revision was never applied:\n{}",
+        .with_context(|| {
+            format!(
+                "the first revision was not applied:\n{}",
                 operator.log_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            )
+        })?;
 
     // Every value the ConfigMap takes, as the API server's watch delivers it, with its arrival time.
     let mut child = Command::new(plane.binaries().path("kubectl"))
@@ -133,8 +126,7 @@ async fn main() -> Result<()> {
     let mut reconciles = 0.0;
     for i in 1..=pushes {
         let greeting = format!("v{i}");
-        repo.write("deploy/config.yaml", &config_map(ns.name(), &greeting))?;
-        repo.commit(&greeting)?;
+        commit_config_map(&repo, ns.name(), "settings", &greeting)?;
         let before = Scrape::take(&operator, &hub)?;
         let pushing = Instant::now();
         repo.push_to(&server.remote(&repo))?;
@@ -149,20 +141,20 @@ async fn main() -> Result<()> {
         end_to_end.push(seen.saturating_duration_since(pushed));
         // The operator records push → applied after writing status, a moment after the watch saw
         // the ConfigMap: wait for that observation so that this push's figures are complete.
-        let deadline = Instant::now() + PUSH_DEADLINE;
-        let after = loop {
-            let now = Scrape::take(&operator, &hub)?;
-            if now.count(PUSH_TO_APPLIED) > before.count(PUSH_TO_APPLIED) {
-                break now;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "push {i}: the operator never recorded push → applied\n{}",
-                    operator.log_tail()
+        let after = wait_until_every(
+            &format!("push {i}: the operator recording push → applied"),
+            PUSH_DEADLINE,
+            Duration::from_millis(20),
+            || {
+                let now = Scrape::take(&operator, &hub)?;
+                ensure!(
+                    now.count(PUSH_TO_APPLIED) > before.count(PUSH_TO_APPLIED),
+                    "not yet"
                 );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+                Ok(now)
+            },
+        )
+        .with_context(|| operator.log_tail())?;
         reconciles += after.count(RECONCILES) - before.count(RECONCILES);
         stages[0].push(pushed - pushing);
         stages[1].push(last_hook_post(&hub)?);
@@ -250,11 +242,7 @@ struct Scrape(String);
 
 impl Scrape {
     fn take(operator: &Operator, hub: &Hub) -> Result<Self> {
-        let (status, text) = http_get(operator.admin_port(), "/metrics")?;
-        if status != 200 {
-            bail!("the operator's /metrics answered {status}");
-        }
-        Ok(Self(text + &hub.metrics()?))
+        Ok(Self(operator.metrics()? + &hub.metrics()?))
     }
 
     fn count(&self, metric: &str) -> f64 {
@@ -324,10 +312,4 @@ fn wait_for(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn config_map(ns: &str, greeting: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: {ns}\ndata:\n  greeting: {greeting}\n"
-    )
 }

@@ -6,16 +6,15 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
 
 use crate::process::{Lifetime, Process, free_port};
+use crate::tls::{TestCa, signing_key};
+use crate::tool;
+use crate::wait::{fatal, wait_until_every};
 
 /// How long the control plane may take to become ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(90);
@@ -32,7 +31,7 @@ impl Binaries {
         if let Some(dir) = std::env::var_os("TETHER_CONTROLPLANE_BIN") {
             return Self::at(PathBuf::from(dir));
         }
-        let script = crate::workspace_root().join("hack/controlplane-bin.sh");
+        let script = crate::workspace::root().join("hack/controlplane-bin.sh");
         let out = Command::new("bash")
             .arg(&script)
             .output()
@@ -171,41 +170,21 @@ impl ControlPlane {
 
     /// Polls `/readyz` and the `default` namespace with the real kubectl until both answer.
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            for p in &mut self.processes {
-                p.check_running()?;
+        let what = format!("the control plane in {}", self.dir.display());
+        let every = Duration::from_millis(200);
+        let kubectl = self.binaries.path("kubectl");
+        let kubeconfig = self.kubeconfig();
+        let processes = &mut self.processes;
+        wait_until_every(&what, READY_DEADLINE, every, || {
+            for p in processes.iter_mut() {
+                p.check_running().map_err(fatal)?;
             }
-            let last = match self.kubectl_output(&["get", "--raw", "/readyz"]) {
-                Ok(body) if body.trim() == "ok" => {
-                    match self.kubectl_output(&["get", "namespace", "default", "-o", "name"]) {
-                        Ok(_) => return Ok(()),
-                        Err(e) => e.to_string(),
-                    }
-                }
-                Ok(body) => body,
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() > deadline {
-                bail!(
-                    "the control plane in {} was not ready within {READY_DEADLINE:?}; last answer: {last}",
-                    self.dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn kubectl_output(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(self.binaries.path("kubectl"))
-            .env("KUBECONFIG", self.kubeconfig())
-            .args(["--request-timeout=5s"])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            let body = kubectl_output(&kubectl, &kubeconfig, &["get", "--raw", "/readyz"])?;
+            ensure!(body.trim() == "ok", "last answer: {body}");
+            let default = ["get", "namespace", "default", "-o", "name"];
+            kubectl_output(&kubectl, &kubeconfig, &default)
+        })?;
+        Ok(())
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -222,6 +201,11 @@ impl ControlPlane {
 
     pub fn api_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    /// The API server's port on 127.0.0.1.
+    pub fn api_port(&self) -> u16 {
+        self.api_port
     }
 
     /// Pids by process name, in start order.
@@ -260,6 +244,15 @@ impl Drop for ControlPlane {
     }
 }
 
+/// `kubectl --request-timeout=5s <args>` with `kubeconfig`: its stdout.
+fn kubectl_output(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new(kubectl);
+    cmd.env("KUBECONFIG", kubeconfig)
+        .arg("--request-timeout=5s")
+        .args(args);
+    tool::run_command(&mut cmd, None)
+}
+
 /// A kube client from a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
@@ -279,57 +272,33 @@ struct Pki {
 
 impl Pki {
     fn write(dir: &Path) -> Result<Self> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name = dn("tether-local-ca", None);
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let server_key = KeyPair::generate()?;
-        let mut server = CertificateParams::new(vec![
-            "localhost".to_string(),
-            "kubernetes".to_string(),
-            "kubernetes.default".to_string(),
-            "kubernetes.default.svc".to_string(),
-        ])?;
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([10, 96, 0, 1].into()));
-        server.distinguished_name = dn("kube-apiserver", None);
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_cert = server.signed_by(&server_key, &issuer)?;
-
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin.distinguished_name = dn("tether-admin", Some("system:masters"));
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
-
-        let sa_key = KeyPair::generate()?;
-
+        let ca = TestCa::new("tether-local-ca")?;
+        let server = ca.server(
+            "kube-apiserver",
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ],
+            &[[127, 0, 0, 1].into(), [10, 96, 0, 1].into()],
+        )?;
+        let admin = ca.client("tether-admin", Some("system:masters"))?;
+        let (sa_key, sa_pub) = signing_key()?;
         let files = [
-            ("ca.crt", ca_cert.pem()),
-            ("apiserver.crt", server_cert.pem()),
-            ("apiserver.key", server_key.serialize_pem()),
-            ("sa.key", sa_key.serialize_pem()),
-            ("sa.pub", sa_key.public_key_pem()),
+            ("ca.crt", ca.cert_pem()),
+            ("apiserver.crt", server.cert_pem.as_str()),
+            ("apiserver.key", server.key_pem.as_str()),
+            ("sa.key", sa_key.as_str()),
+            ("sa.pub", sa_pub.as_str()),
         ];
         for (name, pem) in files {
             std::fs::write(dir.join(name), pem)?;
         }
         Ok(Self {
-            ca_pem: ca_cert.pem(),
-            admin_cert_pem: admin_cert.pem(),
-            admin_key_pem: admin_key.serialize_pem(),
+            ca_pem: ca.cert_pem().to_string(),
+            admin_cert_pem: admin.cert_pem,
+            admin_key_pem: admin.key_pem,
         })
     }
 
@@ -345,13 +314,4 @@ impl Pki {
         );
         out
     }
-}
-
-fn dn(common_name: &str, organization: Option<&str>) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    if let Some(org) = organization {
-        dn.push(DnType::OrganizationName, org);
-    }
-    dn
 }

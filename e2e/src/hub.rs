@@ -4,16 +4,18 @@
 //! signed forge webhooks with `openssl` and `curl`.
 
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use tempfile::TempDir;
 
-use crate::git_server::run_tool;
+use crate::fixtures::unguessable;
+use crate::http::{self, http_get};
 use crate::process::{Lifetime, Process, free_port, signal, tail};
+use crate::tool;
+use crate::wait::{fatal, wait_until};
+use crate::workspace::binary;
 
 /// How long the hub may take to answer `/healthz` after it is started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -59,7 +61,7 @@ impl AgentSpec {
     pub fn new(name: &str, repos: &[&str]) -> Self {
         Self {
             name: name.to_string(),
-            token: generated(&format!("token-{name}")),
+            token: unguessable(&format!("token-{name}")),
             repos: repos.iter().map(|r| r.to_string()).collect(),
         }
     }
@@ -111,8 +113,7 @@ impl Hub {
         );
         for agent in &options.agents {
             std::fs::write(token_path(d, &agent.name), format!("{}\n", agent.token))?;
-            let hash = run_tool("sha256sum", &[], Some(&agent.token))?;
-            let hash = hash.split_whitespace().next().unwrap_or_default();
+            let hash = sha256_hex(&agent.token)?;
             let _ = writeln!(
                 config,
                 "  - name: {}\n    token_sha256: \"{hash}\"\n    repos: {:?}",
@@ -122,7 +123,7 @@ impl Hub {
         config.push_str("webhooks:\n");
         for forge in Forge::ALL {
             let secret = secret_path(d, forge);
-            std::fs::write(&secret, generated(&format!("secret-{}", forge.name())))?;
+            std::fs::write(&secret, unguessable(&format!("secret-{}", forge.name())))?;
             let _ = writeln!(
                 config,
                 "  - provider: {}\n    repos: [\"**\"]\n    secret: {{ file: {} }}",
@@ -152,7 +153,7 @@ impl Hub {
         let _ = std::fs::write(self.dir.path().join("hub.previous.log"), previous);
         let process = Process::spawn_with_env(
             "tether-hub",
-            &crate::operator::binary("tether-hub")?,
+            &binary("tether-hub")?,
             &[
                 "--config".to_string(),
                 self.dir.path().join("hub.yaml").display().to_string(),
@@ -170,24 +171,19 @@ impl Hub {
 
     /// Waits until `/healthz` answers `ok`, failing early if the process exits.
     pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match self.process.as_mut() {
-                Some(p) => p.check_running()?,
-                None => bail!("the hub is stopped"),
+        let port = self.port;
+        let process = &mut self.process;
+        wait_until("the hub answering /healthz", timeout, || {
+            match process.as_mut() {
+                Some(p) => p.check_running().map_err(fatal)?,
+                None => return Err(fatal(anyhow!("the hub is stopped"))),
             }
-            match http_get(self.port, "/healthz") {
-                Ok((200, body)) if body.trim() == "ok" => return Ok(()),
-                Ok((status, body)) => last = format!("{status} {body}"),
-                Err(e) => last = e.to_string(),
+            match http_get(port, "/healthz")? {
+                (200, body) if body.trim() == "ok" => Ok(()),
+                (status, body) => bail!("last answer: {status} {body}"),
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "the hub did not answer /healthz within {timeout:?} (last: {last}); log:\n{}",
-            self.log_tail()
-        )
+        })
+        .with_context(|| format!("log:\n{}", self.log_tail()))
     }
 
     /// Stops the hub (SIGTERM, then SIGKILL after a grace period); its data dir stays.
@@ -249,7 +245,7 @@ impl Hub {
     /// A token file with a token the hub does not know.
     pub fn wrong_token_file(&self) -> Result<PathBuf> {
         let path = self.dir.path().join("wrong.token");
-        std::fs::write(&path, generated("not-a-known-token"))?;
+        std::fs::write(&path, unguessable("not-a-known-token"))?;
         Ok(path)
     }
 
@@ -261,10 +257,7 @@ impl Hub {
 
     /// The hub's `/metrics` text.
     pub fn metrics(&self) -> Result<String> {
-        match http_get(self.port, "/metrics")? {
-            (200, body) => Ok(body),
-            (status, body) => bail!("hub /metrics answered {status}: {body}"),
-        }
+        http::metrics(self.port).context("the hub's metrics")
     }
 
     /// A `post-receive` hook that sends, for every ref pushed, a push webhook in `forge`'s format,
@@ -355,7 +348,7 @@ exit 0
         args.push(format!("@{}", file.path().display()));
         args.push(self.webhook_url(provider));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let code = run_tool("curl", &refs, None)?;
+        let code = tool::run("curl", &refs, None)?;
         code.trim()
             .parse()
             .with_context(|| format!("curl printed {code:?} as the status"))
@@ -368,24 +361,17 @@ exit 0
 
     /// Waits until at least `count` lines of the current log contain every one of `parts`.
     pub fn wait_for_log(&self, parts: &[&str], count: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("the hub logging {count} line(s) with {parts:?}");
+        wait_until(&what, timeout, || {
             let seen = self
                 .log()
                 .lines()
                 .filter(|line| parts.iter().all(|p| line.contains(p)))
                 .count();
-            if seen >= count {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the hub logged {seen} line(s) with {parts:?} within {timeout:?}, want {count}; log:\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            ensure!(seen >= count, "logged {seen}");
+            Ok(())
+        })
+        .with_context(|| format!("log:\n{}", self.log_tail()))
     }
 
     fn log_path(&self) -> PathBuf {
@@ -432,85 +418,19 @@ fn secret_path(dir: &Path, forge: Forge) -> PathBuf {
     dir.join(format!("{}.secret", forge.name()))
 }
 
-/// A value unlikely to repeat between runs or be guessed by a test that means to be wrong.
-fn generated(prefix: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!(
-        "{prefix}-{:x}-{:x}{:x}",
-        std::process::id(),
-        now.as_secs(),
-        now.subsec_nanos()
-    )
-}
-
 /// The HMAC-SHA256 of `body` under `secret` as hex, computed by `openssl` as a forge's sender would.
 pub fn hmac_sha256_hex(secret: &str, body: &str) -> Result<String> {
-    let out = run_tool("openssl", &["dgst", "-sha256", "-hmac", secret], Some(body))?;
+    let out = tool::run("openssl", &["dgst", "-sha256", "-hmac", secret], Some(body))?;
     Ok(out.rsplit(' ').next().unwrap_or_default().to_string())
 }
 
-/// `GET http://127.0.0.1:PORT<path>` over a plain socket, with a 5 s bound: the status and the body.
-pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let limit = Duration::from_secs(5);
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), limit)
-        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-    stream.set_read_timeout(Some(limit))?;
-    stream.set_write_timeout(Some(limit))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
+/// The SHA-256 of `text` as hex, by `sha256sum` (how the config names a token, and the generic
+/// webhook a delivery without an id).
+pub fn sha256_hex(text: &str) -> Result<String> {
+    let out = tool::run("sha256sum", &[], Some(text))?;
+    Ok(out
         .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no HTTP status in {head:?}"))?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// The value of the first sample whose metric name ends with `suffix` (prefixes differ between
-/// registries), summed over its label sets.
-pub fn metric_value(text: &str, suffix: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let bare = name.split('{').next().unwrap_or(name);
-        if bare.ends_with(suffix)
-            && let Ok(v) = value.parse::<f64>()
-        {
-            found = Some(found.unwrap_or(0.0) + v);
-        }
-    }
-    found
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }

@@ -1,5 +1,7 @@
-//! Tether's end-to-end harness: real parts, started by the tests themselves.
+//! Tether's end-to-end harness: real parts, started by the tests themselves, and the one place the
+//! tests, the benches and the demo take their helpers from.
 //!
+//! The parts:
 //! - [`controlplane`]: etcd, kube-apiserver and kube-controller-manager on loopback ports, with fresh
 //!   certificates and an admin kubeconfig, like controller-runtime's envtest.
 //! - [`cluster`]: the one control plane a test binary shares, and a fresh namespace per test.
@@ -7,24 +9,37 @@
 //!   and [`git_server::Upstream`], a repository the tests commit to and push with the real `git` CLI.
 //! - [`hub`]: the real `tether-hub` with a generated config, stopped, restarted and frozen at will, and
 //!   `post-receive` hooks that send it signed GitHub, GitLab and Gitea push webhooks.
-//! - [`kubectl`]: the real `kubectl`, pointed at that control plane.
-//! - [`netns`]: a network namespace that lets nothing in, with relays out to the host's services.
-//! - [`operator`]: the real `tether-operator` as a process, and kubectl helpers around `GitRepository`.
-//! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
+//! - [`operator`]: the real `tether-operator` as a process: killed, restarted, its log and metrics read.
 //! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
+//! - [`netns`]: a network namespace that lets nothing in, with relays out to the host's services.
+//!
+//! Working with them:
+//! - [`kubectl`]: the real `kubectl`, pointed at a control plane; polling it for an expected output.
+//! - [`gitrepo`]: a `GitRepository` through kubectl: the CRD installed, waits on its conditions and
+//!   revisions, its status read, its spec patched, a reconcile requested.
+//! - [`fixtures`]: what the tests apply and commit: Namespaces, ConfigMaps, CRDs, a small app,
+//!   `GitRepository` objects and their Secrets, unguessable values.
+//! - [`wait`]: waiting with a deadline on a probe, for the harness and the tests alike; never a bare sleep.
+//! - [`http`]: plain GETs to the processes' loopback endpoints, and samples read from `/metrics`.
+//! - [`tls`]: test certificates: a CA of its own per server or control plane, and what it signs.
+//! - [`tool`]: one-shot runs of command-line tools (git, kubectl, helm, openssl, curl), stdin fed,
+//!   a failure told with the command line and its output.
+//! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
+//! - [`workspace`]: where the workspace is, and the binaries built from it.
 
 pub mod cluster;
 pub mod controlplane;
+pub mod fixtures;
 pub mod git_server;
+pub mod gitrepo;
+pub mod http;
 pub mod hub;
 pub mod kubectl;
 pub mod netns;
 pub mod operator;
 pub mod process;
 pub mod proxy;
-
-/// The workspace root (the folder of the top `Cargo.toml`).
-pub fn workspace_root() -> std::path::PathBuf {
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
+pub mod tls;
+pub mod tool;
+pub mod wait;
+pub mod workspace;

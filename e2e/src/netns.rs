@@ -8,12 +8,15 @@
 //! listening there and dialling `127.0.0.1:PORT`. So the same URLs and kubeconfig work inside and out,
 //! and every connection is opened from the inside. Dropping the value removes everything it made.
 
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::process::{Lifetime, Process};
+use crate::wait::wait_until;
 
 /// A network namespace with its veth pair, firewall and relays.
 #[derive(Debug)]
@@ -150,21 +153,16 @@ impl IsolatedNetns {
         // Ready once both listeners accept: the host side from the host, the inner one from inside.
         let host_side: std::net::SocketAddr = format!("{}:{port}", self.host_addr).parse()?;
         let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let host_ok = std::net::TcpStream::connect_timeout(
-                &host_side,
-                std::time::Duration::from_millis(500),
-            )
-            .is_ok();
-            if host_ok && self.run_inside("bash", &["-c", &probe])? {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("the relay for port {port} did not start within 10 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let what = format!("the relay for port {port}");
+        wait_until(&what, Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&host_side, Duration::from_millis(500))
+                .with_context(|| format!("connecting to {host_side} from the host"))?;
+            ensure!(
+                self.run_inside("bash", &["-c", &probe])?,
+                "127.0.0.1:{port} refuses inside the namespace"
+            );
+            Ok(())
+        })
     }
 
     /// Whether a TCP connection from the host to `inner_addr:port` is accepted within 2 s.
@@ -173,7 +171,7 @@ impl IsolatedNetns {
             Ok(a) => a,
             Err(_) => return false,
         };
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok()
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
     }
 
     /// Runs a command inside the namespace and returns whether it succeeded.
@@ -190,7 +188,7 @@ impl IsolatedNetns {
 impl Drop for IsolatedNetns {
     fn drop(&mut self) {
         for relay in &mut self.relays {
-            relay.stop(std::time::Duration::from_secs(2));
+            relay.stop(Duration::from_secs(2));
         }
         let _ = ip(&["netns", "del", &self.name]);
         let _ = ip(&["link", "del", &self.host_if]);

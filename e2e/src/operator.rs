@@ -1,59 +1,15 @@
-//! The real `tether-operator` binary, run as a process against the local control plane, and what a
-//! test needs around it: the CRD installed, a `GitRepository` applied with kubectl, its status read.
+//! The real `tether-operator` binary, run as a process against the local control plane: started with a
+//! cache and an admin port of its own, killed and restarted, its log and its metrics read; stopped when
+//! dropped.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-use crate::kubectl::Kubectl;
+use crate::http;
 use crate::process::{Lifetime, Process, free_port, tail};
-
-/// Where the workspace's binaries are: `TETHER_BIN_DIR`, else the cargo target folder's `debug/`.
-/// `make e2e` builds them first.
-pub fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TETHER_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"));
-    target.join("debug")
-}
-
-/// A path to one of the workspace's binaries, checked to exist.
-pub fn binary(name: &str) -> Result<PathBuf> {
-    let path = bin_dir().join(name);
-    if !path.is_file() {
-        bail!(
-            "{} is missing: build it first (cargo build -p {name}), or set TETHER_BIN_DIR",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// Applies `crds/` to the shared control plane once per test binary and waits until established.
-pub fn install_crds(kubectl: &Kubectl) -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        let crds = crate::workspace_root().join("crds");
-        result = kubectl
-            .run(&["apply", "--server-side", "-f", &crds.display().to_string()])
-            .and_then(|_| {
-                kubectl.run(&[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=30s",
-                    "crd/gitrepositories.tether.dev",
-                ])
-            })
-            .map(|_| ());
-    });
-    result
-}
+use crate::workspace::binary;
 
 /// A running operator watching one namespace.
 #[derive(Debug)]
@@ -166,6 +122,11 @@ impl Operator {
         format!("http://127.0.0.1:{}", self.admin_port)
     }
 
+    /// The operator's `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        http::metrics(self.admin_port).context("the operator's metrics")
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         self.process.stop(Duration::ZERO);
@@ -189,6 +150,13 @@ impl Operator {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // As the servers do: a test that drops its operator has it gone, not still reconciling.
+        self.process.stop(Duration::from_secs(5));
     }
 }
 
@@ -226,90 +194,4 @@ fn spawn(
         .collect::<Vec<_>>(),
     )
     .context("starting tether-operator")
-}
-
-/// `kubectl wait --for=condition=Ready gitrepo/<name>`, with the operator's log on failure.
-pub fn wait_ready(
-    kubectl: &Kubectl,
-    namespace: &str,
-    name: &str,
-    timeout: &str,
-    operator: &Operator,
-) -> Result<()> {
-    wait_condition(
-        kubectl,
-        namespace,
-        name,
-        "condition=Ready",
-        timeout,
-        operator,
-    )
-}
-
-/// `kubectl wait --for=<what> gitrepo/<name>`, with the status and the operator's log on failure.
-pub fn wait_condition(
-    kubectl: &Kubectl,
-    namespace: &str,
-    name: &str,
-    what: &str,
-    timeout: &str,
-    operator: &Operator,
-) -> Result<()> {
-    let waited = kubectl.run(&[
-        "wait",
-        "-n",
-        namespace,
-        &format!("--for={what}"),
-        &format!("--timeout={timeout}"),
-        &format!("gitrepository/{name}"),
-    ]);
-    if let Err(e) = waited {
-        let status = kubectl
-            .run(&[
-                "get",
-                "-n",
-                namespace,
-                "gitrepository",
-                name,
-                "-o",
-                "jsonpath={.status}",
-            ])
-            .unwrap_or_default();
-        bail!(
-            "{e}\nstatus: {status}\noperator log:\n{}",
-            operator.log_tail()
-        );
-    }
-    Ok(())
-}
-
-/// A field of a `GitRepository` by JSONPath, e.g. `{.status.lastAppliedRevision}`.
-pub fn get_field(kubectl: &Kubectl, namespace: &str, name: &str, path: &str) -> Result<String> {
-    kubectl.run(&[
-        "get",
-        "-n",
-        namespace,
-        "gitrepository",
-        name,
-        "-o",
-        &format!("jsonpath={path}"),
-    ])
-}
-
-/// Polls `kubectl <args>` until it prints `want` (trimmed), within 60 s; fails with the last output and
-/// the operator's log.
-pub fn wait_for_output(
-    kubectl: &Kubectl,
-    args: &[&str],
-    want: &str,
-    operator: &Operator,
-) -> Result<()> {
-    let what = format!("kubectl {} prints {want:?}", args.join(" "));
-    let every = Duration::from_millis(250);
-    crate::git_server::wait_until_every(&what, Duration::from_secs(60), every, || {
-        let out = kubectl.run(args)?;
-        anyhow::ensure!(out.trim() == want, "last printed {out:?}");
-        Ok(())
-    })
-    .with_context(|| format!("operator log:\n{}", operator.log_tail()))
 }

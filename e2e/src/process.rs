@@ -8,9 +8,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::wait::wait_until;
 
 /// How long a started process may live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,15 +108,14 @@ impl Process {
             return;
         }
         signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let child = &mut self.child;
+        let exited = wait_until(&format!("{} to exit", self.name), grace, || {
+            child.try_wait()?.context("still running")
+        });
+        if exited.is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 
     /// Forgets the child without stopping it (detached processes are stopped by pid later).
@@ -149,22 +150,20 @@ pub fn stop_pid(pid: u32, grace: Duration) -> Result<()> {
     if !alive(pid) {
         return Ok(());
     }
+    let gone = || {
+        ensure!(!alive(pid), "still running");
+        Ok(())
+    };
     signal(pid, "TERM");
-    let deadline = Instant::now() + grace;
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    if wait_until(&format!("process {pid} to end on SIGTERM"), grace, gone).is_ok() {
+        return Ok(());
     }
-    if alive(pid) {
-        signal(pid, "KILL");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    if alive(pid) {
-        bail!("process {pid} did not end after SIGKILL");
-    }
-    Ok(())
+    signal(pid, "KILL");
+    wait_until(
+        &format!("process {pid} to end on SIGKILL"),
+        Duration::from_secs(5),
+        gone,
+    )
 }
 
 /// The last `lines` lines of a log file, for error messages.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tempfile::TempDir;
 
-use crate::git_server::wait_until;
 use crate::process::{Lifetime, Process, free_port, tail};
+use crate::wait::{fatal, wait_until};
 
 /// A running `tinyproxy`, stopped on drop.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ impl HttpProxy {
             &format!("tinyproxy on 127.0.0.1:{port}"),
             Duration::from_secs(20),
             || {
-                process.check_running()?;
+                process.check_running().map_err(fatal)?;
                 TcpStream::connect(("127.0.0.1", port))
                     .with_context(|| format!("connecting to 127.0.0.1:{port}"))
             },

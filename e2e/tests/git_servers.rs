@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use tether_e2e::git_server::{
-    GitRemote, HttpsGitServer, HttpsOptions, SshGitServer, Upstream, wait_until,
-};
+use tether_e2e::git_server::{GitRemote, HttpsGitServer, HttpsOptions, SshGitServer, Upstream};
+use tether_e2e::wait::wait_until;
 
 /// A repository with one commit on `main`, a lightweight tag and an annotated tag, pushed to its bare repo.
 fn seeded(upstream: &Upstream) -> Result<String> {

@@ -7,13 +7,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, PostParams};
 use tether_e2e::cluster::shared;
 use tether_e2e::git_server::Upstream;
+use tether_e2e::gitrepo::install_crds;
 use tether_e2e::kubectl::Kubectl;
-use tether_e2e::operator::{Operator, install_crds};
+use tether_e2e::operator::Operator;
+use tether_e2e::wait::wait_until_async;
 use tether_operator::crd::GitRepository;
 
 /// Repositories the GitRepository objects are spread over (each object has its own folder).
@@ -80,20 +82,19 @@ async fn run(n: usize, kubeconfig: &std::path::Path, kubectl: &Kubectl) -> Resul
         api.create(&PostParams::default(), &obj).await?;
     }
     let created = began.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let ready = count_ready(&api).await?;
-        if ready == n {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "only {ready}/{n} Ready after 10 minutes\n{}",
-                operator.log_tail()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let listed = &api;
+    wait_until_async(
+        &format!("all {n} GitRepository objects Ready"),
+        Duration::from_secs(600),
+        Duration::from_millis(200),
+        || async move {
+            let ready = count_ready(listed).await?;
+            ensure!(ready == n, "{ready}/{n} Ready");
+            Ok(())
+        },
+    )
+    .await
+    .with_context(|| operator.log_tail())?;
     let cold = began.elapsed();
     let peak = proc_status(operator.pid(), "VmHWM:")?;
     println!(
@@ -104,12 +105,12 @@ async fn run(n: usize, kubeconfig: &std::path::Path, kubectl: &Kubectl) -> Resul
     );
 
     // Idle: nothing changes for a few intervals.
-    let before = metrics(&operator).await?;
+    let before = metrics(&operator)?;
     let cpu_before = cpu_seconds(operator.pid())?;
     let idle_began = Instant::now();
     tokio::time::sleep(IDLE_FOR).await;
     let cpu = cpu_seconds(operator.pid())? - cpu_before;
-    let after = metrics(&operator).await?;
+    let after = metrics(&operator)?;
     let rss = proc_status(operator.pid(), "VmRSS:")?;
     let delta = |name: &str| {
         after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0)
@@ -201,13 +202,9 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 /// The operator's metrics as `name{labels}` → value.
-async fn metrics(operator: &Operator) -> Result<BTreeMap<String, f64>> {
-    let url = format!("{}/metrics", operator.admin_url());
-    let out = std::process::Command::new("curl")
-        .args(["-sf", &url])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
+fn metrics(operator: &Operator) -> Result<BTreeMap<String, f64>> {
+    Ok(operator
+        .metrics()?
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

@@ -11,10 +11,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tether_e2e::controlplane::{Binaries, ControlPlane};
+use tether_e2e::fixtures::{git_repository, https_secret};
 use tether_e2e::git_server::HttpsGitServer;
+use tether_e2e::gitrepo::{install_crds, wait_ready};
 use tether_e2e::hub::{Forge, Hub};
 use tether_e2e::kubectl::Kubectl;
-use tether_e2e::operator::{Operator, install_crds, wait_ready};
+use tether_e2e::operator::Operator;
 use tether_e2e::process::Lifetime;
 
 #[derive(Debug, Parser)]
@@ -98,16 +100,12 @@ fn demo(state_dir: &Path) -> Result<()> {
         )
     })?;
     step("applying a GitRepository and waiting for Ready", || {
-        let secret = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: demo-git\n  namespace: default\nstringData:\n  username: {}\n  password: {}\n  caFile: |\n{}",
-            git.username(),
-            git.password(),
-            indent(git.ca_pem(), 4)
-        );
-        kubectl.apply(&secret)?;
-        kubectl.apply(&format!(
-            "apiVersion: tether.dev/v1alpha1\nkind: GitRepository\nmetadata:\n  name: demo\n  namespace: default\nspec:\n  url: {}\n  path: deploy\n  interval: 1h\n  secretRef:\n    name: demo-git\n",
-            git.url("demo-app")
+        kubectl.apply(&https_secret("default", "demo-git", &git))?;
+        kubectl.apply(&git_repository(
+            "default",
+            "demo",
+            &git.url("demo-app"),
+            "  path: deploy\n  interval: 1h\n  secretRef:\n    name: demo-git\n",
         ))?;
         wait_ready(&kubectl, "default", "demo", "120s", &operator)
     })?;
@@ -172,11 +170,6 @@ fn wait_for_stop() -> Result<()> {
         }
     })?;
     Ok(())
-}
-
-fn indent(text: &str, by: usize) -> String {
-    let pad = " ".repeat(by);
-    text.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
 
 const SAMPLE_NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tether-demo\n";

@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
 use tempfile::TempDir;
 
-use super::{GitRemote, Upstream, init_bare, run_tool, wait_ready};
+use super::{GitRemote, Upstream, init_bare, wait_ready};
+use crate::fixtures::unguessable;
 use crate::process::{Lifetime, Process, free_port, tail};
+use crate::tls::TestCa;
+use crate::tool;
 
 const HTTP_BACKEND: &str = "/usr/lib/git-core/git-http-backend";
 const PROBE_REPO: &str = "tether-ready";
@@ -33,19 +32,10 @@ impl Default for HttpsOptions {
     fn default() -> Self {
         Self {
             username: "tether".to_string(),
-            password: generated_password(),
+            password: unguessable("pw"),
             plain_http: false,
         }
     }
-}
-
-/// A password unlikely to be guessed by a test that means to be wrong.
-fn generated_password() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("pw-{:x}-{nanos:x}", std::process::id())
 }
 
 /// nginx (TLS, basic auth) in front of `git http-backend` run by fcgiwrap, serving every bare repository
@@ -77,7 +67,7 @@ impl HttpsGitServer {
             std::fs::create_dir_all(d.join(sub))?;
         }
         let ca_pem = write_certificates(d)?;
-        let hash = run_tool(
+        let hash = tool::run(
             "openssl",
             &["passwd", "-apr1", "-stdin"],
             Some(&format!("{}\n", options.password)),
@@ -266,37 +256,12 @@ fn with_basic_auth(remote: GitRemote, username: &str, password: &str) -> GitRemo
 
 /// Writes `ca.crt`, `server.crt` and `server.key` (for 127.0.0.1 and localhost); returns the CA's PEM.
 fn write_certificates(dir: &Path) -> Result<String> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name = common_name("tether-test-git-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-
-    let key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(vec!["localhost".to_string()])?;
-    server
-        .subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    server.distinguished_name = common_name("tether-test-git");
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = server.signed_by(&key, &issuer)?;
-
-    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
-    std::fs::write(dir.join("server.crt"), cert.pem())?;
-    std::fs::write(dir.join("server.key"), key.serialize_pem())?;
-    Ok(ca_cert.pem())
-}
-
-fn common_name(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    dn
+    let ca = TestCa::new("tether-test-git-ca")?;
+    let server = ca.server("tether-test-git", &["localhost"], &[[127, 0, 0, 1].into()])?;
+    std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
+    std::fs::write(dir.join("server.crt"), &server.cert_pem)?;
+    std::fs::write(dir.join("server.key"), &server.key_pem)?;
+    Ok(ca.cert_pem().to_string())
 }
 
 /// One nginx process (`master_process off`, so the kernel's parent-death signal reaches all of it) that

@@ -17,10 +17,13 @@ mod upstream;
 use std::ffi::OsStr;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+
+use crate::tool;
+use crate::wait::{fatal, wait_until};
 
 pub use https::{HttpsGitServer, HttpsOptions};
 pub use ssh::SshGitServer;
@@ -95,7 +98,7 @@ impl GitRemote {
 }
 
 /// A `git` command with the tests' fixed environment; `extra` is applied last.
-pub(crate) fn git_command(dir: Option<&Path>, extra: &[(String, String)]) -> Command {
+fn git_command(dir: Option<&Path>, extra: &[(String, String)]) -> Command {
     let mut cmd = Command::new("git");
     if let Some(dir) = dir {
         cmd.current_dir(dir);
@@ -122,8 +125,7 @@ pub(crate) fn git_command(dir: Option<&Path>, extra: &[(String, String)]) -> Com
         .env("GIT_AUTHOR_EMAIL", AUTHOR_EMAIL)
         .env("GIT_COMMITTER_NAME", AUTHOR_NAME)
         .env("GIT_COMMITTER_EMAIL", AUTHOR_EMAIL)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null());
+        .env("LC_ALL", "C");
     for (key, value) in extra {
         cmd.env(key, value);
     }
@@ -138,73 +140,7 @@ pub(crate) fn run_git<S: AsRef<OsStr>>(
 ) -> Result<String> {
     let mut cmd = git_command(dir, extra);
     cmd.args(args);
-    let out = cmd.output().context("running git (is it installed?)")?;
-    check(&cmd, out)
-}
-
-/// Runs any prepared command; fails with its stderr when it exits non-zero.
-pub(crate) fn check(cmd: &Command, out: Output) -> Result<String> {
-    if !out.status.success() {
-        let args: Vec<String> = cmd
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        bail!(
-            "`{} {}` failed ({}):\n{}{}",
-            cmd.get_program().to_string_lossy(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout),
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Runs a non-git tool (`ssh-keygen`, `openssl`) and returns its trimmed stdout.
-pub(crate) fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    use std::io::Write as _;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {program} (is it installed?)"))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    check(&cmd, out)
-}
-
-/// Polls `probe` every 50 ms until it succeeds or `timeout` passes; returns the last error on timeout.
-pub fn wait_until<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<T>) -> Result<T> {
-    wait_until_every(what, timeout, Duration::from_millis(50), probe)
-}
-
-/// [`wait_until`] with a pause of `every` between attempts, for probes that cost a process (kubectl).
-pub fn wait_until_every<T>(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut probe: impl FnMut() -> Result<T>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe() {
-            Ok(value) => return Ok(value),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!("{what}: not done after {timeout:?}")));
-            }
-            Err(_) => std::thread::sleep(every),
-        }
-    }
+    Ok(tool::run_command(&mut cmd, None)?.trim().to_string())
 }
 
 /// Waits for a started server: its process must stay up, its port accept TCP, and `git ls-remote` on
@@ -218,7 +154,7 @@ pub(crate) fn wait_ready(
 ) -> Result<()> {
     let started = Instant::now();
     let result = wait_until(&format!("{name} on {addr}"), READY_TIMEOUT, || {
-        process.check_running()?;
+        process.check_running().map_err(fatal)?;
         TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         probe.ls_remote()
     });

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
-use super::{GitRemote, Upstream, init_bare, run_tool, wait_ready};
+use super::{GitRemote, Upstream, init_bare, wait_ready};
 use crate::process::{Lifetime, Process, free_port, tail};
+use crate::tool;
 
 const PROBE_REPO: &str = "tether-ready.git";
 
@@ -66,7 +67,7 @@ impl SshGitServer {
         std::fs::write(d.join("authorized_keys"), format!("{client_public_key}\n"))?;
         init_bare(&d.join(PROBE_REPO))?;
 
-        let user = run_tool("id", &["-un"], None)?;
+        let user = tool::run("id", &["-un"], None)?;
         std::fs::write(d.join("sshd_config"), sshd_config(d, ip, port, &user))?;
         let known_hosts = host_line(ip, port, &host_public_key)?;
         let wrong_known_hosts = host_line(ip, port, &other_host_public_key)?;
@@ -243,7 +244,7 @@ impl Drop for SshGitServer {
 /// Generates an ed25519 key pair at `path` and `path.pub`; returns the public key line.
 fn keygen(path: &Path, comment: &str) -> Result<String> {
     let p = path.to_str().context("key path is not UTF-8")?;
-    run_tool(
+    tool::run(
         "ssh-keygen",
         &["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", p],
         None,

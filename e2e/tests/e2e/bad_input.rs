@@ -3,10 +3,10 @@
 
 use anyhow::{Result, ensure};
 use tether_e2e::cluster::TestNamespace;
+use tether_e2e::fixtures::{config_map, git_repository, greeting};
 use tether_e2e::git_server::Upstream;
-use tether_e2e::operator::{Operator, install_crds, wait_ready};
-
-use crate::fixtures::{config_map, git_repository, greeting, names, wait_applied, wait_failed};
+use tether_e2e::gitrepo::{install_crds, ready_condition, wait_applied, wait_failed, wait_ready};
+use tether_e2e::operator::Operator;
 
 /// One kind of bad input: a file to add and what the Ready message must say about it.
 struct Case {
@@ -103,12 +103,12 @@ async fn bad_commits_fail_whole_and_the_next_good_commit_recovers() -> Result<()
             );
         }
         ensure!(
-            !names(kubectl, n, "configmap")?.contains(&extra),
+            !kubectl.names(n, "configmap")?.contains(&extra),
             "{}: {extra} was applied from a bad revision",
             case.what
         );
         ensure!(
-            names(kubectl, n, "deployment")?.is_empty(),
+            kubectl.names(n, "deployment")?.is_empty(),
             "{}: a Deployment was applied from a bad revision",
             case.what
         );
@@ -119,7 +119,7 @@ async fn bad_commits_fail_whole_and_the_next_good_commit_recovers() -> Result<()
             case.what
         );
         ensure!(
-            crate::fixtures::ready_condition(kubectl, n, "app")?.0 == "False",
+            ready_condition(kubectl, n, "app")?.0 == "False",
             "{}: Ready flipped back",
             case.what
         );

@@ -3,55 +3,34 @@
 //! `kubectl auth can-i --as`, and every YAML example in the docs parsed (and `GitRepository` examples
 //! dry-run applied), so that neither can drift from the code.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use tether_e2e::cluster::{TestNamespace, shared};
-use tether_e2e::operator::install_crds;
+use tether_e2e::fixtures::{config_map, crd, git_repository, greeting_args};
+use tether_e2e::git_server::Upstream;
+use tether_e2e::gitrepo::{install_crds, wait_for_output, wait_ready};
+use tether_e2e::kubectl::Kubectl;
+use tether_e2e::operator::Operator;
+use tether_e2e::tool;
+use tether_e2e::workspace::{self, binary};
 
 fn chart(name: &str) -> PathBuf {
-    tether_e2e::workspace_root().join("charts").join(name)
+    workspace::root().join("charts").join(name)
 }
 
-/// Runs a program with optional stdin; returns (success, stdout, stderr).
-fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
-    let mut child = Command::new(program)
-        .env("KUBECONFIG", shared().kubeconfig())
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
-/// `helm <args>`, failing with its output when it fails.
+/// `helm <args>` against the shared control plane, failing with its output when it fails.
 pub(crate) fn helm(args: &[&str]) -> Result<String> {
-    let (ok, out, err) = run(&shared().binaries().path("helm"), args, None)?;
-    ensure!(ok, "helm {} failed:\n{out}\n{err}", args.join(" "));
-    Ok(out)
+    let mut cmd = Command::new(shared().binaries().path("helm"));
+    cmd.env("KUBECONFIG", shared().kubeconfig()).args(args);
+    tool::run_command(&mut cmd, None)
 }
 
+/// `kubectl <args>` against the shared control plane, with `stdin` (for `apply -f -`).
 fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let (ok, out, err) = run(&shared().binaries().path("kubectl"), args, stdin)?;
-    ensure!(ok, "kubectl {} failed:\n{out}\n{err}", args.join(" "));
-    Ok(out)
+    Kubectl::for_plane(shared()).run_with_stdin(args, stdin)
 }
 
 /// `helm template` of a chart with a values file (YAML text), as release `release` in `namespace`.
@@ -107,11 +86,11 @@ fn can_i(who: &str, verb: &str, resource: &str, more: &[&str]) -> Result<bool> {
     let as_ = format!("--as={who}");
     let mut args = vec!["auth", "can-i", verb, resource, as_.as_str()];
     args.extend_from_slice(more);
-    let (_, out, err) = run(&shared().binaries().path("kubectl"), &args, None)?;
-    match out.trim() {
+    let answer = Kubectl::for_plane(shared()).output(&args)?;
+    match answer.stdout.trim() {
         "yes" => Ok(true),
         "no" => Ok(false),
-        other => bail!("kubectl {}: {other:?} {err}", args.join(" ")),
+        other => bail!("kubectl {}: {other:?} {}", args.join(" "), answer.stderr),
     }
 }
 
@@ -162,24 +141,13 @@ fn cluster_scoped(rendered: &str) -> Result<ClusterScoped> {
 /// accepting any spec: it proves the chart's ServiceMonitor is a well-formed object of that kind, not
 /// that its fields match Prometheus's schema.
 fn install_service_monitor_crd() -> Result<()> {
-    let crd = r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: servicemonitors.monitoring.coreos.com
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {plural: servicemonitors, singular: servicemonitor, kind: ServiceMonitor}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        x-kubernetes-preserve-unknown-fields: true
-"#;
-    kubectl(&["apply", "--server-side", "-f", "-"], Some(crd))?;
+    let definition = crd(
+        "monitoring.coreos.com",
+        "ServiceMonitor",
+        "servicemonitors",
+        "type: object\nx-kubernetes-preserve-unknown-fields: true\n",
+    );
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&definition))?;
     kubectl(
         &[
             "wait",
@@ -282,8 +250,7 @@ fn operator_chart_crd_is_the_one_in_crds() -> Result<()> {
         "CustomResourceDefinition",
         "gitrepositories.tether.dev",
     )?;
-    let committed =
-        std::fs::read_to_string(tether_e2e::workspace_root().join("crds/gitrepository.yaml"))?;
+    let committed = std::fs::read_to_string(workspace::root().join("crds/gitrepository.yaml"))?;
     let committed = documents(&committed)?;
     ensure!(
         committed.len() == 1 && &committed[0] == from_chart,
@@ -653,7 +620,7 @@ fn check_hub_config(config: &str) -> Result<()> {
     let file = dir.path().join("hub.yaml");
     std::fs::write(&file, config)?;
     let parsed: Value = serde_yaml_ng::from_str(config)?;
-    let mut command = Command::new(tether_e2e::operator::binary("tether-hub")?);
+    let mut command = Command::new(binary("tether-hub")?);
     for webhook in parsed["webhooks"].as_array().into_iter().flatten() {
         if let Some(name) = webhook["secret"]["env"].as_str() {
             command.env(name, "a-test-secret");
@@ -709,7 +676,7 @@ fn yaml_blocks(path: &Path) -> Result<Vec<YamlBlock>> {
 }
 
 pub(crate) fn doc_files() -> Result<Vec<PathBuf>> {
-    let root = tether_e2e::workspace_root();
+    let root = workspace::root();
     let mut files = vec![root.join("README.md")];
     for entry in std::fs::read_dir(root.join("docs"))? {
         let path = entry?.path();
@@ -822,49 +789,27 @@ async fn operator_with_only_the_charts_rights_syncs_a_repository() -> Result<()>
     );
 
     let ns = watched.name();
-    let repo = tether_e2e::git_server::Upstream::new("chart-sa")?;
-    repo.write(
-        "deploy/config.yaml",
-        &crate::fixtures::config_map(ns, "settings", "hello"),
-    )?;
-    repo.write(
-        "deploy/extra.yaml",
-        &crate::fixtures::config_map(ns, "extra", "x"),
-    )?;
+    let repo = Upstream::new("chart-sa")?;
+    repo.write("deploy/config.yaml", &config_map(ns, "settings", "hello"))?;
+    repo.write("deploy/extra.yaml", &config_map(ns, "extra", "x"))?;
     repo.commit("two ConfigMaps")?;
     repo.push()?;
-    let operator = tether_e2e::operator::Operator::start(&kubeconfig, ns, &[])?;
-    watched.kubectl().apply(&crate::fixtures::git_repository(
+    let operator = Operator::start(&kubeconfig, ns, &[])?;
+    watched.kubectl().apply(&git_repository(
         ns,
         "app",
         &repo.file_url(),
         "  path: deploy\n  interval: 2s\n",
     ))?;
-    tether_e2e::operator::wait_ready(watched.kubectl(), ns, "app", "60s", &operator)?;
+    wait_ready(watched.kubectl(), ns, "app", "60s", &operator)?;
 
-    repo.write(
-        "deploy/config.yaml",
-        &crate::fixtures::config_map(ns, "settings", "changed"),
-    )?;
+    repo.write("deploy/config.yaml", &config_map(ns, "settings", "changed"))?;
     repo.remove("deploy/extra.yaml")?;
     repo.commit("change one, drop the other")?;
     repo.push()?;
     let k = watched.kubectl();
-    tether_e2e::operator::wait_for_output(
-        k,
-        &[
-            "get",
-            "configmap",
-            "settings",
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.data.greeting}",
-        ],
-        "changed",
-        &operator,
-    )?;
-    tether_e2e::operator::wait_for_output(
+    wait_for_output(k, &greeting_args(ns, "settings"), "changed", &operator)?;
+    wait_for_output(
         k,
         &[
             "get",

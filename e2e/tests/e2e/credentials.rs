@@ -2,14 +2,15 @@
 //! known_hosts). The right ones work; wrong ones fail with a clear reason; the secret's values show
 //! up in no status, Event or log line.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use tether_e2e::cluster::TestNamespace;
+use tether_e2e::fixtures::{config_map, git_repository, namespace};
 use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
+use tether_e2e::gitrepo::{install_crds, ready_condition, wait_applied, wait_failed, wait_ready};
 use tether_e2e::kubectl::Kubectl;
-use tether_e2e::operator::{Operator, install_crds, wait_ready};
+use tether_e2e::operator::Operator;
 use tether_e2e::proxy::HttpProxy;
-
-use crate::fixtures::{config_map, git_repository, wait_applied, wait_failed};
+use tether_e2e::tool;
 
 /// `kubectl create secret generic <name>` with literal values.
 fn create_secret(kubectl: &Kubectl, ns: &str, name: &str, data: &[(&str, &str)]) -> Result<()> {
@@ -135,7 +136,7 @@ async fn https_with_basic_auth_and_a_private_ca_and_a_wrong_password() -> Result
     );
     // The right one is unaffected.
     ensure!(
-        crate::fixtures::ready_condition(kubectl, n, "right")?.0 == "True",
+        ready_condition(kubectl, n, "right")?.0 == "True",
         "the right credentials stopped working"
     );
     assert_nowhere(kubectl, n, &operator, &[server.password(), &wrong_password])?;
@@ -200,9 +201,7 @@ async fn ssh_with_a_key_and_known_hosts_and_a_wrong_host_key() -> Result<()> {
         &[("identity", &key), ("known_hosts", &hashed)],
     )?;
     let hashed_target = format!("{n}-hashed");
-    kubectl.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {hashed_target}\n"
-    ))?;
+    kubectl.apply(&namespace(&hashed_target))?;
     kubectl.apply(&git_repository(
         n,
         "hashed",
@@ -243,16 +242,8 @@ fn hashed_known_hosts(plain: &str) -> Result<String> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("known_hosts");
     std::fs::write(&file, format!("{plain}\n"))?;
-    let out = std::process::Command::new("ssh-keygen")
-        .arg("-H")
-        .arg("-f")
-        .arg(&file)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "ssh-keygen -H failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = file.to_str().context("a temporary path is not UTF-8")?;
+    tool::run("ssh-keygen", &["-H", "-f", path], None)?;
     Ok(std::fs::read_to_string(&file)?)
 }
 

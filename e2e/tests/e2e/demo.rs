@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use tether_e2e::git_server::wait_until;
-use tether_e2e::operator::binary;
+use tether_e2e::kubectl::Kubectl;
 use tether_e2e::process::{Lifetime, Process};
+use tether_e2e::wait::wait_until;
+use tether_e2e::workspace::binary;
 
 /// The value after `prefix` on the first printed line that starts with it (leading spaces ignored).
 fn printed(log: &str, prefix: &str) -> Option<String> {
@@ -65,24 +66,23 @@ fn the_demo_applies_a_push_at_once_and_stops_cleanly() -> Result<()> {
     git(&["commit", "-qam", "a new greeting"])?;
     git(&["push", "-q", "origin", "main"])?;
 
-    let kubectl = tether_e2e::cluster::shared().binaries().path("kubectl");
+    let kubectl = Kubectl::new(
+        tether_e2e::cluster::shared().binaries().path("kubectl"),
+        kubeconfig.into(),
+    );
     wait_until(
         "the new greeting in the cluster",
         Duration::from_secs(30),
         || {
-            let out = std::process::Command::new(&kubectl)
-                .env("KUBECONFIG", &kubeconfig)
-                .args([
-                    "get",
-                    "configmap",
-                    "greeting",
-                    "-n",
-                    "tether-demo",
-                    "-o",
-                    "jsonpath={.data.message}",
-                ])
-                .output()?;
-            let message = String::from_utf8_lossy(&out.stdout);
+            let message = kubectl.run(&[
+                "get",
+                "configmap",
+                "greeting",
+                "-n",
+                "tether-demo",
+                "-o",
+                "jsonpath={.data.message}",
+            ])?;
             ensure!(message == "hello again", "the greeting is {message:?}");
             Ok(())
         },

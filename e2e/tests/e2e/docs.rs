@@ -9,7 +9,7 @@
 //! says, so that a changed doc fails the test that runs it instead of running half-substituted.
 
 use std::fs::File;
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -17,10 +17,15 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use tether_e2e::cluster::{TestNamespace, shared};
-use tether_e2e::git_server::{Upstream, wait_until};
-use tether_e2e::hub::{Forge, Hub};
-use tether_e2e::operator::{Operator, binary, install_crds, wait_for_output, wait_ready};
+use tether_e2e::fixtures::config_map;
+use tether_e2e::git_server::Upstream;
+use tether_e2e::gitrepo::{field_args, install_crds, wait_for_output, wait_ready};
+use tether_e2e::hub::{Forge, Hub, sha256_hex};
+use tether_e2e::operator::Operator;
 use tether_e2e::process::alive;
+use tether_e2e::tool;
+use tether_e2e::wait::wait_until;
+use tether_e2e::workspace::{self, binary};
 
 /// What the tests do with one shell block of the docs.
 enum Use {
@@ -192,7 +197,7 @@ impl Block {
 
 /// The fenced blocks of `file` (relative to the repository root) whose language is one of `languages`.
 fn fenced_blocks(file: &str, languages: &[&str]) -> Result<Vec<Block>> {
-    let path = tether_e2e::workspace_root().join(file);
+    let path = workspace::root().join(file);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut blocks = Vec::new();
@@ -291,7 +296,7 @@ impl Shell {
         let mut command = Command::new("setpriv");
         command
             .args(["--pdeathsig", "KILL", "--", "sh", "-eu", "-c", &block.text])
-            .current_dir(tether_e2e::workspace_root())
+            .current_dir(workspace::root())
             .env_remove("KUBECONFIG")
             .env_remove("MAKEFLAGS")
             .env_remove("MFLAGS")
@@ -365,7 +370,7 @@ fn listed_ready(stdout: &str, namespace: &str, name: &str) -> bool {
 
 #[test]
 fn every_shell_block_in_the_docs_is_run_or_skipped_for_a_reason() -> Result<()> {
-    let root = tether_e2e::workspace_root();
+    let root = workspace::root();
     let this_file = include_str!("docs.rs");
     let mut problems = Vec::new();
     let mut claimed = vec![0usize; BLOCKS.len()];
@@ -813,10 +818,7 @@ async fn documented_app(prefix: &str) -> Result<DocumentedApp> {
     install_crds(ns.kubectl())?;
     let n = ns.name();
     let repo = Upstream::new("app")?;
-    repo.write(
-        "deploy/config.yaml",
-        &crate::fixtures::config_map(n, "settings", "hello"),
-    )?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "hello"))?;
     repo.commit("the app's settings")?;
     repo.push()?;
     let mut examples: Vec<Block> = fenced_blocks("docs/gitrepository.md", &["yaml"])?
@@ -940,7 +942,7 @@ async fn troubleshooting_doc_commands_show_the_status_and_request_a_reconcile() 
     ensure!(!requested.is_empty(), "the annotation was not set");
     wait_for_output(
         kubectl,
-        &crate::fixtures::field_args(n, "app", "jsonpath={.status.lastHandledReconcileAt}"),
+        &field_args(n, "app", "jsonpath={.status.lastHandledReconcileAt}"),
         &requested,
         &app.operator,
     )?;
@@ -1002,46 +1004,25 @@ fn hub_doc_generic_sender_is_accepted_by_a_real_hub() -> Result<()> {
     Ok(())
 }
 
-/// The SHA-256 of `text` as hex, by `sha256sum`.
-fn sha256_hex(text: &str) -> Result<String> {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting sha256sum")?;
-    child
-        .stdin
-        .take()
-        .context("sha256sum's stdin")?
-        .write_all(text.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "sha256sum failed");
-    let hex = String::from_utf8_lossy(&out.stdout);
-    Ok(hex
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string())
-}
-
 /// `git push <the bare repository> <refspec>` from `repo`'s work tree with `env`, which the bare
 /// repository's hooks inherit; returns git's stderr, where a hook's output shows as `remote: ...`.
 fn push_with_env(repo: &Upstream, refspec: &str, env: &[(&str, String)]) -> Result<String> {
-    let out = Command::new("git")
-        .current_dir(repo.work_path())
+    let mut push = Command::new("git");
+    push.current_dir(repo.work_path())
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("LC_ALL", "C")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("push")
         .arg(repo.bare_path())
-        .arg(refspec)
-        .stdin(Stdio::null())
-        .output()
-        .context("running git push")?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    ensure!(out.status.success(), "git push {refspec} failed:\n{stderr}");
-    Ok(stderr)
+        .arg(refspec);
+    let pushed = tool::output(&mut push, None)?;
+    ensure!(
+        pushed.status.success(),
+        "git push {refspec} failed:\n{}",
+        pushed.stderr
+    );
+    Ok(pushed.stderr)
 }
 
 /// docs/hub.md's `post-receive` hook, installed as it is shown in a real bare repository, with `HUB`,

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use tether_e2e::cluster::{TestNamespace, shared};
+use tether_e2e::fixtures::{config_map, namespace, widget_crd};
 use tether_e2e::kubectl::Kubectl;
 
 #[tokio::test]
@@ -13,9 +14,9 @@ async fn kubectl_writes_and_kube_rs_reads_back() -> Result<()> {
     let ns = TestNamespace::create("harness-cm").await?;
     let other = format!("{}-extra", ns.name());
     ns.kubectl().apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {other}\n---\n\
-         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: {ns}\ndata:\n  greeting: hello\n",
-        ns = ns.name()
+        "{}---\n{}",
+        namespace(&other),
+        config_map(ns.name(), "settings", "hello")
     ))?;
     let client = ns.client().await?;
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns.name())
@@ -42,7 +43,7 @@ async fn applied_crd_becomes_established_and_serves_objects() -> Result<()> {
     let ns = TestNamespace::create("harness-crd").await?;
     // A group unique to this run, so reruns against a kept cluster do not collide.
     let group = format!("h{}.e2e.tether.dev", std::process::id());
-    let crd = crate::fixtures::widget_crd(&group);
+    let crd = widget_crd(&group);
     ns.kubectl().apply(&crd)?;
     ns.kubectl().run(&[
         "wait",

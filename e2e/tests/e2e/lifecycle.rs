@@ -2,18 +2,21 @@
 //! operator killed mid-way and restarted converges with an intact inventory. And an operator that
 //! starts before its API server can be reached.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use tether_e2e::cluster::TestNamespace;
-use tether_e2e::git_server::{Upstream, wait_until};
-use tether_e2e::hub::http_get;
-use tether_e2e::operator::{
-    Operator, get_field, install_crds, wait_condition, wait_for_output, wait_ready,
+use tether_e2e::fixtures::{config_map, git_repository, greeting};
+use tether_e2e::git_server::Upstream;
+use tether_e2e::gitrepo::{
+    get_field, install_crds, patch_spec, request_reconcile, wait_applied, wait_condition,
+    wait_failed, wait_for_output, wait_ready,
 };
+use tether_e2e::http::http_get;
+use tether_e2e::kubectl::Kubectl;
+use tether_e2e::operator::Operator;
 use tether_e2e::process::{Lifetime, Process, alive, free_port, signal};
-
-use crate::fixtures::{config_map, git_repository, greeting, names, wait_applied, wait_failed};
+use tether_e2e::wait::{wait_until, wait_until_every};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()> {
@@ -35,18 +38,8 @@ async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()
     ))?;
     wait_ready(kubectl, n, "app", "90s", &operator)?;
 
-    let patch = |suspend: bool| {
-        kubectl.run(&[
-            "patch",
-            "gitrepo",
-            "app",
-            "-n",
-            n,
-            "--type=merge",
-            "-p",
-            &format!(r#"{{"spec":{{"suspend":{suspend}}}}}"#),
-        ])
-    };
+    let patch =
+        |suspend: bool| patch_spec(kubectl, n, "app", &format!(r#"{{"suspend":{suspend}}}"#));
     patch(true)?;
     wait_condition(
         kubectl,
@@ -71,15 +64,7 @@ async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()
     ensure!(held.is_err(), "a new commit was applied while suspended");
     ensure!(greeting(kubectl, n, "settings")? == "one");
     // A requested reconcile is acknowledged while suspended, and still applies nothing.
-    kubectl.run(&[
-        "annotate",
-        "gitrepo",
-        "app",
-        "-n",
-        n,
-        "tether.dev/reconcile-requested-at=while-suspended",
-        "--overwrite",
-    ])?;
+    request_reconcile(kubectl, n, "app", "while-suspended")?;
     wait_condition(
         kubectl,
         n,
@@ -96,25 +81,24 @@ async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()
     ensure!(greeting(kubectl, n, "settings")? == "two");
     // The Event tells what the revision changed, told apart by the dry-run's resourceVersion.
     let applied = format!("Applied revision main@sha1:{second}: configured 1, unchanged 1");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let events = kubectl.run(&[
-            "get",
-            "events",
-            "-n",
-            n,
-            "--field-selector=reason=ReconciliationSucceeded",
-            "-o",
-            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
-        ])?;
-        if events.lines().any(|l| l == applied) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("no Event {applied:?} within 30s; Events:\n{events}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until_every(
+        &format!("an Event {applied:?}"),
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || {
+            let events = kubectl.run(&[
+                "get",
+                "events",
+                "-n",
+                n,
+                "--field-selector=reason=ReconciliationSucceeded",
+                "-o",
+                "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+            ])?;
+            ensure!(events.lines().any(|l| l == applied), "Events:\n{events}");
+            Ok(())
+        },
+    )?;
 
     // Deleting it (prune: true by default) deletes its objects, then the GitRepository goes.
     kubectl.run(&["delete", "gitrepo", "app", "-n", n, "--timeout=60s"])?;
@@ -138,11 +122,7 @@ async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()
 }
 
 /// The `name`s of the ConfigMaps labelled as applied by `GitRepository` `owner`.
-fn owned_config_maps(
-    kubectl: &tether_e2e::kubectl::Kubectl,
-    ns: &str,
-    owner: &str,
-) -> Result<Vec<String>> {
+fn owned_config_maps(kubectl: &Kubectl, ns: &str, owner: &str) -> Result<Vec<String>> {
     Ok(kubectl
         .run(&[
             "get",
@@ -183,17 +163,19 @@ async fn killed_mid_apply_and_restarted_converges_with_an_intact_inventory() -> 
         "  path: deploy\n  interval: 2s\n",
     ))?;
     // Kill it as soon as the first object lands, before the revision is done.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let seen = owned_config_maps(kubectl, n, "many")?.len();
-        if seen > 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("nothing applied within 60s\n{}", operator.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_every(
+        "the first object applied",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || {
+            ensure!(
+                !owned_config_maps(kubectl, n, "many")?.is_empty(),
+                "nothing applied"
+            );
+            Ok(())
+        },
+    )
+    .with_context(|| operator.log_tail())?;
     operator.kill();
     let at_kill = owned_config_maps(kubectl, n, "many")?.len();
     eprintln!("killed with {at_kill} of {COUNT} ConfigMaps applied");
@@ -378,7 +360,11 @@ async fn objects_of_a_failed_revision_are_pruned_once_they_leave_the_repository(
         &operator,
     )?;
     ensure!(reason == "HealthCheckFailed", "{reason}: {message}");
-    ensure!(names(kubectl, n, "deployments,configmaps")?.contains("deployment.apps/web"));
+    ensure!(
+        kubectl
+            .names(n, "deployments,configmaps")?
+            .contains("deployment.apps/web")
+    );
     let inventory = get_field(
         kubectl,
         n,
@@ -397,7 +383,7 @@ async fn objects_of_a_failed_revision_are_pruned_once_they_leave_the_repository(
     repo.push()?;
     wait_applied(kubectl, n, "app", &format!("main@sha1:{fixed}"), &operator)?;
     wait_ready(kubectl, n, "app", "60s", &operator)?;
-    let left = names(kubectl, n, "deployments,configmaps")?;
+    let left = kubectl.names(n, "deployments,configmaps")?;
     ensure!(
         !left.contains("deployment.apps/web") && !left.contains("configmap/extra"),
         "left behind: {left}"

@@ -5,7 +5,6 @@ mod charts;
 mod credentials;
 mod demo;
 mod docs;
-mod fixtures;
 mod harness;
 mod lifecycle;
 mod push;

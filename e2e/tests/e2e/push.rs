@@ -3,20 +3,28 @@
 //! opened. Every `GitRepository` here has `interval: 1h`, so only a notice can explain a change within
 //! the test's deadline.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use tether_e2e::cluster::TestNamespace;
+use tether_e2e::fixtures::{
+    commit_config_map, git_repository, greeting, greeting_args, https_secret, namespace, ssh_secret,
+};
 use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
-use tether_e2e::hub::{AgentSpec, Forge, Hub, HubOptions, hmac_sha256_hex, http_get, metric_value};
+use tether_e2e::gitrepo::{get_field, install_crds, wait_ready};
+use tether_e2e::http::metric_value;
+use tether_e2e::hub::{AgentSpec, Forge, Hub, HubOptions, hmac_sha256_hex};
 use tether_e2e::kubectl::Kubectl;
-use tether_e2e::operator::{Operator, get_field, install_crds, wait_ready};
-
-use crate::fixtures::{config_map, git_repository};
+use tether_e2e::netns::IsolatedNetns;
+use tether_e2e::operator::Operator;
+use tether_e2e::wait::{wait_until, wait_until_every};
 
 /// How long a pushed change may take to be applied through a notice. Generous for a loaded machine;
 /// the interval (1 h) is far beyond it.
 const LANDS_WITHIN: Duration = Duration::from_secs(30);
+
+/// The pause between two polls through kubectl.
+const POLL: Duration = Duration::from_millis(100);
 
 /// A namespace, an HTTPS git server with one repository `app` (a ConfigMap `settings` under `deploy/`),
 /// and a hub.
@@ -33,11 +41,7 @@ impl Scene {
         install_crds(ns.kubectl())?;
         let server = HttpsGitServer::start()?;
         let repo = server.create_repo("app")?;
-        repo.write(
-            "deploy/config.yaml",
-            &config_map(ns.name(), "settings", "v0"),
-        )?;
-        repo.commit("the first greeting")?;
+        commit_config_map(&repo, ns.name(), "settings", "v0")?;
         repo.push_to(&server.remote(&repo))?;
         let hub = Hub::start_with(hub)?;
         Ok(Self {
@@ -54,13 +58,7 @@ impl Scene {
 
     /// The HTTPS credentials and CA as a Secret, and a `GitRepository` `name` on `url` with a 1 h interval.
     fn apply_git_repository(&self, name: &str, url: &str) -> Result<()> {
-        let secret = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-auth\n  namespace: {ns}\nstringData:\n  username: {user}\n  password: {pw}\n  caFile: |\n{ca}",
-            ns = self.ns.name(),
-            user = self.server.username(),
-            pw = self.server.password(),
-            ca = indent(self.server.ca_pem(), 4),
-        );
+        let secret = https_secret(self.ns.name(), &format!("{name}-auth"), &self.server);
         self.kubectl().apply(&secret)?;
         self.kubectl().apply(&git_repository(
             self.ns.name(),
@@ -73,12 +71,8 @@ impl Scene {
 
     /// A Secret `name` with the SSH server's client key and host key, for `secretRef`.
     fn apply_ssh_secret(&self, name: &str, server: &SshGitServer) -> Result<()> {
-        self.kubectl().apply(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\nstringData:\n  identity: |\n{key}  known_hosts: |\n{hosts}",
-            ns = self.ns.name(),
-            key = indent(&server.client_key_pem()?, 4),
-            hosts = indent(server.known_hosts(), 4),
-        ))?;
+        self.kubectl()
+            .apply(&ssh_secret(self.ns.name(), name, server)?)?;
         Ok(())
     }
 
@@ -105,11 +99,7 @@ impl Scene {
 
     /// Commits a new greeting and pushes it with the real `git push` over HTTPS (the hook runs).
     fn push_greeting(&self, greeting: &str) -> Result<String> {
-        self.repo.write(
-            "deploy/config.yaml",
-            &config_map(self.ns.name(), "settings", greeting),
-        )?;
-        let sha = self.repo.commit(&format!("greet with {greeting}"))?;
+        let sha = commit_config_map(&self.repo, self.ns.name(), "settings", greeting)?;
         self.repo.push_to(&self.server.remote(&self.repo))?;
         Ok(sha)
     }
@@ -122,15 +112,7 @@ impl Scene {
         within: Duration,
         operator: &Operator,
     ) -> Result<Duration> {
-        let args = [
-            "get",
-            "configmap",
-            name,
-            "-n",
-            self.ns.name(),
-            "-o",
-            "jsonpath={.data.greeting}",
-        ];
+        let args = greeting_args(self.ns.name(), name);
         wait_output(self.kubectl(), &args, want, within, || {
             format!(
                 "operator log:\n{}\nhub log:\n{}\nhook deliveries:\n{}",
@@ -151,31 +133,9 @@ fn wait_output(
     within: Duration,
     context: impl Fn() -> String,
 ) -> Result<Duration> {
-    let began = Instant::now();
-    let what = format!("kubectl {} prints {want:?}", args.join(" "));
-    let every = Duration::from_millis(100);
-    tether_e2e::git_server::wait_until_every(&what, within, every, || {
-        let out = kubectl.run(args)?;
-        ensure!(out.trim() == want, "last printed {out:?}");
-        Ok(())
-    })
-    .with_context(context)?;
-    Ok(began.elapsed())
-}
-
-/// Polls `probe` until it returns true, within `within`: the harness's `wait_until` for a yes-or-no
-/// probe.
-fn wait_until(what: &str, within: Duration, mut probe: impl FnMut() -> Result<bool>) -> Result<()> {
-    let every = Duration::from_millis(100);
-    tether_e2e::git_server::wait_until_every(what, within, every, || {
-        ensure!(probe()?, "not yet");
-        Ok(())
-    })
-}
-
-fn indent(text: &str, by: usize) -> String {
-    let pad = " ".repeat(by);
-    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+    kubectl
+        .wait_for_output(args, want, within, POLL)
+        .with_context(context)
 }
 
 /// Runs a future to completion from synchronous code inside a multi-threaded test runtime.
@@ -185,17 +145,8 @@ fn futures_block<F: std::future::Future>(f: F) -> F::Output {
 
 /// The operator's hub reconnect counter, read from its `/metrics`.
 fn operator_reconnects(operator: &Operator) -> Result<f64> {
-    let port: u16 = operator
-        .admin_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .context("no port in the operator's admin URL")?;
-    let (status, body) = http_get(port, "/metrics")?;
-    if status != 200 {
-        bail!("operator /metrics answered {status}");
-    }
-    metric_value(&body, "hub_reconnects_total").context("no hub_reconnects_total metric")
+    metric_value(&operator.metrics()?, "hub_reconnects_total")
+        .context("no hub_reconnects_total metric")
 }
 
 /// Waits until the hub has the agent's watch set holding `repos` repositories, `count` times in the
@@ -267,9 +218,7 @@ async fn gitlab_and_gitea_webhooks_reach_repositories_named_by_https_and_ssh_url
     // Over https, and a second GitRepository over ssh:// applying into a namespace of its own.
     scene.apply_git_repository("app", &https)?;
     let ssh_target = format!("{}-ssh", scene.ns.name());
-    scene.kubectl().apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ssh_target}\n"
-    ))?;
+    scene.kubectl().apply(&namespace(&ssh_target))?;
     scene.apply_ssh_secret("app-ssh", &ssh_server)?;
     scene.kubectl().apply(&git_repository(
         scene.ns.name(),
@@ -321,10 +270,15 @@ async fn gitlab_and_gitea_webhooks_reach_repositories_named_by_https_and_ssh_url
         let sha = scene.push_greeting(greeting)?;
         scene.wait_greeting("settings", greeting, LANDS_WITHIN, &operator)?;
         for name in ["app", "app-over-ssh"] {
-            wait_until(
+            wait_until_every(
                 &format!("{name} applies {sha} after a {} webhook", forge.name()),
                 LANDS_WITHIN,
-                || Ok(revision(name)? == format!("main@sha1:{sha}")),
+                POLL,
+                || {
+                    let applied = revision(name)?;
+                    ensure!(applied == format!("main@sha1:{sha}"), "at {applied:?}");
+                    Ok(())
+                },
             )
             .with_context(|| operator.log_tail())?;
         }
@@ -367,9 +321,7 @@ async fn an_scp_form_in_the_webhook_reaches_scp_and_ssh_urls_of_the_repository()
     let mut targets = Vec::new();
     for (name, url) in [("app-scp", &scp), ("app-ssh", &ssh)] {
         let target = format!("{}-{}", scene.ns.name(), &name[4..]);
-        scene.kubectl().apply(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {target}\n"
-        ))?;
+        scene.kubectl().apply(&namespace(&target))?;
         scene.kubectl().apply(&git_repository(
             scene.ns.name(),
             name,
@@ -389,16 +341,19 @@ async fn an_scp_form_in_the_webhook_reaches_scp_and_ssh_urls_of_the_repository()
 
     let sha = scene.push_greeting("over-scp")?;
     for name in ["app-scp", "app-ssh"] {
-        wait_until(
+        wait_until_every(
             &format!("{name} applies {sha} after a webhook naming it in scp form"),
             LANDS_WITHIN,
+            POLL,
             || {
-                Ok(get_field(
+                let applied = get_field(
                     scene.kubectl(),
                     scene.ns.name(),
                     name,
                     "{.status.lastAppliedRevision}",
-                )? == format!("main@sha1:{sha}"))
+                )?;
+                ensure!(applied == format!("main@sha1:{sha}"), "at {applied:?}");
+                Ok(())
             },
         )
         .with_context(|| operator.log_tail())?;
@@ -506,7 +461,8 @@ async fn a_frozen_hub_is_detected_as_dead_and_the_operator_reconnects_when_it_th
     scene.hub.freeze();
     // Silent for dead-after: the operator drops the connection and starts dialling again.
     let dead = wait_until("the operator declares the hub dead", LANDS_WITHIN, || {
-        Ok(operator.log().contains(r#"category="dead""#))
+        ensure!(operator.log().contains(r#"category="dead""#), "not yet");
+        Ok(())
     });
     scene.hub.thaw();
     dead.with_context(|| operator.log_tail())?;
@@ -546,14 +502,8 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
     let mut others = Vec::new();
     for (prefix, token) in strangers {
         let ns = TestNamespace::create(prefix).await?;
-        let secret = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-auth\n  namespace: {ns}\nstringData:\n  username: {user}\n  password: {pw}\n  caFile: |\n{ca}",
-            ns = ns.name(),
-            user = scene.server.username(),
-            pw = scene.server.password(),
-            ca = indent(scene.server.ca_pem(), 4),
-        );
-        ns.kubectl().apply(&secret)?;
+        ns.kubectl()
+            .apply(&https_secret(ns.name(), "app-auth", &scene.server))?;
         ns.kubectl().apply(&git_repository(
             ns.name(),
             "app",
@@ -577,15 +527,22 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
     let (wrong_ns, wrong_op) = &others[0];
     let (narrow_ns, narrow_op) = &others[1];
     wait_until("the wrong token is refused", LANDS_WITHIN, || {
-        Ok(wrong_op
-            .log()
-            .contains("refused the agent token (HTTP 401)"))
+        let log = wrong_op.log();
+        ensure!(
+            log.contains("refused the agent token (HTTP 401)"),
+            "not yet"
+        );
+        Ok(())
     })
     .with_context(|| wrong_op.log_tail())?;
     wait_until(
         "the narrow agent is told the repository is not for it",
         LANDS_WITHIN,
-        || Ok(narrow_op.log().contains("the hub reported a problem")),
+        || {
+            let log = narrow_op.log();
+            ensure!(log.contains("the hub reported a problem"), "not yet");
+            Ok(())
+        },
     )
     .with_context(|| narrow_op.log_tail())?;
     let metrics = scene.hub.metrics()?;
@@ -674,15 +631,7 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
             op.log_tail()
         );
         assert_eq!(
-            ns.kubectl().run(&[
-                "get",
-                "configmap",
-                "settings",
-                "-n",
-                ns.name(),
-                "-o",
-                "jsonpath={.data.greeting}"
-            ])?,
+            greeting(ns.kubectl(), ns.name(), "settings")?,
             "v0",
             "{} applied the push",
             ns.name()
@@ -697,13 +646,8 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_lands_while_nothing_can_connect_into_the_operators_network() -> Result<()> {
     let scene = Scene::start("push-no-inbound", HubOptions::default())?;
-    let mut netns = tether_e2e::netns::IsolatedNetns::create()?;
-    let api_port: u16 = tether_e2e::cluster::shared()
-        .api_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .context("the API server's port")?;
+    let mut netns = IsolatedNetns::create()?;
+    let api_port = tether_e2e::cluster::shared().api_port();
     for port in [api_port, scene.server.port(), scene.hub.port()] {
         netns.relay_out(port)?;
     }
@@ -731,10 +675,17 @@ async fn a_push_lands_while_nothing_can_connect_into_the_operators_network() -> 
 }
 
 /// Fails unless `curl url` succeeds from inside the namespace (within a deadline).
-fn ensure_inside(netns: &tether_e2e::netns::IsolatedNetns, url: &str) -> Result<()> {
-    wait_until(
+fn ensure_inside(netns: &IsolatedNetns, url: &str) -> Result<()> {
+    wait_until_every(
         "the admin server answers inside the namespace",
         Duration::from_secs(20),
-        || netns.run_inside("curl", &["-sf", "-m", "2", url]),
+        POLL,
+        || {
+            ensure!(
+                netns.run_inside("curl", &["-sf", "-m", "2", url])?,
+                "not yet"
+            );
+            Ok(())
+        },
     )
 }

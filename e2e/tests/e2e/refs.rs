@@ -3,19 +3,10 @@
 
 use anyhow::{Result, ensure};
 use tether_e2e::cluster::TestNamespace;
+use tether_e2e::fixtures::{commit_config_map, git_repository, greeting};
 use tether_e2e::git_server::Upstream;
-use tether_e2e::operator::{Operator, install_crds, wait_ready};
-
-use crate::fixtures::{config_map, git_repository, greeting, reconcile_now, wait_applied};
-
-/// Commits `deploy/config.yaml` holding ConfigMap `name` with `value`; returns the commit.
-fn commit_config(repo: &Upstream, ns: &str, name: &str, value: &str) -> Result<String> {
-    repo.commit_file(
-        "deploy/config.yaml",
-        &config_map(ns, name, value),
-        &format!("greet with {value}"),
-    )
-}
+use tether_e2e::gitrepo::{install_crds, reconcile_now, wait_applied, wait_ready};
+use tether_e2e::operator::Operator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_a_branch_a_tag_a_semver_range_and_a_pinned_commit() -> Result<()> {
@@ -25,29 +16,29 @@ async fn follows_a_branch_a_tag_a_semver_range_and_a_pinned_commit() -> Result<(
 
     // Branch: a release branch, not main.
     let mut branchy = Upstream::new("branchy")?;
-    commit_config(&branchy, n, "on-branch", "main-1")?;
+    commit_config_map(&branchy, n, "on-branch", "main-1")?;
     branchy.push()?;
     branchy.checkout("release")?;
-    let release = commit_config(&branchy, n, "on-branch", "release-1")?;
+    let release = commit_config_map(&branchy, n, "on-branch", "release-1")?;
     branchy.push()?;
 
     // Tag: v1.0.0, then main moves on.
     let tagged = Upstream::new("tagged")?;
-    let v1 = commit_config(&tagged, n, "on-tag", "one")?;
+    let v1 = commit_config_map(&tagged, n, "on-tag", "one")?;
     tagged.tag("v1.0.0")?;
-    commit_config(&tagged, n, "on-tag", "untagged")?;
+    commit_config_map(&tagged, n, "on-tag", "untagged")?;
     tagged.push()?;
 
     // Semver: 1.0.0 now; 1.1.0 and 2.0.0 later.
     let versioned = Upstream::new("versioned")?;
-    commit_config(&versioned, n, "on-semver", "1.0.0")?;
+    commit_config_map(&versioned, n, "on-semver", "1.0.0")?;
     versioned.annotated_tag("1.0.0", "first")?;
     versioned.push()?;
 
     // Pinned: the first of two commits.
     let pinned = Upstream::new("pinned")?;
-    let first = commit_config(&pinned, n, "on-commit", "first")?;
-    commit_config(&pinned, n, "on-commit", "second")?;
+    let first = commit_config_map(&pinned, n, "on-commit", "first")?;
+    commit_config_map(&pinned, n, "on-commit", "second")?;
     pinned.push()?;
 
     let operator = Operator::start(ns.kubeconfig(), n, &[])?;
@@ -78,10 +69,10 @@ async fn follows_a_branch_a_tag_a_semver_range_and_a_pinned_commit() -> Result<(
     ensure!(greeting(kubectl, n, "on-commit")? == "first");
 
     // The branch follows its own pushes, not main's.
-    let release2 = commit_config(&branchy, n, "on-branch", "release-2")?;
+    let release2 = commit_config_map(&branchy, n, "on-branch", "release-2")?;
     branchy.push()?;
     branchy.checkout("main")?;
-    commit_config(&branchy, n, "on-branch", "main-2")?;
+    commit_config_map(&branchy, n, "on-branch", "main-2")?;
     branchy.push()?;
     wait_applied(
         kubectl,
@@ -94,7 +85,7 @@ async fn follows_a_branch_a_tag_a_semver_range_and_a_pinned_commit() -> Result<(
     ensure!(greeting(kubectl, n, "on-branch")? == "release-2");
 
     // A newer matching tag is picked up; one outside the range is not.
-    let minor = commit_config(&versioned, n, "on-semver", "1.1.0")?;
+    let minor = commit_config_map(&versioned, n, "on-semver", "1.1.0")?;
     versioned.tag("v1.1.0")?;
     versioned.push()?;
     wait_applied(
@@ -105,7 +96,7 @@ async fn follows_a_branch_a_tag_a_semver_range_and_a_pinned_commit() -> Result<(
         &operator,
     )?;
     ensure!(greeting(kubectl, n, "on-semver")? == "1.1.0");
-    commit_config(&versioned, n, "on-semver", "2.0.0")?;
+    commit_config_map(&versioned, n, "on-semver", "2.0.0")?;
     versioned.tag("2.0.0")?;
     versioned.push()?;
     reconcile_now(kubectl, n, "semver", "after-2.0.0", &operator)?;
@@ -119,9 +110,9 @@ async fn follows_a_branch_a_tag_a_semver_range_and_a_pinned_commit() -> Result<(
     )?;
 
     // The tag and the pinned commit stay where they are while main moves.
-    commit_config(&tagged, n, "on-tag", "later")?;
+    commit_config_map(&tagged, n, "on-tag", "later")?;
     tagged.push()?;
-    commit_config(&pinned, n, "on-commit", "third")?;
+    commit_config_map(&pinned, n, "on-commit", "third")?;
     pinned.push()?;
     reconcile_now(kubectl, n, "tag", "after-push", &operator)?;
     reconcile_now(kubectl, n, "commit", "after-push", &operator)?;

@@ -4,7 +4,7 @@
 
 use anyhow::{Result, ensure};
 use tether_e2e::cluster::TestNamespace;
-use tether_e2e::operator::install_crds;
+use tether_e2e::gitrepo::install_crds;
 
 fn with(ns: &str, field: &str, value: &str) -> String {
     format!(

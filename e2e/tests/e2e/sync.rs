@@ -3,16 +3,18 @@
 
 use anyhow::Result;
 use tether_e2e::cluster::TestNamespace;
+use tether_e2e::fixtures::{config_map, git_repository, greeting_args, write_app};
 use tether_e2e::git_server::Upstream;
-use tether_e2e::operator::{
-    Operator, get_field, install_crds, wait_condition, wait_for_output, wait_ready,
+use tether_e2e::gitrepo::{
+    get_field, install_crds, patch_spec, request_reconcile, wait_condition, wait_for_output,
+    wait_ready,
 };
-
-use crate::fixtures::{config_map, git_repository, write_app};
+use tether_e2e::kubectl::Kubectl;
+use tether_e2e::operator::Operator;
 
 /// Waits until the `GitRepository` `app` reports `main@sha1:<sha>` as applied.
 fn wait_for_revision(
-    kubectl: &tether_e2e::kubectl::Kubectl,
+    kubectl: &Kubectl,
     namespace: &str,
     sha: &str,
     operator: &Operator,
@@ -94,15 +96,7 @@ async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result
     )?;
     repo.commit("greet in French")?;
     repo.push()?;
-    let cm = [
-        "get",
-        "configmap",
-        "settings",
-        "-n",
-        ns.name(),
-        "-o",
-        "jsonpath={.data.greeting}",
-    ];
+    let cm = greeting_args(ns.name(), "settings");
     wait_for_output(kubectl, &cm, "bonjour", &operator)?;
     wait_for_revision(kubectl, ns.name(), &repo.head()?, &operator)?;
 
@@ -151,16 +145,7 @@ async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result
     );
 
     // 10. The annotation asks for a reconcile well before a long interval.
-    kubectl.run(&[
-        "patch",
-        "gitrepo",
-        "app",
-        "-n",
-        ns.name(),
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"interval":"1h"}}"#,
-    ])?;
+    patch_spec(kubectl, ns.name(), "app", r#"{"interval":"1h"}"#)?;
     wait_condition(
         kubectl,
         ns.name(),
@@ -175,15 +160,7 @@ async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result
     )?;
     repo.commit("greet in German")?;
     repo.push()?;
-    kubectl.run(&[
-        "annotate",
-        "gitrepo",
-        "app",
-        "-n",
-        ns.name(),
-        "--overwrite",
-        "tether.dev/reconcile-requested-at=now-1",
-    ])?;
+    request_reconcile(kubectl, ns.name(), "app", "now-1")?;
     wait_for_output(kubectl, &cm, "hallo", &operator)?;
     assert_eq!(
         get_field(
@@ -196,16 +173,12 @@ async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result
     );
 
     // 2. With prune: false, a deleted file's object stays.
-    kubectl.run(&[
-        "patch",
-        "gitrepo",
-        "app",
-        "-n",
+    patch_spec(
+        kubectl,
         ns.name(),
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"prune":false,"interval":"2s"}}"#,
-    ])?;
+        "app",
+        r#"{"prune":false,"interval":"2s"}"#,
+    )?;
     repo.remove("deploy/config.yaml")?;
     let last = repo.commit("drop the ConfigMap")?;
     repo.push()?;

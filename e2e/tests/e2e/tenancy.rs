@@ -3,10 +3,10 @@
 
 use anyhow::{Result, ensure};
 use tether_e2e::cluster::TestNamespace;
+use tether_e2e::fixtures::{config_map, git_repository, widget_crd};
 use tether_e2e::git_server::Upstream;
-use tether_e2e::operator::{Operator, install_crds, wait_ready};
-
-use crate::fixtures::{config_map, git_repository, wait_failed, widget_crd};
+use tether_e2e::gitrepo::{install_crds, wait_failed, wait_ready};
+use tether_e2e::operator::Operator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crd_and_its_objects_land_together_and_target_namespace_places_objects() -> Result<()> {
