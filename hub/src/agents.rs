@@ -20,7 +20,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// The agent whose token hash matches the request's `Authorization: Bearer` token, if any. Every
 /// configured hash is compared, in constant time, whatever matches first.

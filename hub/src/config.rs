@@ -4,7 +4,6 @@
 //! each names a file or an environment variable, read once at start-up. [`Config::load`] reports every
 //! problem at once, each naming the field (`agents[1].token_sha256: ...`).
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +11,7 @@ use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
 use tether_protocol::RepoId;
 
+use crate::secret::{Environment, ProcessEnv, Secret, SecretSource};
 use crate::webhook::Provider;
 
 /// Default cap on a webhook body: GitHub's own maximum is 25 MiB, but push payloads are small.
@@ -67,28 +67,6 @@ struct RawWebhook {
 struct RawSecretSource {
     file: Option<PathBuf>,
     env: Option<String>,
-}
-
-/// A secret value. Its `Debug` shows nothing of it, so it cannot leak into a log by accident.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    /// Wrap secret bytes.
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(bytes.into())
-    }
-
-    /// The secret bytes, for verification only.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// A set of globs over normalised repository ids. `*` stays within one path segment; `**` crosses them.
@@ -217,22 +195,6 @@ impl ConfigError {
             ConfigError::Parse { .. } => "config_parse",
             ConfigError::Invalid { .. } => "config_invalid",
         }
-    }
-}
-
-/// Where secrets and the environment come from; tests substitute their own.
-pub trait Environment {
-    /// The value of an environment variable.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessEnv;
-
-impl Environment for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
     }
 }
 
@@ -379,29 +341,9 @@ impl Config {
                 ));
             }
             let repos = globs(&w.repos, &format!("{field}.repos"), &mut problems);
-            let secret = match (&w.secret.file, &w.secret.env) {
-                (Some(file), None) => {
-                    let file = relative_to(base, file);
-                    match std::fs::read(&file) {
-                        Ok(bytes) => Some(Secret::new(trim_newline(bytes))),
-                        Err(e) => {
-                            problems.push(format!(
-                                "{field}.secret.file: cannot read {}: {e}",
-                                file.display()
-                            ));
-                            None
-                        }
-                    }
-                }
-                (None, Some(name)) => match env.var(name) {
-                    Some(v) => Some(Secret::new(v.trim_end_matches(['\r', '\n']).as_bytes())),
-                    None => {
-                        problems.push(format!(
-                            "{field}.secret.env: environment variable {name} is not set"
-                        ));
-                        None
-                    }
-                },
+            let source = match (&w.secret.file, &w.secret.env) {
+                (Some(file), None) => Some(SecretSource::File(relative_to(base, file))),
+                (None, Some(name)) => Some(SecretSource::Env(name.clone())),
                 _ => {
                     problems.push(format!(
                         "{field}.secret: give exactly one of `file` (a path) or `env` (a variable name); secrets are never written inline"
@@ -409,6 +351,13 @@ impl Config {
                     None
                 }
             };
+            let secret = source.and_then(|source| match source.read(env) {
+                Ok(secret) => Some(secret),
+                Err(e) => {
+                    problems.push(format!("{field}.secret.{}: {e}", source.field()));
+                    None
+                }
+            });
             if let Some(secret) = secret {
                 if secret.expose().is_empty() {
                     problems.push(format!("{field}.secret: the secret is empty"));
@@ -480,13 +429,6 @@ fn globs(patterns: &[String], field: &str, problems: &mut Vec<String>) -> RepoGl
 fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(text.trim()).ok()?;
     bytes.try_into().ok()
-}
-
-fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
-    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-        bytes.pop();
-    }
-    bytes
 }
 
 #[cfg(test)]

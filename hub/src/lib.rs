@@ -1,19 +1,32 @@
 //! Tether's hub: receives the forges' push webhooks and relays them as notices to operators, which
 //! connect out to it over websockets (nothing opens into the cluster).
 //!
-//! - [`config`]: the YAML config file, its validation and the secrets it resolves.
-//! - [`webhook`]: per-provider verification and parsing of webhook deliveries, and deduplication.
+//! A request comes in through [`server`] (accept loop, TLS, routes, drain). A webhook goes to
+//! [`ingest`], which verifies and parses it with [`webhook`], records it in [`store`] and hands it to
+//! [`fanout`]; an agent's websocket goes to [`agents`], which subscribes it in [`fanout`] and writes
+//! its notices. What every connection shares is in [`state`]. Imports run one way, in that order:
+//! `server` → `ingest`/`agents` → `state` → the rest; nothing below imports what is above it.
+//!
+//! - [`config`]: the YAML config file, its validation and defaults.
+//! - [`secret`]: secret values (never printed) and where each is read from (file or environment).
+//! - [`webhook`]: per-provider verification and parsing of deliveries ([`webhook::sign`] for the
+//!   HMAC and token checks, [`webhook::dedup`] for redeliveries). Pure.
+//! - [`ingest`]: the webhook intake, `POST /v1/webhooks/{provider}`.
 //! - [`agents`]: bearer-token authentication and the websocket session of one agent.
 //! - [`fanout`]: who watches what, and each agent's coalescing outbox.
 //! - [`store`]: the latest push per repository, persisted for catch-up.
-//! - [`server`]: the accept loop, routes and webhook handler; [`run`] is the entry point.
+//! - [`state`]: the state shared by every connection.
+//! - [`server`]: the accept loop, TLS and routes; [`run`] is the entry point.
 //! - [`metrics`]: Prometheus metrics, prefixed `tether_hub_`.
 
 pub mod agents;
 pub mod config;
 pub mod fanout;
+mod ingest;
 pub mod metrics;
+pub mod secret;
 pub mod server;
+mod state;
 pub mod store;
 pub mod webhook;
 

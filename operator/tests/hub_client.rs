@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tether_hub::config::{Config, Environment};
+use tether_hub::config::Config;
+use tether_hub::secret::Environment;
 use tether_operator::hub_client::{
     self, CATCHUP_DELIVERY, HubClientConfig, HubMetrics, ProxyConfig,
 };
