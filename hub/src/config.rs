@@ -434,16 +434,8 @@ fn parse_sha256(text: &str) -> Option<[u8; 32]> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-
-    struct Env(HashMap<&'static str, &'static str>);
-    impl Environment for Env {
-        fn var(&self, name: &str) -> Option<String> {
-            self.0.get(name).map(|v| v.to_string())
-        }
-    }
+    use crate::test_util::FakeEnv as Env;
 
     const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
@@ -451,11 +443,11 @@ mod tests {
     fn example_config_is_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hub.yaml");
         let text = std::fs::read_to_string(&dir).unwrap();
-        let env = Env(HashMap::from([
+        let env = Env::new([
             ("TETHER_GITHUB_SECRET", "s3cret"),
             ("TETHER_GITLAB_TOKEN", "t0ken"),
             ("TETHER_GENERIC_SECRET", "g3neric"),
-        ]));
+        ]);
         // The example's secret files do not exist here; only env-sourced ones resolve.
         match Config::from_yaml(&text, &dir, &env) {
             Ok(c) => assert!(!c.agents.is_empty()),
@@ -496,7 +488,7 @@ webhooks:
     secret: {{ env: X, file: /x }}
 "#
         );
-        let env = Env(HashMap::from([("X", "x")]));
+        let env = Env::new([("X", "x")]);
         let err = Config::from_yaml(&text, Path::new("/etc/hub.yaml"), &env).unwrap_err();
         assert_eq!(err.category(), "config_invalid");
         let msg = err.to_string();
@@ -519,7 +511,7 @@ webhooks:
     #[test]
     fn unknown_fields_and_inline_secrets_are_refused() {
         let text = "data_dir: /tmp\nwebhooks:\n  - provider: github\n    repos: ['**']\n    secret: { value: hunter2 }\n";
-        let err = Config::from_yaml(text, Path::new("h.yaml"), &Env(HashMap::new())).unwrap_err();
+        let err = Config::from_yaml(text, Path::new("h.yaml"), &Env::default()).unwrap_err();
         assert_eq!(err.category(), "config_parse");
         assert!(err.to_string().contains("unknown field `value`"), "{err}");
     }
@@ -531,7 +523,7 @@ webhooks:
         let text = format!(
             "data_dir: data\nagents:\n  - name: a\n    token_sha256: {HASH}\n    repos: ['github.com/acme/*']\nwebhooks:\n  - provider: github\n    repos: ['**']\n    secret: {{ file: gh }}\n  - provider: gitlab\n    repos: ['**']\n    secret: {{ env: GL }}\n"
         );
-        let env = Env(HashMap::from([("GL", "from-env")]));
+        let env = Env::new([("GL", "from-env")]);
         let cfg = Config::from_yaml(&text, &dir.path().join("hub.yaml"), &env).unwrap();
         assert_eq!(cfg.webhooks[0].secret.expose(), b"from-file");
         assert_eq!(cfg.webhooks[1].secret.expose(), b"from-env");

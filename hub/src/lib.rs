@@ -18,6 +18,8 @@
 //! - [`state`]: the state shared by every connection.
 //! - [`server`]: the accept loop, TLS and routes; [`run`] is the entry point.
 //! - [`metrics`]: Prometheus metrics, prefixed `tether_hub_`.
+//! - `test_util` (feature `test-util`): a hub on 127.0.0.1:0, a fake environment, a websocket agent
+//!   and a test CA, for this crate's tests and the operator's.
 
 pub mod agents;
 pub mod config;
@@ -29,6 +31,9 @@ pub mod server;
 mod state;
 pub mod store;
 pub mod webhook;
+
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
 pub use config::{Config, ConfigError};
 pub use server::{ServerError, run};

@@ -78,7 +78,7 @@ pub(crate) fn delivery_id(body: &[u8]) -> Option<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::webhook::test_support::{fixture, headers};
+    use crate::test_util::{fixture, headers};
 
     #[test]
     fn git_push_yields_remote_url_and_ref_updates() {

@@ -98,8 +98,8 @@ fn cloud_push(v: &Value) -> Result<Event, WebhookError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::test_util::{fixture, headers};
     use crate::webhook::sign::hmac_sha256_hex;
-    use crate::webhook::test_support::{fixture, headers};
 
     #[test]
     fn server_refs_changed_yields_ssh_and_http_ids() {

@@ -53,8 +53,8 @@ pub fn parse(_headers: &HeaderMap, body: &[u8]) -> Result<Event, WebhookError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::test_util::headers;
     use crate::webhook::sign::hmac_sha256_hex;
-    use crate::webhook::test_support::headers;
 
     const BODY: &[u8] = br#"{"repo_urls":["https://git.example/a/b.git","git@git.example:a/b.git"],"ref":"refs/heads/main","sha":"1111111111111111111111111111111111111111"}"#;
 

@@ -40,8 +40,8 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Event, WebhookError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::test_util::{fixture, headers};
     use crate::webhook::sign::hmac_sha256_hex;
-    use crate::webhook::test_support::{fixture, headers};
 
     #[test]
     fn gogs_event_yields_clone_urls_ref_and_sha() {

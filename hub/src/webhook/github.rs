@@ -53,8 +53,8 @@ pub(crate) fn push_payload(provider: Provider, body: &[u8]) -> Result<Event, Web
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::test_util::{fixture, headers};
     use crate::webhook::sign::hmac_sha256_hex;
-    use crate::webhook::test_support::{fixture, headers};
 
     #[test]
     fn commit_event_yields_every_clone_url_ref_and_sha() {

@@ -54,7 +54,7 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Event, WebhookError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::webhook::test_support::{fixture, headers};
+    use crate::test_util::{fixture, headers};
 
     #[test]
     fn push_hook_yields_http_and_ssh_ids() {

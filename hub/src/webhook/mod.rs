@@ -264,34 +264,6 @@ fn is_sha(s: &str) -> bool {
 }
 
 #[cfg(test)]
-pub(crate) mod test_support {
-    //! Fixtures shared by the provider tests.
-    use std::path::PathBuf;
-
-    use axum::http::{HeaderMap, HeaderName, HeaderValue};
-
-    /// The bytes of a fixture under `hub/tests/fixtures/webhooks/`.
-    pub fn fixture(name: &str) -> Vec<u8> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/webhooks")
-            .join(name);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
-    }
-
-    /// A header map from pairs.
-    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(
-                HeaderName::from_bytes(k.as_bytes()).expect("header name"),
-                HeaderValue::from_str(v).expect("header value"),
-            );
-        }
-        h
-    }
-}
-
-#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
@@ -306,7 +278,7 @@ mod tests {
 
     #[test]
     fn delivery_ids_fall_back_to_the_body_hash() {
-        let h = test_support::headers(&[("x-github-delivery", "abc")]);
+        let h = crate::test_util::headers(&[("x-github-delivery", "abc")]);
         assert_eq!(Provider::Github.delivery_id(&h, b"x"), "github:abc");
         let none = HeaderMap::new();
         let id = Provider::Github.delivery_id(&none, b"x");
