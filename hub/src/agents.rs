@@ -228,7 +228,7 @@ async fn on_text(
             .await;
         }
     };
-    let limit = shared.config.max_watched_repos;
+    let limit = shared.config.limits.max_watched_repos;
     if repos.len() > limit {
         shared
             .metrics
@@ -294,7 +294,7 @@ async fn on_text(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::RepoGlobs;
+    use crate::globs::RepoGlobs;
     use axum::http::HeaderValue;
 
     fn agent(name: &str, token: &str) -> AgentConfig {

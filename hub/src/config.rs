@@ -7,19 +7,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
-use tether_protocol::RepoId;
 
+use crate::globs::RepoGlobs;
+use crate::limits::Limits;
 use crate::secret::{Environment, ProcessEnv, Secret, SecretSource};
 use crate::webhook::Provider;
-
-/// Default cap on a webhook body: GitHub's own maximum is 25 MiB, but push payloads are small.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Default cap on open connections (agents and webhook requests together).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
-/// Default cap on the repositories one agent may watch.
-pub const DEFAULT_MAX_WATCHED_REPOS: usize = 10_000;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -69,41 +62,6 @@ struct RawSecretSource {
     env: Option<String>,
 }
 
-/// A set of globs over normalised repository ids. `*` stays within one path segment; `**` crosses them.
-#[derive(Debug, Clone)]
-pub struct RepoGlobs {
-    patterns: Vec<String>,
-    matchers: Vec<GlobMatcher>,
-}
-
-impl RepoGlobs {
-    /// Compile globs; the error names the first bad pattern.
-    pub fn new(patterns: &[String]) -> Result<Self, (String, globset::Error)> {
-        let mut matchers = Vec::with_capacity(patterns.len());
-        for p in patterns {
-            let glob: Glob = GlobBuilder::new(p)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| (p.clone(), e))?;
-            matchers.push(glob.compile_matcher());
-        }
-        Ok(Self {
-            patterns: patterns.to_vec(),
-            matchers,
-        })
-    }
-
-    /// Whether any glob matches the repository.
-    pub fn matches(&self, repo: &RepoId) -> bool {
-        self.matchers.iter().any(|m| m.is_match(repo.as_str()))
-    }
-
-    /// The patterns as written.
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
-    }
-}
-
 /// An agent allowed to connect.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -144,12 +102,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Where the store lives.
     pub data_dir: PathBuf,
-    /// Largest webhook body accepted.
-    pub max_body_bytes: usize,
-    /// Largest number of connections served at once.
-    pub max_connections: usize,
-    /// Largest watch set accepted from one agent.
-    pub max_watched_repos: usize,
+    /// What one client may make the hub hold.
+    pub limits: Limits,
     /// The agents.
     pub agents: Vec<AgentConfig>,
     /// The webhook secrets.
@@ -261,24 +215,17 @@ impl Config {
             }
         };
 
-        let max_body_bytes = positive(
-            raw.max_body_bytes,
-            DEFAULT_MAX_BODY_BYTES,
-            "max_body_bytes",
-            &mut problems,
-        );
-        let max_connections = positive(
-            raw.max_connections,
-            DEFAULT_MAX_CONNECTIONS,
-            "max_connections",
-            &mut problems,
-        );
-        let max_watched_repos = positive(
-            raw.max_watched_repos,
-            DEFAULT_MAX_WATCHED_REPOS,
-            "max_watched_repos",
-            &mut problems,
-        );
+        let d = Limits::default();
+        let mut f = Fields(&mut problems);
+        let limits = Limits {
+            max_body_bytes: f.positive("max_body_bytes", raw.max_body_bytes, d.max_body_bytes),
+            max_connections: f.positive("max_connections", raw.max_connections, d.max_connections),
+            max_watched_repos: f.positive(
+                "max_watched_repos",
+                raw.max_watched_repos,
+                d.max_watched_repos,
+            ),
+        };
 
         let mut agents = Vec::new();
         for (i, a) in raw.agents.into_iter().enumerate() {
@@ -380,9 +327,7 @@ impl Config {
             listen,
             tls,
             data_dir,
-            max_body_bytes,
-            max_connections,
-            max_watched_repos,
+            limits,
             agents,
             webhooks,
         })
@@ -397,19 +342,19 @@ fn relative_to(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn positive(
-    value: Option<usize>,
-    default: usize,
-    field: &str,
-    problems: &mut Vec<String>,
-) -> usize {
-    match value {
-        Some(0) => {
-            problems.push(format!("{field}: must be greater than zero"));
-            default
+/// Checks the limit fields, each with its default, recording problems.
+struct Fields<'a>(&'a mut Vec<String>);
+
+impl Fields<'_> {
+    fn positive(&mut self, field: &str, value: Option<usize>, default: usize) -> usize {
+        match value {
+            Some(0) => {
+                self.0.push(format!("{field}: must be greater than zero"));
+                default
+            }
+            Some(v) => v,
+            None => default,
         }
-        Some(v) => v,
-        None => default,
     }
 }
 
@@ -418,10 +363,7 @@ fn globs(patterns: &[String], field: &str, problems: &mut Vec<String>) -> RepoGl
         Ok(g) => g,
         Err((p, e)) => {
             problems.push(format!("{field}: bad glob {p:?}: {e}"));
-            RepoGlobs {
-                patterns: Vec::new(),
-                matchers: Vec::new(),
-            }
+            RepoGlobs::none()
         }
     }
 }
@@ -530,16 +472,5 @@ webhooks:
         assert_eq!(cfg.data_dir, dir.path().join("data"));
         let debug = format!("{cfg:?}");
         assert!(!debug.contains("from-file") && !debug.contains("from-env"));
-    }
-
-    #[test]
-    fn single_star_stays_in_one_segment() {
-        let g = RepoGlobs::new(&["github.com/acme/*".to_string()]).unwrap();
-        let id = |s: &str| tether_protocol::normalize(s).unwrap();
-        assert!(g.matches(&id("github.com/acme/app")));
-        assert!(!g.matches(&id("github.com/acme/sub/app")));
-        assert!(!g.matches(&id("github.com/other/app")));
-        let all = RepoGlobs::new(&["**".to_string()]).unwrap();
-        assert!(all.matches(&id("gitlab.com:2222/group/name")));
     }
 }

@@ -7,7 +7,8 @@
 //! its notices. What every connection shares is in [`state`]. Imports run one way, in that order:
 //! `server` → `ingest`/`agents` → `state` → the rest; nothing below imports what is above it.
 //!
-//! - [`config`]: the YAML config file, its validation and defaults.
+//! - [`config`]: the YAML config file and its validation; [`globs`]: the repository globs it grants.
+//! - [`limits`]: every bound on what one client can make the hub hold, with its default.
 //! - [`secret`]: secret values (never printed) and where each is read from (file or environment).
 //! - [`webhook`]: per-provider verification and parsing of deliveries ([`webhook::sign`] for the
 //!   HMAC and token checks, [`webhook::dedup`] for redeliveries). Pure.
@@ -24,7 +25,9 @@
 pub mod agents;
 pub mod config;
 pub mod fanout;
+pub mod globs;
 mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod secret;
 pub mod server;

@@ -74,7 +74,7 @@ pub async fn run(
     let store = Store::open(&config.data_dir)?;
     let metrics = Metrics::new()?;
     let shared = Arc::new(Shared::new(config, store, metrics));
-    let connections = Arc::new(Semaphore::new(shared.config.max_connections));
+    let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let app = router(Arc::clone(&shared));
 
     info!(
@@ -139,7 +139,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route(CONNECT_PATH, get(crate::agents::connect))
         .route("/v1/webhooks/{provider}", post(crate::ingest::webhook))
-        .layer(DefaultBodyLimit::max(shared.config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(shared.config.limits.max_body_bytes))
         .with_state(shared)
 }
 

@@ -37,7 +37,7 @@ impl Shared {
     pub(crate) fn new(config: Config, store: Store, metrics: Metrics) -> Shared {
         Shared {
             fanout: Fanout::new(metrics.clone()),
-            agent_slots: Arc::new(Semaphore::new(config.max_connections)),
+            agent_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             dedup: Mutex::new(Dedup::new(DEDUP_CAPACITY, DEDUP_WINDOW)),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
