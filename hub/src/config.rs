@@ -6,11 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::globs::RepoGlobs;
-use crate::limits::Limits;
+use crate::limits::{Limits, MIN_HEADER_BYTES, parse_duration};
 use crate::secret::{Environment, ProcessEnv, Secret, SecretSource};
 use crate::webhook::Provider;
 
@@ -22,8 +23,12 @@ struct RawConfig {
     tls: Option<RawTls>,
     data_dir: Option<PathBuf>,
     max_body_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
     max_watched_repos: Option<usize>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
     #[serde(default)]
     agents: Vec<RawAgent>,
     #[serde(default)]
@@ -219,12 +224,29 @@ impl Config {
         let mut f = Fields(&mut problems);
         let limits = Limits {
             max_body_bytes: f.positive("max_body_bytes", raw.max_body_bytes, d.max_body_bytes),
+            max_header_bytes: f.at_least(
+                "max_header_bytes",
+                raw.max_header_bytes,
+                MIN_HEADER_BYTES,
+                d.max_header_bytes,
+            ),
             max_connections: f.positive("max_connections", raw.max_connections, d.max_connections),
             max_watched_repos: f.positive(
                 "max_watched_repos",
                 raw.max_watched_repos,
                 d.max_watched_repos,
             ),
+            header_read_timeout: f.duration(
+                "header_read_timeout",
+                raw.header_read_timeout,
+                d.header_read_timeout,
+            ),
+            body_read_timeout: f.duration(
+                "body_read_timeout",
+                raw.body_read_timeout,
+                d.body_read_timeout,
+            ),
+            idle_timeout: f.duration("idle_timeout", raw.idle_timeout, d.idle_timeout),
         };
 
         let mut agents = Vec::new();
@@ -356,6 +378,32 @@ impl Fields<'_> {
             None => default,
         }
     }
+
+    fn at_least(&mut self, field: &str, value: Option<usize>, min: usize, default: usize) -> usize {
+        match value {
+            Some(v) if v < min => {
+                self.0.push(format!("{field}: must be at least {min}"));
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    }
+
+    fn duration(&mut self, field: &str, value: Option<String>, default: Duration) -> Duration {
+        let Some(text) = value else {
+            return default;
+        };
+        match parse_duration(&text) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                self.0.push(format!(
+                    "{field}: {text:?} is not a duration above zero like 500ms, 10s, 5m or 1h"
+                ));
+                default
+            }
+        }
+    }
 }
 
 fn globs(patterns: &[String], field: &str, problems: &mut Vec<String>) -> RepoGlobs {
@@ -411,6 +459,8 @@ mod tests {
             r#"
 listen: "nowhere"
 max_body_bytes: 0
+max_header_bytes: 100
+idle_timeout: 0s
 agents:
   - name: a
     token_sha256: "abc"
@@ -438,6 +488,8 @@ webhooks:
             "listen:",
             "data_dir: missing",
             "max_body_bytes: must be greater than zero",
+            "max_header_bytes: must be at least 8192",
+            "idle_timeout: \"0s\" is not a duration above zero",
             "agents[0].token_sha256: expected 64 hex",
             "agents[1].name: \"a\" is used twice",
             "agents[1].repos: empty",

@@ -3,19 +3,72 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use serde_json::json;
 use tether_protocol::{Notice, RepoId};
 use tracing::{debug, info, warn};
 
+use crate::limits::Limits;
 use crate::state::Shared;
 use crate::webhook::{Event, Provider};
+
+/// Why a webhook body was not read whole.
+#[derive(Debug, thiserror::Error)]
+enum BodyRefused {
+    #[error("the body is larger than {max} bytes")]
+    TooLarge { max: usize },
+    #[error("the body did not arrive within {}s", .timeout.as_secs_f64())]
+    Timeout { timeout: Duration },
+    #[error("the body could not be read: {0}")]
+    Unreadable(String),
+}
+
+impl BodyRefused {
+    fn status_and_outcome(&self) -> (StatusCode, &'static str) {
+        match self {
+            BodyRefused::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            BodyRefused::Timeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            BodyRefused::Unreadable(_) => (StatusCode::BAD_REQUEST, "unreadable"),
+        }
+    }
+}
+
+/// Read a webhook body whole, within `max_body_bytes` and `body_read_timeout`.
+async fn read_body(body: Body, headers: &HeaderMap, limits: &Limits) -> Result<Bytes, BodyRefused> {
+    let max = limits.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyRefused::TooLarge { max });
+    }
+    let read = async {
+        let mut body = body;
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyRefused::Unreadable(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > max {
+                    return Err(BodyRefused::TooLarge { max });
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok(Bytes::from(bytes))
+    };
+    let timeout = limits.body_read_timeout;
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyRefused::Timeout { timeout }))
+}
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
@@ -26,7 +79,7 @@ pub(crate) async fn webhook(
     State(shared): State<Arc<Shared>>,
     Path(provider): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let received = std::time::Instant::now();
     let Ok(provider) = provider.parse::<Provider>() else {
@@ -36,17 +89,13 @@ pub(crate) async fn webhook(
         );
     };
     let name = provider.name();
-    let body = match body {
+    let body = match read_body(body, &headers, &shared.config.limits).await {
         Ok(b) => b,
-        Err(rejection) => {
-            let outcome = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "unreadable"
-            };
+        Err(refused) => {
+            let (status, outcome) = refused.status_and_outcome();
             shared.metrics.webhook(name, outcome);
-            warn!(provider = name, outcome, "webhook body refused");
-            return rejection.into_response();
+            warn!(provider = name, outcome, error = %refused, "webhook body refused");
+            return reply(status, json!({"error": refused.to_string()}));
         }
     };
 

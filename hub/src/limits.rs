@@ -1,15 +1,28 @@
 //! The bounds on what one client can make the hub hold, each with its default. Each is a config
 //! field of the same name (`docs/hub.md`); `docs/security.md` states what each protects.
 
+use std::time::Duration;
+
 /// Every bound the hub enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest webhook body accepted (413 above it).
     pub max_body_bytes: usize,
+    /// Largest request head (request line and headers; 431 above it), which is also the most hyper
+    /// buffers per connection.
+    pub max_header_bytes: usize,
     /// Connections served at once (agents, and separately HTTP connections).
     pub max_connections: usize,
     /// Largest watch set accepted from one agent.
     pub max_watched_repos: usize,
+    /// Time from a request's first byte (or, on a kept-alive connection, from the previous answer) to
+    /// the end of its head; also bounds the TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Time to receive a webhook body once its head arrived (408 after it).
+    pub body_read_timeout: Duration,
+    /// An HTTP connection on which no byte moves either way for this long is closed (a stalled
+    /// reader, a stuck request). Agent websockets have their own keepalive instead.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -17,8 +30,47 @@ impl Default for Limits {
         Limits {
             // GitHub's own maximum is 25 MiB, but push payloads are small.
             max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
             max_connections: 20_000,
             max_watched_repos: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The smallest `max_header_bytes`: hyper refuses a smaller read buffer.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+/// A duration written as a whole number and a unit: `500ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u32 = number.parse().ok()?;
+    let unit = match unit {
+        "ms" => Duration::from_millis(1),
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return None,
+    };
+    unit.checked_mul(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_whole_number_and_a_unit() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration(" 5m "), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in ["", "10", "s", "1.5s", "-1s", "10 s", "1d", "99999999999h"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
     }
 }

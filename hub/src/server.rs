@@ -1,5 +1,5 @@
-//! The server: the accept loop (bounded connections, optional TLS, graceful drain) and the routes;
-//! [`run`] is the hub's entry point.
+//! The server: the accept loop (bounded connections, graceful drain), the routes and the TLS
+//! settings; [`run`] is the hub's entry point. Each connection is served by [`crate::conn`].
 
 use std::future::Future;
 use std::io::BufReader;
@@ -7,27 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tether_protocol::CONNECT_PATH;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, TlsFiles};
+use crate::conn::Serving;
 use crate::metrics::{Metrics, MetricsError};
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,12 +70,18 @@ pub async fn run(
     let metrics = Metrics::new()?;
     let shared = Arc::new(Shared::new(config, store, metrics));
     let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
-    let app = router(Arc::clone(&shared));
+    let serving = Serving {
+        tls,
+        app: router(Arc::clone(&shared)),
+        limits: shared.config.limits.clone(),
+        metrics: shared.metrics.clone(),
+        shutdown: shared.shutdown.clone(),
+    };
 
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        tls = tls.is_some(),
+        tls = serving.tls.is_some(),
         agents = shared.config.agents.len(),
         webhook_secrets = shared.config.webhooks.len(),
         data_dir = %shared.config.data_dir.display(),
@@ -110,19 +111,15 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         debug!(%peer, "connection accepted");
-        shared.tracker.spawn(serve_connection(
-            stream,
-            tls.clone(),
-            app.clone(),
-            shared.shutdown.clone(),
-            permit,
-        ));
+        shared
+            .tracker
+            .spawn(crate::conn::serve(stream, serving.clone(), permit));
     }
 
     info!("tether-hub shutting down");
     shared.shutdown.cancel();
     shared.tracker.close();
-    drop(app);
+    drop(serving);
     if tokio::time::timeout(DRAIN_TIMEOUT, shared.tracker.wait())
         .await
         .is_err()
@@ -139,47 +136,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route(CONNECT_PATH, get(crate::agents::connect))
         .route("/v1/webhooks/{provider}", post(crate::ingest::webhook))
-        .layer(DefaultBodyLimit::max(shared.config.limits.max_body_bytes))
         .with_state(shared)
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    tls: Option<TlsAcceptor>,
-    app: Router,
-    shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-) {
-    match tls {
-        Some(acceptor) => {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_io(TokioIo::new(tls_stream), app, shutdown).await,
-                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                Err(_) => debug!("TLS handshake timed out"),
-            }
-        }
-        None => serve_io(TokioIo::new(stream), app, shutdown).await,
-    }
-}
-
-async fn serve_io<I>(io: I, app: Router, shutdown: CancellationToken)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app));
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                debug!(error = %e, "connection ended with an error");
-            }
-        }
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
 }
 
 fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ServerError> {

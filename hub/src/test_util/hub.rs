@@ -120,6 +120,23 @@ impl TestHub {
         text
     }
 
+    /// Wait until the served metrics contain `line` (e.g. `tether_hub_agents_connected 1`); panics
+    /// at the deadline.
+    pub async fn wait_for_metric(&self, line: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let text = self.metrics().await;
+            if text.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no metric line {line:?} within {DEADLINE:?}:\n{text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The agent websocket's URL.
     pub fn ws_url(&self) -> String {
         format!("ws://{}{}", self.addr, tether_protocol::CONNECT_PATH)

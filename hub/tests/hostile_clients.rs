@@ -1,0 +1,141 @@
+//! The hub against slow and hostile clients, over real sockets on 127.0.0.1: each limit in
+//! `docs/security.md` holds, and the hub keeps serving everyone else.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use support::*;
+use tether_hub::test_util::DEADLINE;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Read what the hub sends until it closes the connection; panics if it does not within the deadline.
+async fn until_closed(stream: &mut (impl AsyncReadExt + Unpin)) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read_all)
+        .await
+        .unwrap_or_else(|_| panic!("the hub did not close the connection within {DEADLINE:?}"));
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn status_of(response: &str) -> Option<u16> {
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn a_request_head_sent_slowly_is_cut_at_the_header_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), &["**"]).set("header_read_timeout", "300ms");
+    let hub = TestHub::start(config.build()).await;
+
+    let mut slow = TcpStream::connect(hub.addr).await.unwrap();
+    slow.write_all(b"POST /v1/webhooks/github HTTP/1.1\r\nHost: hub.test\r\n")
+        .await
+        .unwrap();
+    // The head never ends: the hub closes the connection without an answer.
+    assert_eq!(until_closed(&mut slow).await, "");
+    hub.wait_for_metric("tether_hub_connections_timed_out_total{phase=\"header\"} 1")
+        .await;
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_with_no_next_request_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), &["**"]).set("header_read_timeout", "300ms");
+    let hub = TestHub::start(config.build()).await;
+
+    let mut idle = TcpStream::connect(hub.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: hub.test\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = until_closed(&mut idle).await;
+    assert_eq!(status_of(&answered), Some(200), "{answered}");
+    assert!(answered.ends_with("ok\n"), "{answered}");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_head_over_max_header_bytes_is_refused_with_431() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(config(dir.path(), &["**"])).await;
+
+    let big = "x".repeat(20 * 1024);
+    let mut client = TcpStream::connect(hub.addr).await.unwrap();
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: hub.test\r\nX-Big: {big}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let answered = until_closed(&mut client).await;
+    assert_eq!(status_of(&answered), Some(431), "{answered}");
+
+    // A head within the limit is served.
+    let (status, _) = hub
+        .request("GET", "/healthz", &[("x-small", "y")], Vec::new())
+        .await;
+    assert_eq!(status, 200);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_body_sent_slowly_is_answered_408_at_the_body_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), &["**"]).set("body_read_timeout", "300ms");
+    let hub = TestHub::start(config.build()).await;
+
+    let mut slow = TcpStream::connect(hub.addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/webhooks/github HTTP/1.1\r\nHost: hub.test\r\nX-GitHub-Event: push\r\n\
+          Content-Length: 1000\r\n\r\n{\"ref\":",
+    )
+    .await
+    .unwrap();
+    let answered = until_closed(&mut slow).await;
+    assert_eq!(status_of(&answered), Some(408), "{answered}");
+    hub.wait_for_metric(
+        "tether_hub_webhooks_total{outcome=\"body_timeout\",provider=\"github\"} 1",
+    )
+    .await;
+    hub.stop().await;
+}
+
+/// A client that pipelines requests and never reads the answers stalls the hub's writes: once no
+/// byte moves for `idle_timeout`, the hub closes the connection.
+#[tokio::test]
+async fn a_connection_that_stops_reading_its_answers_is_closed_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), &["**"]).set("idle_timeout", "500ms");
+    let hub = TestHub::start(config.build()).await;
+
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(hub.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let requests = tokio::spawn(async move {
+        // Far more answers (each a few KiB of metrics) than the sockets' buffers hold.
+        let request = b"GET /metrics HTTP/1.1\r\nHost: hub.test\r\n\r\n";
+        for _ in 0..20_000 {
+            if writer.write_all(request).await.is_err() {
+                break;
+            }
+        }
+        writer
+    });
+
+    hub.wait_for_metric("tether_hub_connections_timed_out_total{phase=\"idle\"} 1")
+        .await;
+    until_closed(&mut reader).await;
+    requests.abort();
+    // The hub itself still answers.
+    let (status, _) = hub.request("GET", "/healthz", &[], Vec::new()).await;
+    assert_eq!(status, 200);
+    hub.stop().await;
+}
