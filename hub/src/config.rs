@@ -23,6 +23,7 @@ struct RawConfig {
     tls: Option<RawTls>,
     data_dir: Option<PathBuf>,
     max_body_bytes: Option<usize>,
+    max_body_bytes_in_flight: Option<usize>,
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
     max_watched_repos: Option<usize>,
@@ -224,6 +225,11 @@ impl Config {
         let mut f = Fields(&mut problems);
         let limits = Limits {
             max_body_bytes: f.positive("max_body_bytes", raw.max_body_bytes, d.max_body_bytes),
+            max_body_bytes_in_flight: f.positive(
+                "max_body_bytes_in_flight",
+                raw.max_body_bytes_in_flight,
+                d.max_body_bytes_in_flight,
+            ),
             max_header_bytes: f.at_least(
                 "max_header_bytes",
                 raw.max_header_bytes,
@@ -248,6 +254,18 @@ impl Config {
             ),
             idle_timeout: f.duration("idle_timeout", raw.idle_timeout, d.idle_timeout),
         };
+        if limits.max_body_bytes_in_flight < limits.max_body_bytes {
+            problems.push(format!(
+                "max_body_bytes_in_flight: {} is less than max_body_bytes ({}); no body that large could be read",
+                limits.max_body_bytes_in_flight, limits.max_body_bytes
+            ));
+        }
+        if limits.max_body_bytes_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
+            problems.push(format!(
+                "max_body_bytes_in_flight: at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            ));
+        }
 
         let mut agents = Vec::new();
         for (i, a) in raw.agents.into_iter().enumerate() {
@@ -460,6 +478,7 @@ mod tests {
 listen: "nowhere"
 max_body_bytes: 0
 max_header_bytes: 100
+max_body_bytes_in_flight: 10
 idle_timeout: 0s
 agents:
   - name: a
@@ -489,6 +508,7 @@ webhooks:
             "data_dir: missing",
             "max_body_bytes: must be greater than zero",
             "max_header_bytes: must be at least 8192",
+            "max_body_bytes_in_flight: 10 is less than max_body_bytes",
             "idle_timeout: \"0s\" is not a duration above zero",
             "agents[0].token_sha256: expected 64 hex",
             "agents[1].name: \"a\" is used twice",

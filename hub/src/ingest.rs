@@ -11,13 +11,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
+use prometheus::IntGauge;
 use serde_json::json;
 use tether_protocol::{Notice, RepoId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::limits::Limits;
+use crate::config::WebhookSecret;
 use crate::state::Shared;
-use crate::webhook::{Event, Provider};
+use crate::webhook::{Event, Provider, WebhookError};
 
 /// Why a webhook body was not read whole.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,8 @@ enum BodyRefused {
     Timeout { timeout: Duration },
     #[error("the body could not be read: {0}")]
     Unreadable(String),
+    #[error("the hub holds as many webhook bodies as it may; retry later")]
+    Busy,
 }
 
 impl BodyRefused {
@@ -36,12 +40,19 @@ impl BodyRefused {
             BodyRefused::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             BodyRefused::Timeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             BodyRefused::Unreadable(_) => (StatusCode::BAD_REQUEST, "unreadable"),
+            BodyRefused::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
         }
     }
 }
 
-/// Read a webhook body whole, within `max_body_bytes` and `body_read_timeout`.
-async fn read_body(body: Body, headers: &HeaderMap, limits: &Limits) -> Result<Bytes, BodyRefused> {
+/// Read a webhook body whole, within `max_body_bytes`, `body_read_timeout` and the room left in
+/// `max_body_bytes_in_flight`; the bytes stay counted against the latter while [`Held`] lives.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    shared: &Shared,
+) -> Result<(Bytes, Held), BodyRefused> {
+    let limits = &shared.config.limits;
     let max = limits.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -53,21 +64,91 @@ async fn read_body(body: Body, headers: &HeaderMap, limits: &Limits) -> Result<B
     let read = async {
         let mut body = body;
         let mut bytes = Vec::new();
+        let mut held = Held {
+            permit: None,
+            bytes: 0,
+            gauge: shared.metrics.webhook_body_bytes.clone(),
+        };
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| BodyRefused::Unreadable(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 if bytes.len() + data.len() > max {
                     return Err(BodyRefused::TooLarge { max });
                 }
+                if !held.take(&shared.body_budget, data.len()) {
+                    return Err(BodyRefused::Busy);
+                }
                 bytes.extend_from_slice(&data);
             }
         }
-        Ok(Bytes::from(bytes))
+        Ok((Bytes::from(bytes), held))
     };
     let timeout = limits.body_read_timeout;
     tokio::time::timeout(timeout, read)
         .await
         .unwrap_or(Err(BodyRefused::Timeout { timeout }))
+}
+
+/// What the blocking check of a delivery found.
+struct Checked {
+    /// The indices (in `webhooks`) of the secrets that verified it.
+    verified: Vec<usize>,
+    /// The event, read only when a secret verified it.
+    event: Option<Result<Event, WebhookError>>,
+    /// The delivery's id.
+    delivery: String,
+}
+
+/// Verify a delivery against every secret for its provider and read it if one did. CPU-bound: call
+/// it on a blocking thread.
+fn check(shared: &Shared, provider: Provider, headers: &HeaderMap, body: &[u8]) -> Checked {
+    let verified: Vec<usize> = shared
+        .config
+        .webhooks
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.provider == provider && provider.verify(headers, body, &w.secret))
+        .map(|(i, _)| i)
+        .collect();
+    let event = (!verified.is_empty()).then(|| provider.parse(headers, body));
+    Checked {
+        verified,
+        event,
+        delivery: provider.delivery_id(headers, body),
+    }
+}
+
+/// Webhook body bytes held by one request, counted against `max_body_bytes_in_flight` and the
+/// `tether_hub_webhook_body_bytes` gauge until dropped.
+struct Held {
+    permit: Option<OwnedSemaphorePermit>,
+    bytes: usize,
+    gauge: IntGauge,
+}
+
+impl Held {
+    /// Count `n` more bytes, if the budget has room for them.
+    fn take(&mut self, budget: &Arc<Semaphore>, n: usize) -> bool {
+        let Ok(permits) = u32::try_from(n) else {
+            return false;
+        };
+        let Ok(more) = Arc::clone(budget).try_acquire_many_owned(permits) else {
+            return false;
+        };
+        match &mut self.permit {
+            Some(p) => p.merge(more),
+            None => self.permit = Some(more),
+        }
+        self.bytes += n;
+        self.gauge.add(n as i64);
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes as i64);
+    }
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
@@ -89,8 +170,8 @@ pub(crate) async fn webhook(
         );
     };
     let name = provider.name();
-    let body = match read_body(body, &headers, &shared.config.limits).await {
-        Ok(b) => b,
+    let (body, _held) = match read_body(body, &headers, &shared).await {
+        Ok(read) => read,
         Err(refused) => {
             let (status, outcome) = refused.status_and_outcome();
             shared.metrics.webhook(name, outcome);
@@ -99,25 +180,40 @@ pub(crate) async fn webhook(
         }
     };
 
-    // Verify against every secret configured for this provider; a delivery may only notify the
-    // repositories covered by a secret that verified it.
-    let verified: Vec<_> = shared
-        .config
-        .webhooks
+    // Verify against every secret configured for this provider (a delivery may only notify the
+    // repositories covered by a secret that verified it), off the async workers: that is one HMAC
+    // of the whole body per secret.
+    let checked = {
+        let (shared, headers, body) = (Arc::clone(&shared), headers.clone(), body.clone());
+        tokio::task::spawn_blocking(move || check(&shared, provider, &headers, &body)).await
+    };
+    let Ok(Checked {
+        verified,
+        event,
+        delivery,
+    }) = checked
+    else {
+        shared.metrics.webhook(name, "internal_error");
+        warn!(provider = name, "webhook verification task failed");
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "verification failed; retry"}),
+        );
+    };
+    let verified: Vec<&WebhookSecret> = verified
         .iter()
-        .filter(|w| w.provider == provider)
-        .filter(|w| provider.verify(&headers, &body, &w.secret))
+        .map(|&i| &shared.config.webhooks[i])
         .collect();
-    if verified.is_empty() {
+    let Some(event) = event else {
         shared.metrics.webhook(name, "unauthorized");
         warn!(provider = name, "webhook signature or token did not verify");
         return reply(
             StatusCode::UNAUTHORIZED,
             json!({"error": "signature or token did not verify"}),
         );
-    }
+    };
 
-    let push = match provider.parse(&headers, &body) {
+    let push = match event {
         Ok(Event::Push(p)) => p,
         Ok(Event::Ping) => {
             shared.metrics.webhook(name, "ping");
@@ -150,7 +246,6 @@ pub(crate) async fn webhook(
         );
     }
 
-    let delivery = provider.delivery_id(&headers, &body);
     let first_time = shared
         .dedup
         .lock()

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub struct Limits {
     /// Largest webhook body accepted (413 above it).
     pub max_body_bytes: usize,
+    /// Webhook body bytes held at once, over every request being read or verified (503 when full).
+    pub max_body_bytes_in_flight: usize,
     /// Largest request head (request line and headers; 431 above it), which is also the most hyper
     /// buffers per connection.
     pub max_header_bytes: usize,
@@ -30,6 +32,7 @@ impl Default for Limits {
         Limits {
             // GitHub's own maximum is 25 MiB, but push payloads are small.
             max_body_bytes: 1024 * 1024,
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
             max_header_bytes: 16 * 1024,
             max_connections: 20_000,
             max_watched_repos: 10_000,

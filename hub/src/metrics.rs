@@ -46,6 +46,8 @@ pub struct Metrics {
     pub fanout_latency: Histogram,
     /// Connections the hub cut for taking too long, by phase.
     pub connections_timed_out: IntCounterVec,
+    /// Bytes of webhook bodies held (being read or verified).
+    pub webhook_body_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -101,6 +103,11 @@ impl Metrics {
             &["phase"],
         )
         .map_err(MetricsError::Register)?;
+        let webhook_body_bytes = IntGauge::new(
+            "tether_hub_webhook_body_bytes",
+            "Bytes of webhook bodies held, being read or verified",
+        )
+        .map_err(MetricsError::Register)?;
         for c in [
             Box::new(agents_connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(webhooks.clone()),
@@ -109,6 +116,7 @@ impl Metrics {
             Box::new(notices_coalesced.clone()),
             Box::new(fanout_latency.clone()),
             Box::new(connections_timed_out.clone()),
+            Box::new(webhook_body_bytes.clone()),
         ] {
             registry.register(c).map_err(MetricsError::Register)?;
         }
@@ -121,6 +129,7 @@ impl Metrics {
             notices_coalesced,
             fanout_latency,
             connections_timed_out,
+            webhook_body_bytes,
         })
     }
 
@@ -173,7 +182,7 @@ mod tests {
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
                 .unwrap();
         let families = m.registry.gather();
-        assert_eq!(families.len(), 7, "a metric was added: document it");
+        assert_eq!(families.len(), 8, "a metric was added: document it");
         for family in families {
             let row = format!("| `{}` |", family.name());
             assert!(reference.contains(&row), "docs/metrics.md has no row {row}");

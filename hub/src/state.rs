@@ -1,5 +1,6 @@
 //! The state every connection shares: the config, the store, the fan-out, the metrics, the delivery
-//! dedup, the agent slots, and the shutdown signal with the tracker that drains sessions.
+//! dedup, the agent slots, the webhook body budget, and the shutdown signal with the tracker that
+//! drains sessions.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) dedup: Mutex<Dedup>,
     pub(crate) agent_slots: Arc<Semaphore>,
+    /// Webhook body bytes that may be held at once.
+    pub(crate) body_budget: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
 }
@@ -38,6 +41,7 @@ impl Shared {
         Shared {
             fanout: Fanout::new(metrics.clone()),
             agent_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            body_budget: Arc::new(Semaphore::new(config.limits.max_body_bytes_in_flight)),
             dedup: Mutex::new(Dedup::new(DEDUP_CAPACITY, DEDUP_WINDOW)),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),

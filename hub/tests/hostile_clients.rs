@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::*;
 use tether_hub::test_util::DEADLINE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -138,4 +140,83 @@ async fn a_connection_that_stops_reading_its_answers_is_closed_when_idle() {
     let (status, _) = hub.request("GET", "/healthz", &[], Vec::new()).await;
     assert_eq!(status, 200);
     hub.stop().await;
+}
+
+/// Two bodies sent almost whole and then held fill a budget of two bodies: the next webhook is
+/// answered 503 at once, and once they go, webhooks are accepted again.
+#[tokio::test]
+async fn webhook_bodies_in_flight_are_bounded_and_the_next_is_answered_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 2 * MAX_BODY;
+    let config = test_config(dir.path(), &["**"]).set("max_body_bytes_in_flight", budget);
+    let hub = TestHub::start(config.build()).await;
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut slow = TcpStream::connect(hub.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/webhooks/github HTTP/1.1\r\nHost: hub.test\r\nX-GitHub-Event: push\r\n\
+             Content-Length: {MAX_BODY}\r\n\r\n"
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        slow.write_all(&vec![b' '; MAX_BODY - 1]).await.unwrap();
+        held.push(slow);
+    }
+    hub.wait_for_metric(&format!(
+        "tether_hub_webhook_body_bytes {}",
+        2 * (MAX_BODY - 1)
+    ))
+    .await;
+
+    let (status, body) = hub.post_github("github-commit-event.json", "d-busy").await;
+    assert_eq!(status, 503, "{body}");
+    drop(held);
+    hub.wait_for_metric("tether_hub_webhook_body_bytes 0").await;
+    let (status, body) = hub.post_github("github-commit-event.json", "d-after").await;
+    assert_eq!(status, 202, "{body}");
+    hub.stop().await;
+}
+
+/// One delivery checked against many secrets is a long run of HMACs over the whole body; the hub
+/// answers others meanwhile (the test's runtime has one thread, which the hub shares).
+#[tokio::test]
+async fn signatures_are_checked_off_the_async_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TestConfig::new(dir.path())
+        .set("max_body_bytes", 1024 * 1024)
+        .agent("test-agent", AGENT_TOKEN, &["**"]);
+    for i in 0..500 {
+        config = config.webhook("github", &["github.com/**"], &format!("tenant-{i}"));
+    }
+    let hub = std::sync::Arc::new(TestHub::start(config.build()).await);
+
+    let posting = {
+        let hub = std::sync::Arc::clone(&hub);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let sig = format!("sha256={}", "0".repeat(64));
+            let headers = [
+                ("x-github-event", "push"),
+                ("x-hub-signature-256", sig.as_str()),
+            ];
+            let (status, _) = hub
+                .post("/v1/webhooks/github", &headers, vec![b' '; 1024 * 1024])
+                .await;
+            (status, started.elapsed())
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    while !posting.is_finished() {
+        let started = tokio::time::Instant::now();
+        let (status, _) = hub.request("GET", "/healthz", &[], Vec::new()).await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    let (status, took) = posting.await.unwrap();
+    assert_eq!(status, 401);
+    assert!(
+        slowest < took / 3,
+        "/healthz took up to {slowest:?} while one delivery took {took:?} to verify"
+    );
+    std::sync::Arc::into_inner(hub).unwrap().stop().await;
 }
