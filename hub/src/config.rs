@@ -26,7 +26,11 @@ struct RawConfig {
     max_body_bytes_in_flight: Option<usize>,
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_connections_per_agent: Option<usize>,
+    max_agent_message_bytes: Option<usize>,
     max_watched_repos: Option<usize>,
+    watch_update_burst: Option<u32>,
+    watch_update_interval: Option<String>,
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -242,6 +246,26 @@ impl Config {
                 raw.max_watched_repos,
                 d.max_watched_repos,
             ),
+            max_connections_per_agent: f.positive(
+                "max_connections_per_agent",
+                raw.max_connections_per_agent,
+                d.max_connections_per_agent,
+            ),
+            max_agent_message_bytes: f.positive(
+                "max_agent_message_bytes",
+                raw.max_agent_message_bytes,
+                d.max_agent_message_bytes,
+            ),
+            watch_update_burst: f.positive(
+                "watch_update_burst",
+                raw.watch_update_burst,
+                d.watch_update_burst,
+            ),
+            watch_update_interval: f.duration(
+                "watch_update_interval",
+                raw.watch_update_interval,
+                d.watch_update_interval,
+            ),
             header_read_timeout: f.duration(
                 "header_read_timeout",
                 raw.header_read_timeout,
@@ -386,9 +410,14 @@ fn relative_to(base: &Path, p: &Path) -> PathBuf {
 struct Fields<'a>(&'a mut Vec<String>);
 
 impl Fields<'_> {
-    fn positive(&mut self, field: &str, value: Option<usize>, default: usize) -> usize {
+    fn positive<T: Copy + PartialEq + From<u8>>(
+        &mut self,
+        field: &str,
+        value: Option<T>,
+        default: T,
+    ) -> T {
         match value {
-            Some(0) => {
+            Some(v) if v == T::from(0) => {
                 self.0.push(format!("{field}: must be greater than zero"));
                 default
             }

@@ -7,10 +7,15 @@ mod support;
 
 use std::time::Duration;
 
+use futures::SinkExt;
 use support::*;
 use tether_hub::test_util::DEADLINE;
+use tether_protocol::HubMessage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+const GITHUB_REPO: &str = "https://github.com/jessesuen/test-repo.git";
 
 /// Read what the hub sends until it closes the connection; panics if it does not within the deadline.
 async fn until_closed(stream: &mut (impl AsyncReadExt + Unpin)) -> String {
@@ -219,4 +224,83 @@ async fn signatures_are_checked_off_the_async_workers() {
         "/healthz took up to {slowest:?} while one delivery took {took:?} to verify"
     );
     std::sync::Arc::into_inner(hub).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn one_agent_token_cannot_hold_more_connections_than_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), &["**"]).set("max_connections_per_agent", 2);
+    let hub = TestHub::start(config.build()).await;
+
+    let first = hub.connect(AGENT_TOKEN).await.unwrap();
+    let _second = hub.connect(AGENT_TOKEN).await.unwrap();
+    match hub.connect(AGENT_TOKEN).await {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 429),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a third connection of one agent was accepted"),
+    }
+    hub.wait_for_metric("tether_hub_agent_refusals_total{reason=\"agent_connection_limit\"} 1")
+        .await;
+
+    // A connection that ends gives its place back.
+    drop(first);
+    hub.wait_for_metric("tether_hub_agents_connected 1").await;
+    let mut again = hub.connect(AGENT_TOKEN).await.unwrap();
+    again.watch(&[GITHUB_REPO]).await;
+    assert!(matches!(again.next().await, HubMessage::Catchup { .. }));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_message_over_the_cap_ends_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), &["**"]).set("max_agent_message_bytes", 64 * 1024);
+    let hub = TestHub::start(config.build()).await;
+
+    let mut agent = hub.connect(AGENT_TOKEN).await.unwrap();
+    let huge = "x".repeat(128 * 1024);
+    agent.ws.send(Message::Text(huge.into())).await.unwrap();
+    loop {
+        match agent.next_frame().await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Text(t))) => panic!("the hub read the message and answered: {t}"),
+            // A close frame, a reset or the end of the stream.
+            _ => break,
+        }
+    }
+    hub.wait_for_metric("tether_hub_agents_connected 0").await;
+    hub.stop().await;
+}
+
+/// Watches sent faster than the agent's rate: the burst is applied at once, the rest wait, and
+/// only the latest of those is applied when its turn comes.
+#[tokio::test]
+async fn watch_updates_beyond_the_rate_wait_and_the_latest_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), &["github.com/jessesuen/*"])
+        .set("watch_update_burst", 2)
+        .set("watch_update_interval", "1s");
+    let hub = TestHub::start(config.build()).await;
+
+    let mut agent = hub.connect(AGENT_TOKEN).await.unwrap();
+    for i in 0..5 {
+        agent
+            .watch(&[&format!("https://github.com/jessesuen/other-{i}.git")])
+            .await;
+    }
+    agent.watch(&[GITHUB_REPO]).await;
+    for _ in 0..3 {
+        assert!(matches!(agent.next().await, HubMessage::Catchup { .. }));
+    }
+
+    // The set in force is the last one sent, and no other catch-up is on its way.
+    let (status, body) = hub.post_github("github-commit-event.json", "d-rate").await;
+    assert_eq!(status, 202, "{body}");
+    match agent.next().await {
+        HubMessage::Push(n) => assert_eq!(n.repo.as_str(), "github.com/jessesuen/test-repo"),
+        other => panic!("expected the push, got {other:?}"),
+    }
+    hub.wait_for_metric("tether_hub_agent_refusals_total{reason=\"watch_rate_limited\"} 4")
+        .await;
+    hub.stop().await;
 }
