@@ -20,7 +20,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
-use crate::server::Shared;
+use crate::state::{AgentQuota, Shared};
 
 /// The agent whose token hash matches the request's `Authorization: Bearer` token, if any. Every
 /// configured hash is compared, in constant time, whatever matches first.
@@ -92,6 +92,21 @@ pub(crate) async fn connect(
         )
             .into_response();
     }
+    let Some(quota) = shared.quota(&agent.name) else {
+        return (StatusCode::UNAUTHORIZED, "unknown agent\n").into_response();
+    };
+    let Ok(own) = Arc::clone(&quota.connections).try_acquire_owned() else {
+        shared
+            .metrics
+            .agent_refusals
+            .with_label_values(&["agent_connection_limit"])
+            .inc();
+        let message = format!(
+            "agent {:?} already holds {} connections, this hub's max_connections_per_agent\n",
+            agent.name, shared.config.limits.max_connections_per_agent
+        );
+        return (StatusCode::TOO_MANY_REQUESTS, message).into_response();
+    };
     let Ok(permit) = Arc::clone(&shared.agent_slots).try_acquire_owned() else {
         shared
             .metrics
@@ -105,9 +120,14 @@ pub(crate) async fn connect(
             .into_response();
     };
     let tracker = shared.tracker.clone();
+    let max_message = shared.config.limits.max_agent_message_bytes;
     ws.protocols([SUBPROTOCOL])
         .read_buffer_size(AGENT_READ_BUFFER)
-        .on_upgrade(move |socket| tracker.track_future(session(socket, agent, shared, permit)))
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| {
+            tracker.track_future(session(socket, agent, quota, shared, [permit, own]))
+        })
 }
 
 /// Decrements the connected-agents gauge when the session ends, however it ends.
@@ -134,11 +154,14 @@ async fn send_hub(sink: &mut Sink, message: &HubMessage) -> Result<(), &'static 
     send(sink, Message::Text(message.to_json().into())).await
 }
 
+/// The session of one agent. `_slots` are its places among all agents and among its own
+/// connections, given back when it ends.
 async fn session(
     socket: WebSocket,
     agent: AgentConfig,
+    quota: Arc<AgentQuota>,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    _slots: [OwnedSemaphorePermit; 2],
 ) {
     shared.metrics.agents_connected.inc();
     let _connected = Connected(shared.metrics.agents_connected.clone());
@@ -149,6 +172,9 @@ async fn session(
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let mut last_heard = Instant::now();
+    // A watch that arrived faster than the agent's rate allows, applied when its turn comes; a
+    // newer one replaces it.
+    let mut waiting: Option<(Vec<RepoId>, Instant)> = None;
 
     let reason: &str = loop {
         tokio::select! {
@@ -166,7 +192,13 @@ async fn session(
                 last_heard = Instant::now();
                 match message {
                     Message::Text(text) => {
-                        if let Err(e) = on_text(text.as_str(), &agent, &shared, &mut subscription, &mut sink).await {
+                        let repos = match read_watch(text.as_str(), &agent, &mut sink).await {
+                            Ok(Some(repos)) => repos,
+                            Ok(None) => continue,
+                            Err(e) => break e,
+                        };
+                        waiting = None;
+                        if let Err(e) = watch_when_allowed(repos, &mut waiting, &agent, &quota, &shared, &mut subscription, &mut sink).await {
                             break e;
                         }
                     }
@@ -195,6 +227,13 @@ async fn session(
                     break e;
                 }
             }
+            () = tokio::time::sleep_until(waiting.as_ref().map_or_else(Instant::now, |w| w.1)), if waiting.is_some() => {
+                if let Some((repos, _)) = waiting.take()
+                    && let Err(e) = watch_when_allowed(repos, &mut waiting, &agent, &quota, &shared, &mut subscription, &mut sink).await
+                {
+                    break e;
+                }
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= DEAD_AFTER {
                     break "silent for too long";
@@ -208,27 +247,56 @@ async fn session(
     info!(agent = %agent.name, reason, "agent disconnected");
 }
 
-async fn on_text(
+/// The watch set a text message carries, or `None` after answering one that is not a watch.
+async fn read_watch(
     text: &str,
+    agent: &AgentConfig,
+    sink: &mut Sink,
+) -> Result<Option<Vec<RepoId>>, &'static str> {
+    match AgentMessage::from_json(text) {
+        Ok(AgentMessage::Watch { repos }) => Ok(Some(repos)),
+        Err(e) => {
+            warn!(agent = %agent.name, error = %e, "unreadable message from agent");
+            let message = e.to_string();
+            send_hub(sink, &HubMessage::Error { message }).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Apply a watch now if the agent's watch-update rate allows, or keep it in `waiting` until then.
+async fn watch_when_allowed(
+    repos: Vec<RepoId>,
+    waiting: &mut Option<(Vec<RepoId>, Instant)>,
+    agent: &AgentConfig,
+    quota: &AgentQuota,
+    shared: &Shared,
+    subscription: &mut crate::fanout::Subscription,
+    sink: &mut Sink,
+) -> Result<(), &'static str> {
+    match quota.take_watch_update() {
+        Ok(()) => watch(repos, agent, shared, subscription, sink).await,
+        Err(due) => {
+            shared
+                .metrics
+                .agent_refusals
+                .with_label_values(&["watch_rate_limited"])
+                .inc();
+            *waiting = Some((repos, Instant::from_std(due)));
+            Ok(())
+        }
+    }
+}
+
+/// Replace the agent's watch set, then send its catch-up.
+async fn watch(
+    repos: Vec<RepoId>,
     agent: &AgentConfig,
     shared: &Shared,
     subscription: &mut crate::fanout::Subscription,
     sink: &mut Sink,
 ) -> Result<(), &'static str> {
-    let repos = match AgentMessage::from_json(text) {
-        Ok(AgentMessage::Watch { repos }) => repos,
-        Err(e) => {
-            warn!(agent = %agent.name, error = %e, "unreadable message from agent");
-            return send_hub(
-                sink,
-                &HubMessage::Error {
-                    message: e.to_string(),
-                },
-            )
-            .await;
-        }
-    };
-    let limit = shared.config.max_watched_repos;
+    let limit = shared.config.limits.max_watched_repos;
     if repos.len() > limit {
         shared
             .metrics
@@ -294,7 +362,7 @@ async fn on_text(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::RepoGlobs;
+    use crate::globs::RepoGlobs;
     use axum::http::HeaderValue;
 
     fn agent(name: &str, token: &str) -> AgentConfig {

@@ -4,22 +4,16 @@
 //! each names a file or an environment variable, read once at start-up. [`Config::load`] reports every
 //! problem at once, each naming the field (`agents[1].token_sha256: ...`).
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;
-use tether_protocol::RepoId;
 
+use crate::globs::RepoGlobs;
+use crate::limits::{Limits, MIN_HEADER_BYTES, parse_duration};
+use crate::secret::{Environment, ProcessEnv, Secret, SecretSource};
 use crate::webhook::Provider;
-
-/// Default cap on a webhook body: GitHub's own maximum is 25 MiB, but push payloads are small.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Default cap on open connections (agents and webhook requests together).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
-/// Default cap on the repositories one agent may watch.
-pub const DEFAULT_MAX_WATCHED_REPOS: usize = 10_000;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -29,8 +23,17 @@ struct RawConfig {
     tls: Option<RawTls>,
     data_dir: Option<PathBuf>,
     max_body_bytes: Option<usize>,
+    max_body_bytes_in_flight: Option<usize>,
+    max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_connections_per_agent: Option<usize>,
+    max_agent_message_bytes: Option<usize>,
     max_watched_repos: Option<usize>,
+    watch_update_burst: Option<u32>,
+    watch_update_interval: Option<String>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
     #[serde(default)]
     agents: Vec<RawAgent>,
     #[serde(default)]
@@ -67,63 +70,6 @@ struct RawWebhook {
 struct RawSecretSource {
     file: Option<PathBuf>,
     env: Option<String>,
-}
-
-/// A secret value. Its `Debug` shows nothing of it, so it cannot leak into a log by accident.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    /// Wrap secret bytes.
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(bytes.into())
-    }
-
-    /// The secret bytes, for verification only.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// A set of globs over normalised repository ids. `*` stays within one path segment; `**` crosses them.
-#[derive(Debug, Clone)]
-pub struct RepoGlobs {
-    patterns: Vec<String>,
-    matchers: Vec<GlobMatcher>,
-}
-
-impl RepoGlobs {
-    /// Compile globs; the error names the first bad pattern.
-    pub fn new(patterns: &[String]) -> Result<Self, (String, globset::Error)> {
-        let mut matchers = Vec::with_capacity(patterns.len());
-        for p in patterns {
-            let glob: Glob = GlobBuilder::new(p)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| (p.clone(), e))?;
-            matchers.push(glob.compile_matcher());
-        }
-        Ok(Self {
-            patterns: patterns.to_vec(),
-            matchers,
-        })
-    }
-
-    /// Whether any glob matches the repository.
-    pub fn matches(&self, repo: &RepoId) -> bool {
-        self.matchers.iter().any(|m| m.is_match(repo.as_str()))
-    }
-
-    /// The patterns as written.
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
-    }
 }
 
 /// An agent allowed to connect.
@@ -166,12 +112,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Where the store lives.
     pub data_dir: PathBuf,
-    /// Largest webhook body accepted.
-    pub max_body_bytes: usize,
-    /// Largest number of connections served at once.
-    pub max_connections: usize,
-    /// Largest watch set accepted from one agent.
-    pub max_watched_repos: usize,
+    /// What one client may make the hub hold.
+    pub limits: Limits,
     /// The agents.
     pub agents: Vec<AgentConfig>,
     /// The webhook secrets.
@@ -217,22 +159,6 @@ impl ConfigError {
             ConfigError::Parse { .. } => "config_parse",
             ConfigError::Invalid { .. } => "config_invalid",
         }
-    }
-}
-
-/// Where secrets and the environment come from; tests substitute their own.
-pub trait Environment {
-    /// The value of an environment variable.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessEnv;
-
-impl Environment for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
     }
 }
 
@@ -299,24 +225,71 @@ impl Config {
             }
         };
 
-        let max_body_bytes = positive(
-            raw.max_body_bytes,
-            DEFAULT_MAX_BODY_BYTES,
-            "max_body_bytes",
-            &mut problems,
-        );
-        let max_connections = positive(
-            raw.max_connections,
-            DEFAULT_MAX_CONNECTIONS,
-            "max_connections",
-            &mut problems,
-        );
-        let max_watched_repos = positive(
-            raw.max_watched_repos,
-            DEFAULT_MAX_WATCHED_REPOS,
-            "max_watched_repos",
-            &mut problems,
-        );
+        let d = Limits::default();
+        let mut f = Fields(&mut problems);
+        let limits = Limits {
+            max_body_bytes: f.positive("max_body_bytes", raw.max_body_bytes, d.max_body_bytes),
+            max_body_bytes_in_flight: f.positive(
+                "max_body_bytes_in_flight",
+                raw.max_body_bytes_in_flight,
+                d.max_body_bytes_in_flight,
+            ),
+            max_header_bytes: f.at_least(
+                "max_header_bytes",
+                raw.max_header_bytes,
+                MIN_HEADER_BYTES,
+                d.max_header_bytes,
+            ),
+            max_connections: f.positive("max_connections", raw.max_connections, d.max_connections),
+            max_watched_repos: f.positive(
+                "max_watched_repos",
+                raw.max_watched_repos,
+                d.max_watched_repos,
+            ),
+            max_connections_per_agent: f.positive(
+                "max_connections_per_agent",
+                raw.max_connections_per_agent,
+                d.max_connections_per_agent,
+            ),
+            max_agent_message_bytes: f.positive(
+                "max_agent_message_bytes",
+                raw.max_agent_message_bytes,
+                d.max_agent_message_bytes,
+            ),
+            watch_update_burst: f.positive(
+                "watch_update_burst",
+                raw.watch_update_burst,
+                d.watch_update_burst,
+            ),
+            watch_update_interval: f.duration(
+                "watch_update_interval",
+                raw.watch_update_interval,
+                d.watch_update_interval,
+            ),
+            header_read_timeout: f.duration(
+                "header_read_timeout",
+                raw.header_read_timeout,
+                d.header_read_timeout,
+            ),
+            body_read_timeout: f.duration(
+                "body_read_timeout",
+                raw.body_read_timeout,
+                d.body_read_timeout,
+            ),
+            idle_timeout: f.duration("idle_timeout", raw.idle_timeout, d.idle_timeout),
+        };
+        if limits.max_body_bytes_in_flight < limits.max_body_bytes {
+            problems.push(format!(
+                "max_body_bytes_in_flight: {} is less than max_body_bytes ({}); no body that large could be read",
+                limits.max_body_bytes_in_flight, limits.max_body_bytes
+            ));
+        }
+        if limits.max_body_bytes_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
+            problems.push(format!(
+                "max_body_bytes_in_flight: at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            ));
+        }
 
         let mut agents = Vec::new();
         for (i, a) in raw.agents.into_iter().enumerate() {
@@ -379,29 +352,9 @@ impl Config {
                 ));
             }
             let repos = globs(&w.repos, &format!("{field}.repos"), &mut problems);
-            let secret = match (&w.secret.file, &w.secret.env) {
-                (Some(file), None) => {
-                    let file = relative_to(base, file);
-                    match std::fs::read(&file) {
-                        Ok(bytes) => Some(Secret::new(trim_newline(bytes))),
-                        Err(e) => {
-                            problems.push(format!(
-                                "{field}.secret.file: cannot read {}: {e}",
-                                file.display()
-                            ));
-                            None
-                        }
-                    }
-                }
-                (None, Some(name)) => match env.var(name) {
-                    Some(v) => Some(Secret::new(v.trim_end_matches(['\r', '\n']).as_bytes())),
-                    None => {
-                        problems.push(format!(
-                            "{field}.secret.env: environment variable {name} is not set"
-                        ));
-                        None
-                    }
-                },
+            let source = match (&w.secret.file, &w.secret.env) {
+                (Some(file), None) => Some(SecretSource::File(relative_to(base, file))),
+                (None, Some(name)) => Some(SecretSource::Env(name.clone())),
                 _ => {
                     problems.push(format!(
                         "{field}.secret: give exactly one of `file` (a path) or `env` (a variable name); secrets are never written inline"
@@ -409,6 +362,13 @@ impl Config {
                     None
                 }
             };
+            let secret = source.and_then(|source| match source.read(env) {
+                Ok(secret) => Some(secret),
+                Err(e) => {
+                    problems.push(format!("{field}.secret.{}: {e}", source.field()));
+                    None
+                }
+            });
             if let Some(secret) = secret {
                 if secret.expose().is_empty() {
                     problems.push(format!("{field}.secret: the secret is empty"));
@@ -431,9 +391,7 @@ impl Config {
             listen,
             tls,
             data_dir,
-            max_body_bytes,
-            max_connections,
-            max_watched_repos,
+            limits,
             agents,
             webhooks,
         })
@@ -448,19 +406,50 @@ fn relative_to(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn positive(
-    value: Option<usize>,
-    default: usize,
-    field: &str,
-    problems: &mut Vec<String>,
-) -> usize {
-    match value {
-        Some(0) => {
-            problems.push(format!("{field}: must be greater than zero"));
-            default
+/// Checks the limit fields, each with its default, recording problems.
+struct Fields<'a>(&'a mut Vec<String>);
+
+impl Fields<'_> {
+    fn positive<T: Copy + PartialEq + From<u8>>(
+        &mut self,
+        field: &str,
+        value: Option<T>,
+        default: T,
+    ) -> T {
+        match value {
+            Some(v) if v == T::from(0) => {
+                self.0.push(format!("{field}: must be greater than zero"));
+                default
+            }
+            Some(v) => v,
+            None => default,
         }
-        Some(v) => v,
-        None => default,
+    }
+
+    fn at_least(&mut self, field: &str, value: Option<usize>, min: usize, default: usize) -> usize {
+        match value {
+            Some(v) if v < min => {
+                self.0.push(format!("{field}: must be at least {min}"));
+                default
+            }
+            Some(v) => v,
+            None => default,
+        }
+    }
+
+    fn duration(&mut self, field: &str, value: Option<String>, default: Duration) -> Duration {
+        let Some(text) = value else {
+            return default;
+        };
+        match parse_duration(&text) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                self.0.push(format!(
+                    "{field}: {text:?} is not a duration above zero like 500ms, 10s, 5m or 1h"
+                ));
+                default
+            }
+        }
     }
 }
 
@@ -469,10 +458,7 @@ fn globs(patterns: &[String], field: &str, problems: &mut Vec<String>) -> RepoGl
         Ok(g) => g,
         Err((p, e)) => {
             problems.push(format!("{field}: bad glob {p:?}: {e}"));
-            RepoGlobs {
-                patterns: Vec::new(),
-                matchers: Vec::new(),
-            }
+            RepoGlobs::none()
         }
     }
 }
@@ -482,26 +468,11 @@ fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
-fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
-    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-        bytes.pop();
-    }
-    bytes
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-
-    struct Env(HashMap<&'static str, &'static str>);
-    impl Environment for Env {
-        fn var(&self, name: &str) -> Option<String> {
-            self.0.get(name).map(|v| v.to_string())
-        }
-    }
+    use crate::test_util::FakeEnv as Env;
 
     const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
@@ -509,11 +480,11 @@ mod tests {
     fn example_config_is_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hub.yaml");
         let text = std::fs::read_to_string(&dir).unwrap();
-        let env = Env(HashMap::from([
+        let env = Env::new([
             ("TETHER_GITHUB_SECRET", "s3cret"),
             ("TETHER_GITLAB_TOKEN", "t0ken"),
             ("TETHER_GENERIC_SECRET", "g3neric"),
-        ]));
+        ]);
         // The example's secret files do not exist here; only env-sourced ones resolve.
         match Config::from_yaml(&text, &dir, &env) {
             Ok(c) => assert!(!c.agents.is_empty()),
@@ -535,6 +506,9 @@ mod tests {
             r#"
 listen: "nowhere"
 max_body_bytes: 0
+max_header_bytes: 100
+max_body_bytes_in_flight: 10
+idle_timeout: 0s
 agents:
   - name: a
     token_sha256: "abc"
@@ -554,7 +528,7 @@ webhooks:
     secret: {{ env: X, file: /x }}
 "#
         );
-        let env = Env(HashMap::from([("X", "x")]));
+        let env = Env::new([("X", "x")]);
         let err = Config::from_yaml(&text, Path::new("/etc/hub.yaml"), &env).unwrap_err();
         assert_eq!(err.category(), "config_invalid");
         let msg = err.to_string();
@@ -562,6 +536,9 @@ webhooks:
             "listen:",
             "data_dir: missing",
             "max_body_bytes: must be greater than zero",
+            "max_header_bytes: must be at least 8192",
+            "max_body_bytes_in_flight: 10 is less than max_body_bytes",
+            "idle_timeout: \"0s\" is not a duration above zero",
             "agents[0].token_sha256: expected 64 hex",
             "agents[1].name: \"a\" is used twice",
             "agents[1].repos: empty",
@@ -577,7 +554,7 @@ webhooks:
     #[test]
     fn unknown_fields_and_inline_secrets_are_refused() {
         let text = "data_dir: /tmp\nwebhooks:\n  - provider: github\n    repos: ['**']\n    secret: { value: hunter2 }\n";
-        let err = Config::from_yaml(text, Path::new("h.yaml"), &Env(HashMap::new())).unwrap_err();
+        let err = Config::from_yaml(text, Path::new("h.yaml"), &Env::default()).unwrap_err();
         assert_eq!(err.category(), "config_parse");
         assert!(err.to_string().contains("unknown field `value`"), "{err}");
     }
@@ -589,23 +566,12 @@ webhooks:
         let text = format!(
             "data_dir: data\nagents:\n  - name: a\n    token_sha256: {HASH}\n    repos: ['github.com/acme/*']\nwebhooks:\n  - provider: github\n    repos: ['**']\n    secret: {{ file: gh }}\n  - provider: gitlab\n    repos: ['**']\n    secret: {{ env: GL }}\n"
         );
-        let env = Env(HashMap::from([("GL", "from-env")]));
+        let env = Env::new([("GL", "from-env")]);
         let cfg = Config::from_yaml(&text, &dir.path().join("hub.yaml"), &env).unwrap();
         assert_eq!(cfg.webhooks[0].secret.expose(), b"from-file");
         assert_eq!(cfg.webhooks[1].secret.expose(), b"from-env");
         assert_eq!(cfg.data_dir, dir.path().join("data"));
         let debug = format!("{cfg:?}");
         assert!(!debug.contains("from-file") && !debug.contains("from-env"));
-    }
-
-    #[test]
-    fn single_star_stays_in_one_segment() {
-        let g = RepoGlobs::new(&["github.com/acme/*".to_string()]).unwrap();
-        let id = |s: &str| tether_protocol::normalize(s).unwrap();
-        assert!(g.matches(&id("github.com/acme/app")));
-        assert!(!g.matches(&id("github.com/acme/sub/app")));
-        assert!(!g.matches(&id("github.com/other/app")));
-        let all = RepoGlobs::new(&["**".to_string()]).unwrap();
-        assert!(all.matches(&id("gitlab.com:2222/group/name")));
     }
 }

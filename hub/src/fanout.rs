@@ -122,7 +122,8 @@ impl Fanout {
     }
 
     /// Agents currently watching `repo`.
-    pub fn watchers(&self, repo: &RepoId) -> usize {
+    #[cfg(test)]
+    fn watchers(&self, repo: &RepoId) -> usize {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         index.get(repo).map_or(0, HashMap::len)
     }
@@ -153,7 +154,8 @@ impl Subscription {
     }
 
     /// This agent's outbox.
-    pub fn outbox(&self) -> &Outbox {
+    #[cfg(test)]
+    fn outbox(&self) -> &Outbox {
         &self.outbox
     }
 

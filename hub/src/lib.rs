@@ -1,21 +1,44 @@
 //! Tether's hub: receives the forges' push webhooks and relays them as notices to operators, which
 //! connect out to it over websockets (nothing opens into the cluster).
 //!
-//! - [`config`]: the YAML config file, its validation and the secrets it resolves.
-//! - [`webhook`]: per-provider verification and parsing of webhook deliveries, and deduplication.
+//! A request comes in through [`server`] (accept loop, routes) and [`conn`] (TLS, HTTP/1.1,
+//! timeouts). A webhook goes to [`ingest`], which verifies and parses it with [`webhook`], records it
+//! in [`store`] and hands it to [`fanout`]; an agent's websocket goes to [`agents`], which subscribes
+//! it in [`fanout`] and writes its notices. What every connection shares is in [`state`]. Imports run one way, in that order:
+//! `server` → `conn`, `ingest`, `agents` → `state` → the rest; nothing below imports what is above it.
+//!
+//! - [`config`]: the YAML config file and its validation; [`globs`]: the repository globs it grants.
+//! - [`limits`]: every bound on what one client can make the hub hold, with its default.
+//! - [`secret`]: secret values (never printed) and where each is read from (file or environment).
+//! - [`webhook`]: per-provider verification and parsing of deliveries ([`webhook::sign`] for the
+//!   HMAC and token checks, [`webhook::dedup`] for redeliveries). Pure.
+//! - [`ingest`]: the webhook intake, `POST /v1/webhooks/{provider}`.
 //! - [`agents`]: bearer-token authentication and the websocket session of one agent.
 //! - [`fanout`]: who watches what, and each agent's coalescing outbox.
 //! - [`store`]: the latest push per repository, persisted for catch-up.
-//! - [`server`]: the accept loop, routes and webhook handler; [`run`] is the entry point.
+//! - [`state`]: the state shared by every connection.
+//! - [`server`]: the accept loop, TLS settings and routes; [`run`] is the entry point.
+//! - [`conn`]: one connection: TLS handshake, HTTP/1.1 with its timeouts, idle watchdog, drain.
 //! - [`metrics`]: Prometheus metrics, prefixed `tether_hub_`.
+//! - `test_util` (feature `test-util`): a hub on 127.0.0.1:0, a fake environment, a websocket agent
+//!   and a test CA, for this crate's tests and the operator's.
 
 pub mod agents;
 pub mod config;
+mod conn;
 pub mod fanout;
+pub mod globs;
+mod ingest;
+pub mod limits;
 pub mod metrics;
+pub mod secret;
 pub mod server;
+mod state;
 pub mod store;
 pub mod webhook;
+
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
 pub use config::{Config, ConfigError};
 pub use server::{ServerError, run};

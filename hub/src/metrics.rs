@@ -44,6 +44,10 @@ pub struct Metrics {
     pub notices_coalesced: IntCounter,
     /// Seconds from a webhook's arrival to its notice being written to an agent's socket.
     pub fanout_latency: Histogram,
+    /// Connections the hub cut for taking too long, by phase.
+    pub connections_timed_out: IntCounterVec,
+    /// Bytes of webhook bodies held (being read or verified).
+    pub webhook_body_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -91,6 +95,19 @@ impl Metrics {
             ]),
         )
         .map_err(MetricsError::Register)?;
+        let connections_timed_out = IntCounterVec::new(
+            Opts::new(
+                "tether_hub_connections_timed_out_total",
+                "Connections cut for taking too long, by phase (tls_handshake, header, idle)",
+            ),
+            &["phase"],
+        )
+        .map_err(MetricsError::Register)?;
+        let webhook_body_bytes = IntGauge::new(
+            "tether_hub_webhook_body_bytes",
+            "Bytes of webhook bodies held, being read or verified",
+        )
+        .map_err(MetricsError::Register)?;
         for c in [
             Box::new(agents_connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(webhooks.clone()),
@@ -98,6 +115,8 @@ impl Metrics {
             Box::new(notices_sent.clone()),
             Box::new(notices_coalesced.clone()),
             Box::new(fanout_latency.clone()),
+            Box::new(connections_timed_out.clone()),
+            Box::new(webhook_body_bytes.clone()),
         ] {
             registry.register(c).map_err(MetricsError::Register)?;
         }
@@ -109,12 +128,19 @@ impl Metrics {
             notices_sent,
             notices_coalesced,
             fanout_latency,
+            connections_timed_out,
+            webhook_body_bytes,
         })
     }
 
     /// Count a webhook delivery.
     pub fn webhook(&self, provider: &str, outcome: &str) {
         self.webhooks.with_label_values(&[provider, outcome]).inc();
+    }
+
+    /// Count a connection cut in `phase` (`tls_handshake`, `header` or `idle`).
+    pub fn timed_out(&self, phase: &str) {
+        self.connections_timed_out.with_label_values(&[phase]).inc();
     }
 
     /// The text exposition format.
@@ -151,11 +177,12 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.webhook("github", "accepted");
         m.agent_refusals.with_label_values(&["unauthorized"]).inc();
+        m.timed_out("header");
         let reference =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
                 .unwrap();
         let families = m.registry.gather();
-        assert_eq!(families.len(), 6, "a metric was added: document it");
+        assert_eq!(families.len(), 8, "a metric was added: document it");
         for family in families {
             let row = format!("| `{}` |", family.name());
             assert!(reference.contains(&row), "docs/metrics.md has no row {row}");

@@ -3,26 +3,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
-use tether_hub::config::{Config, Environment};
+use tether_hub::config::Config;
+use tether_hub::test_util::{DEADLINE, TestConfig, TestHub as Hub, TestTls as Tls};
 use tether_operator::hub::{self, CATCHUP_DELIVERY, HubClientConfig, HubMetrics};
 use tether_operator::net::ProxyConfig;
 use tether_protocol::{AgentMessage, Notice, RepoId, SUBPROTOCOL, normalize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
-const DEADLINE: Duration = Duration::from_secs(10);
 const AGENT_TOKEN: &str = "operator-token";
 const GENERIC_SECRET: &str = "generic-secret";
 const REPO_A: &str = "https://git.example/team/app.git";
@@ -31,14 +30,6 @@ const REPO_B: &str = "git@git.example:team/other.git";
 // ---------------------------------------------------------------------------------------------------
 // Fixtures: the real hub, webhooks, the client under test.
 
-struct Env(HashMap<&'static str, &'static str>);
-
-impl Environment for Env {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0.get(name).map(|v| v.to_string())
-    }
-}
-
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -46,123 +37,15 @@ fn init_tracing() {
         .try_init();
 }
 
-struct Tls {
-    ca_pem: String,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-}
-
-/// A CA and a server certificate for localhost and 127.0.0.1, written under `dir`.
-fn certificates(dir: &Path) -> Tls {
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose, SanType,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    server
-        .subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = server.signed_by(&key, &issuer).unwrap();
-    let tls = Tls {
-        ca_pem: ca_cert.pem(),
-        cert_file: dir.join("hub.crt"),
-        key_file: dir.join("hub.key"),
-    };
-    std::fs::write(&tls.cert_file, cert.pem()).unwrap();
-    std::fs::write(&tls.key_file, key.serialize_pem()).unwrap();
-    tls
-}
-
 fn hub_config(data_dir: &Path, tls: Option<&Tls>) -> Config {
-    let token_sha256 = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
-    let tls = tls
-        .map(|t| {
-            format!(
-                "tls: {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
-                t.cert_file.display(),
-                t.key_file.display()
-            )
-        })
-        .unwrap_or_default();
-    let yaml = format!(
-        r#"
-listen: "127.0.0.1:0"
-data_dir: "{}"
-{tls}
-agents:
-  - name: operator
-    token_sha256: "{token_sha256}"
-    repos: ["git.example/**"]
-webhooks:
-  - provider: generic
-    repos: ["**"]
-    secret: {{ env: GENERIC }}
-"#,
-        data_dir.display()
-    );
-    let env = Env(HashMap::from([("GENERIC", GENERIC_SECRET)]));
-    Config::from_yaml(&yaml, Path::new("test-hub.yaml"), &env).unwrap()
-}
-
-/// The real hub, serving on `listener` until stopped.
-struct Hub {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Hub {
-    async fn start(config: Config) -> Hub {
-        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), config)
+    let config = TestConfig::new(data_dir)
+        .agent("operator", AGENT_TOKEN, &["git.example/**"])
+        .webhook("generic", &["**"], GENERIC_SECRET);
+    match tls {
+        Some(tls) => config.tls(tls),
+        None => config,
     }
-
-    /// Bind `addr` again (after a stop), as a restarted hub does.
-    async fn restart_at(addr: SocketAddr, config: Config) -> Hub {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(addr).unwrap();
-        Self::start_on(socket.listen(128).unwrap(), config)
-    }
-
-    fn start_on(listener: TcpListener, config: Config) -> Hub {
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            tether_hub::run(listener, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        Hub {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(DEADLINE, task)
-                .await
-                .expect("the hub stops in time")
-                .unwrap();
-        }
-    }
+    .build()
 }
 
 /// The body of a generic webhook for `url` at `sha`.
@@ -420,7 +303,7 @@ async fn a_wrong_token_is_retried_with_backoff_and_never_connects() {
 async fn wss_through_an_http_connect_proxy_with_a_private_ca() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let tls = certificates(dir.path());
+    let tls = Tls::localhost(dir.path());
     let hub = Hub::start(hub_config(&dir.path().join("data"), Some(&tls))).await;
     let proxy = ConnectProxy::start().await;
 

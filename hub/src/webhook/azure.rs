@@ -8,13 +8,13 @@ use axum::http::HeaderMap;
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::{Event, Provider, RefUpdate, WebhookError, header, json, str_at, token_matches};
-use crate::config::Secret;
+use super::{Event, Provider, RefUpdate, WebhookError, header, json, sign, str_at};
+use crate::secret::Secret;
 
 /// Check basic auth's password or `X-Tether-Token`.
 pub fn verify(headers: &HeaderMap, _body: &[u8], secret: &Secret) -> bool {
-    let by_header =
-        header(headers, "x-tether-token").is_some_and(|t| token_matches(secret, t.as_bytes()));
+    let by_header = header(headers, "x-tether-token")
+        .is_some_and(|t| sign::token_matches(secret, t.as_bytes()));
     let by_basic = header(headers, "authorization")
         .and_then(|v| {
             v.strip_prefix("Basic ")
@@ -30,7 +30,7 @@ pub fn verify(headers: &HeaderMap, _body: &[u8], secret: &Secret) -> bool {
                 Some(i) => &decoded[i + 1..],
                 None => &decoded[..0],
             };
-            token_matches(secret, password)
+            sign::token_matches(secret, password)
         });
     by_header | by_basic
 }
@@ -78,7 +78,7 @@ pub(crate) fn delivery_id(body: &[u8]) -> Option<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::webhook::test_support::{fixture, headers};
+    use crate::test_util::{fixture, headers};
 
     #[test]
     fn git_push_yields_remote_url_and_ref_updates() {

@@ -4,8 +4,8 @@
 use axum::http::HeaderMap;
 use serde_json::Value;
 
-use super::{Event, Provider, RefUpdate, WebhookError, header, hmac_sha256_matches, json, str_at};
-use crate::config::Secret;
+use super::{Event, Provider, RefUpdate, WebhookError, header, json, sign, str_at};
+use crate::secret::Secret;
 
 const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 
@@ -13,7 +13,7 @@ const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 pub fn verify(headers: &HeaderMap, body: &[u8], secret: &Secret) -> bool {
     header(headers, "x-hub-signature")
         .and_then(|v| v.strip_prefix("sha256="))
-        .is_some_and(|sig| hmac_sha256_matches(secret, body, sig))
+        .is_some_and(|sig| sign::hmac_sha256_matches(secret, body, sig))
 }
 
 /// Read an event from `X-Event-Key` (or the body's `eventKey`).
@@ -98,8 +98,8 @@ fn cloud_push(v: &Value) -> Result<Event, WebhookError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::webhook::hmac_sha256_hex;
-    use crate::webhook::test_support::{fixture, headers};
+    use crate::test_util::{fixture, headers};
+    use crate::webhook::sign::hmac_sha256_hex;
 
     #[test]
     fn server_refs_changed_yields_ssh_and_http_ids() {

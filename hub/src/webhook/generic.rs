@@ -5,8 +5,8 @@
 use axum::http::HeaderMap;
 use serde::Deserialize;
 
-use super::{Event, Provider, RefUpdate, WebhookError, header, hmac_sha256_matches};
-use crate::config::Secret;
+use super::{Event, Provider, RefUpdate, WebhookError, header, sign};
+use crate::secret::Secret;
 
 #[derive(Debug, Deserialize)]
 struct Payload {
@@ -20,7 +20,7 @@ struct Payload {
 pub fn verify(headers: &HeaderMap, body: &[u8], secret: &Secret) -> bool {
     header(headers, "x-tether-signature")
         .and_then(|v| v.strip_prefix("sha256="))
-        .is_some_and(|sig| hmac_sha256_matches(secret, body, sig))
+        .is_some_and(|sig| sign::hmac_sha256_matches(secret, body, sig))
 }
 
 /// Read the payload; every URL must normalise.
@@ -53,8 +53,8 @@ pub fn parse(_headers: &HeaderMap, body: &[u8]) -> Result<Event, WebhookError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::webhook::hmac_sha256_hex;
-    use crate::webhook::test_support::headers;
+    use crate::test_util::headers;
+    use crate::webhook::sign::hmac_sha256_hex;
 
     const BODY: &[u8] = br#"{"repo_urls":["https://git.example/a/b.git","git@git.example:a/b.git"],"ref":"refs/heads/main","sha":"1111111111111111111111111111111111111111"}"#;
 

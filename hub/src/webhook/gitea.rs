@@ -3,8 +3,8 @@
 
 use axum::http::HeaderMap;
 
-use super::{Event, Provider, WebhookError, header, hmac_sha256_matches};
-use crate::config::Secret;
+use super::{Event, Provider, WebhookError, header, sign};
+use crate::secret::Secret;
 
 /// Check any of the signature headers these forges send against the raw body.
 pub fn verify(headers: &HeaderMap, body: &[u8], secret: &Secret) -> bool {
@@ -15,7 +15,7 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &Secret) -> bool {
     ]
     .into_iter()
     .filter_map(|name| header(headers, name))
-    .any(|sig| hmac_sha256_matches(secret, body, sig));
+    .any(|sig| sign::hmac_sha256_matches(secret, body, sig));
     bare || super::github::verify(headers, body, secret)
 }
 
@@ -40,8 +40,8 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Event, WebhookError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::webhook::hmac_sha256_hex;
-    use crate::webhook::test_support::{fixture, headers};
+    use crate::test_util::{fixture, headers};
+    use crate::webhook::sign::hmac_sha256_hex;
 
     #[test]
     fn gogs_event_yields_clone_urls_ref_and_sha() {

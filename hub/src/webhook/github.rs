@@ -2,14 +2,14 @@
 
 use axum::http::HeaderMap;
 
-use super::{Event, Provider, RefUpdate, WebhookError, header, hmac_sha256_matches, json};
-use crate::config::Secret;
+use super::{Event, Provider, RefUpdate, WebhookError, header, json, sign};
+use crate::secret::Secret;
 
 /// Check `X-Hub-Signature-256` against the raw body.
 pub fn verify(headers: &HeaderMap, body: &[u8], secret: &Secret) -> bool {
     header(headers, "x-hub-signature-256")
         .and_then(|v| v.strip_prefix("sha256="))
-        .is_some_and(|sig| hmac_sha256_matches(secret, body, sig))
+        .is_some_and(|sig| sign::hmac_sha256_matches(secret, body, sig))
 }
 
 /// Read a GitHub event: `ping`, `push`, or something to ignore.
@@ -53,8 +53,8 @@ pub(crate) fn push_payload(provider: Provider, body: &[u8]) -> Result<Event, Web
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::webhook::hmac_sha256_hex;
-    use crate::webhook::test_support::{fixture, headers};
+    use crate::test_util::{fixture, headers};
+    use crate::webhook::sign::hmac_sha256_hex;
 
     #[test]
     fn commit_event_yields_every_clone_url_ref_and_sha() {

@@ -2,12 +2,12 @@
 
 use axum::http::HeaderMap;
 
-use super::{Event, Provider, RefUpdate, WebhookError, header, json, str_at, token_matches};
-use crate::config::Secret;
+use super::{Event, Provider, RefUpdate, WebhookError, header, json, sign, str_at};
+use crate::secret::Secret;
 
 /// Compare `X-Gitlab-Token` with the secret in constant time.
 pub fn verify(headers: &HeaderMap, _body: &[u8], secret: &Secret) -> bool {
-    header(headers, "x-gitlab-token").is_some_and(|t| token_matches(secret, t.as_bytes()))
+    header(headers, "x-gitlab-token").is_some_and(|t| sign::token_matches(secret, t.as_bytes()))
 }
 
 /// Read a push or tag push (project hooks and system hooks alike); other events are ignored.
@@ -54,7 +54,7 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Event, WebhookError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::webhook::test_support::{fixture, headers};
+    use crate::test_util::{fixture, headers};
 
     #[test]
     fn push_hook_yields_http_and_ssh_ids() {

@@ -1,29 +1,31 @@
 //! Forge webhooks: verifying a delivery on its raw body, reading the push it announces, dropping duplicates.
 //!
-//! One submodule per provider, each with the same three functions: `verify` (signature or token, in
-//! constant time), `parse` (the event: a ping, something to ignore, or a push with every clone URL the
-//! payload offers, the refs and their new shas) and `delivery_id` (the forge's id for the delivery).
-//! Everything here is pure; the HTTP handler in [`crate::server`] wires it to the fan-out.
+//! One submodule per provider, each with the same functions: `verify` (signature or token, in constant
+//! time, through [`sign`]) and `parse` (the event: a ping, something to ignore, or a push with every
+//! clone URL the payload offers, the refs and their new shas); [`Provider::delivery_id`] names the
+//! delivery and [`dedup`] remembers the ones seen. Everything here is pure; [`crate::ingest`] wires it
+//! to the store and the fan-out.
 
 pub mod azure;
 pub mod bitbucket;
+pub mod dedup;
 pub mod generic;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;
+pub mod sign;
 
-use std::collections::{HashMap, VecDeque};
+pub use dedup::Dedup;
+pub use sign::hmac_sha256_hex;
+
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tether_protocol::{RepoId, normalize};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The forges the hub accepts webhooks from; the last path segment of `/v1/webhooks/{provider}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -201,38 +203,6 @@ pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .map(str::trim)
 }
 
-/// Whether `signature_hex` is the HMAC-SHA256 of `body` under `secret`, compared in constant time.
-pub(crate) fn hmac_sha256_matches(secret: &Secret, body: &[u8], signature_hex: &str) -> bool {
-    let Ok(given) = hex::decode(signature_hex.trim()) else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose()) else {
-        return false;
-    };
-    mac.update(body);
-    let expected = mac.finalize().into_bytes();
-    given.len() == expected.len() && bool::from(expected.as_slice().ct_eq(&given))
-}
-
-/// The HMAC-SHA256 of `body` under `secret`, as lower-case hex (for senders and tests).
-pub fn hmac_sha256_hex(secret: &[u8], body: &[u8]) -> String {
-    match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mut mac) => {
-            mac.update(body);
-            hex::encode(mac.finalize().into_bytes())
-        }
-        // HMAC takes keys of any length; this arm is unreachable in practice.
-        Err(_) => String::new(),
-    }
-}
-
-/// Whether a shared token equals the secret, in constant time whatever the lengths (both are hashed).
-pub(crate) fn token_matches(secret: &Secret, given: &[u8]) -> bool {
-    let a = Sha256::digest(secret.expose());
-    let b = Sha256::digest(given);
-    bool::from(a.as_slice().ct_eq(b.as_slice()))
-}
-
 /// Parse a JSON body, turning errors into a reason for the sender.
 pub(crate) fn json(provider: Provider, body: &[u8]) -> Result<serde_json::Value, WebhookError> {
     serde_json::from_slice(body).map_err(|e| WebhookError::Malformed {
@@ -293,111 +263,10 @@ fn is_sha(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Remembers recent delivery ids, bounded in number and age, to drop redeliveries.
-#[derive(Debug)]
-pub struct Dedup {
-    capacity: usize,
-    window: Duration,
-    seen: HashMap<String, Instant>,
-    order: VecDeque<(String, Instant)>,
-}
-
-impl Dedup {
-    /// Remember at most `capacity` ids, each for at most `window`.
-    pub fn new(capacity: usize, window: Duration) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            window,
-            seen: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// Record `id` at `now`; false if it was already seen within the window.
-    pub fn first_time(&mut self, id: &str, now: Instant) -> bool {
-        while let Some((old, at)) = self.order.front() {
-            if now.saturating_duration_since(*at) > self.window || self.order.len() >= self.capacity
-            {
-                if self.seen.get(old) == Some(at) {
-                    self.seen.remove(old);
-                }
-                self.order.pop_front();
-            } else {
-                break;
-            }
-        }
-        if self.seen.contains_key(id) {
-            return false;
-        }
-        self.seen.insert(id.to_string(), now);
-        self.order.push_back((id.to_string(), now));
-        true
-    }
-
-    /// Forget `id`, so that a delivery that failed after being recorded can be retried.
-    pub fn forget(&mut self, id: &str) {
-        self.seen.remove(id);
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod test_support {
-    //! Fixtures shared by the provider tests.
-    use std::path::PathBuf;
-
-    use axum::http::{HeaderMap, HeaderName, HeaderValue};
-
-    /// The bytes of a fixture under `hub/tests/fixtures/webhooks/`.
-    pub fn fixture(name: &str) -> Vec<u8> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/webhooks")
-            .join(name);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
-    }
-
-    /// A header map from pairs.
-    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(
-                HeaderName::from_bytes(k.as_bytes()).expect("header name"),
-                HeaderValue::from_str(v).expect("header value"),
-            );
-        }
-        h
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dedup_drops_repeats_within_the_window_and_stays_bounded() {
-        let t0 = Instant::now();
-        let mut d = Dedup::new(3, Duration::from_secs(60));
-        assert!(d.first_time("a", t0));
-        assert!(!d.first_time("a", t0));
-        assert!(d.first_time("b", t0));
-        assert!(d.first_time("c", t0));
-        assert!(d.first_time("d", t0)); // evicts "a"
-        assert!(d.first_time("a", t0));
-        assert!(d.seen.len() <= 3);
-        // Old entries expire.
-        assert!(d.first_time("z", t0 + Duration::from_secs(1)));
-        assert!(d.first_time("z", t0 + Duration::from_secs(200)));
-        d.forget("z");
-        assert!(d.first_time("z", t0 + Duration::from_secs(200)));
-    }
-
-    #[test]
-    fn token_compare_handles_different_lengths() {
-        let s = Secret::new("token");
-        assert!(token_matches(&s, b"token"));
-        assert!(!token_matches(&s, b"token2"));
-        assert!(!token_matches(&s, b""));
-    }
 
     #[test]
     fn providers_round_trip_their_names() {
@@ -409,7 +278,7 @@ mod tests {
 
     #[test]
     fn delivery_ids_fall_back_to_the_body_hash() {
-        let h = test_support::headers(&[("x-github-delivery", "abc")]);
+        let h = crate::test_util::headers(&[("x-github-delivery", "abc")]);
         assert_eq!(Provider::Github.delivery_id(&h, b"x"), "github:abc");
         let none = HeaderMap::new();
         let id = Provider::Github.delivery_id(&none, b"x");
