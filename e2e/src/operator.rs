@@ -188,6 +188,8 @@ fn spawn(
         &[
             ("KUBECONFIG", kubeconfig.display().to_string()),
             ("RUST_LOG", "info,tether_operator=debug".to_string()),
+            // The test repositories are local folders.
+            ("TETHER_ALLOW_FILE_URLS", "true".to_string()),
         ]
         .into_iter()
         .chain(env.iter().map(|(k, v)| (k.as_str(), v.clone())))

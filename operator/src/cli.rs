@@ -89,6 +89,11 @@ pub struct Args {
     #[arg(long, env = "NO_PROXY")]
     pub no_proxy: Option<String>,
 
+    /// Accept `file://` URLs in `spec.url`: for local demos and tests only. In a shared cluster a
+    /// tenant could otherwise read any repository on the operator's own disk.
+    #[arg(long, env = "TETHER_ALLOW_FILE_URLS", default_value_t = false)]
+    pub allow_file_urls: bool,
+
     /// How often to ping the hub (`20s`); for tests that cannot wait a minute.
     #[arg(long, env = "TETHER_HUB_KEEPALIVE", hide = true, value_parser = parse_duration)]
     pub hub_keepalive: Option<std::time::Duration>,
@@ -146,6 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         hub_ca_file,
         https_proxy,
         no_proxy,
+        allow_file_urls,
         hub_keepalive,
         hub_dead_after,
     } = args;
@@ -227,6 +233,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics.clone(),
         reporter,
         triggers.clone(),
+        allow_file_urls,
     );
     crate::hub::start(
         crate::hub::HubSettings {

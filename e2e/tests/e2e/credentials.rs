@@ -331,3 +331,67 @@ async fn git_over_https_goes_through_the_proxy_the_environment_names() -> Result
     );
     Ok(())
 }
+
+/// Mirrors are shared by URL, so a `GitRepository` without credentials for a private repository
+/// must not be served from the mirror another one filled, not even for a commit pinned by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_commit_of_a_private_repository_needs_credentials_of_its_own() -> Result<()> {
+    let ns = TestNamespace::create("creds-pinned").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let server = HttpsGitServer::start()?;
+    let repo = server.create_repo("private")?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "one"))?;
+    repo.write("secret/stolen.yaml", &config_map(n, "stolen", "private"))?;
+    let commit = repo.commit("first")?;
+    repo.push_to(&server.remote(&repo))?;
+    let ca = server.ca_pem().to_string();
+    create_secret(
+        kubectl,
+        n,
+        "git-https",
+        &[
+            ("username", server.username()),
+            ("password", server.password()),
+            ("caFile", &ca),
+        ],
+    )?;
+    // The CA is no secret: it lets the thief reach the server, not read from it.
+    create_secret(kubectl, n, "ca-only", &[("caFile", &ca)])?;
+
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    let url = server.url("private");
+    kubectl.apply(&git_repository(
+        n,
+        "owner",
+        &url,
+        "  path: deploy\n  interval: 2s\n  secretRef: {name: git-https}\n",
+    ))?;
+    wait_applied(
+        kubectl,
+        n,
+        "owner",
+        &format!("main@sha1:{commit}"),
+        &operator,
+    )?;
+
+    // The mirror now holds the commit; a GitRepository without credentials pins it.
+    kubectl.apply(&git_repository(
+        n,
+        "thief",
+        &url,
+        &format!("  path: secret\n  ref: {{commit: {commit}}}\n  secretRef: {{name: ca-only}}\n"),
+    ))?;
+    let (_, reason, message) = wait_failed(kubectl, n, "thief", "", &operator)?;
+    ensure!(
+        reason == "AuthenticationFailed",
+        "reason {reason:?}, message {message:?}"
+    );
+    ensure!(
+        !kubectl
+            .run(&["get", "configmap", "-n", n, "-o", "name"])?
+            .contains("stolen"),
+        "the private repository's manifests were applied for a GitRepository without credentials"
+    );
+    Ok(())
+}

@@ -32,6 +32,8 @@ pub struct Context {
     /// still name the first revision. Events come only on a change, so there is no flood to fold.
     pub(super) reporter: Reporter,
     pub(super) triggers: Arc<Triggers>,
+    /// `--allow-file-urls`: whether `spec.url` may name a folder on the operator's disk.
+    pub(super) allow_file_urls: bool,
     /// Per object, the backoff of its consecutive transient failures.
     retries: Mutex<HashMap<Ref<GitRepository>, Backoff>>,
     /// Clients impersonating a `serviceAccountName`, by `namespace/name`.
@@ -52,6 +54,7 @@ impl Context {
         metrics: Metrics,
         reporter: Reporter,
         triggers: Arc<Triggers>,
+        allow_file_urls: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
@@ -61,6 +64,7 @@ impl Context {
             metrics,
             reporter,
             triggers,
+            allow_file_urls,
             retries: Mutex::new(HashMap::new()),
             impersonated: Mutex::new(HashMap::new()),
         })

@@ -165,7 +165,7 @@ async fn reconcile_with_finalizer(
 async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error> {
     let mut timer = ctx.metrics.reconcile_timer();
     let oref = Ref::from_obj(&*obj);
-    let spec = ValidSpec::parse(&obj.spec);
+    let spec = ValidSpec::parse(&obj.spec, ctx.allow_file_urls);
     ctx.triggers
         .track(oref.clone(), spec.as_ref().ok().map(|s| s.repo.clone()));
 

@@ -27,14 +27,22 @@ pub struct ValidSpec {
 }
 
 impl ValidSpec {
-    /// Checks the spec, naming the field at fault.
-    pub fn parse(spec: &GitRepositorySpec) -> Result<Self, Error> {
+    /// Checks the spec, naming the field at fault; `file://` URLs only with `allow_file_urls`.
+    pub fn parse(spec: &GitRepositorySpec, allow_file_urls: bool) -> Result<Self, Error> {
         let invalid = |e: &dyn std::fmt::Display| Error::InvalidSpec(e.to_string());
         let timeout = spec.timeout().map_err(|e| invalid(&e))?;
         let interval = spec.interval().map_err(|e| invalid(&e))?;
         let target = spec.git_ref.target().map_err(|e| invalid(&e))?;
         let repo = tether_protocol::normalize(&spec.url)
             .map_err(|e| Error::InvalidSpec(format!("spec.url: {e}")))?;
+        let scheme = tether_protocol::url::Url::split(&spec.url).scheme;
+        if !allow_file_urls && scheme.is_some_and(|s| s.eq_ignore_ascii_case("file")) {
+            return Err(Error::InvalidSpec(
+                "spec.url: file:// URLs are refused: this operator reads repositories from \
+                 remotes only (it accepts local folders with --allow-file-urls, for demos and tests)"
+                    .into(),
+            ));
+        }
         let path = spec.path().to_owned();
         let filter = Arc::new(ManifestFilter::new(&path, &spec.ignore)?);
         Ok(Self {
@@ -61,12 +69,23 @@ mod tests {
 
     #[test]
     fn defaults_are_filled_in_and_the_url_normalised() {
-        let valid = ValidSpec::parse(&spec("url: https://Git.Example/ops/config.git\n")).unwrap();
+        let valid =
+            ValidSpec::parse(&spec("url: https://Git.Example/ops/config.git\n"), false).unwrap();
         assert_eq!(valid.repo.to_string(), "git.example/ops/config");
         assert_eq!(valid.target, RefTarget::Branch("main".into()));
         assert_eq!(valid.interval, Duration::from_secs(300));
         assert_eq!(valid.timeout, Duration::from_secs(60));
         assert_eq!(valid.path, "");
+    }
+
+    #[test]
+    fn a_file_url_needs_the_operators_permission() {
+        let local = spec("url: file:///srv/git/config\n");
+        assert!(ValidSpec::parse(&local, false).is_err());
+        assert_eq!(
+            ValidSpec::parse(&local, true).unwrap().repo.to_string(),
+            "file/srv/git/config"
+        );
     }
 
     #[test]
@@ -77,8 +96,9 @@ mod tests {
             ("url: https://h/r\nref: {branch: a, tag: b}\n", "spec.ref"),
             ("url: not a url\n", "spec.url"),
             ("url: https://h/r\nignore: ['{a']\n", "spec.ignore"),
+            ("url: file:///srv/git/secret\n", "--allow-file-urls"),
         ] {
-            let err = ValidSpec::parse(&spec(yaml)).unwrap_err();
+            let err = ValidSpec::parse(&spec(yaml), false).unwrap_err();
             assert!(err.to_string().contains(field), "{yaml}: {err}");
             assert_eq!(err.class(), ErrorClass::Stalled, "{yaml}");
             assert_eq!(err.category(), "invalid_spec", "{yaml}");

@@ -142,16 +142,21 @@ fn semver_follows_the_highest_matching_tag() {
 }
 
 #[test]
-fn a_pinned_commit_needs_no_remote() {
+fn a_pinned_commit_is_used_only_once_the_remote_lists_its_refs() {
     let sha = "0123456789abcdef0123456789abcdef01234567";
-    let r = resolve_blocking(
+    let err = resolve_blocking(
         "file:///does/not/exist",
         &RefTarget::Commit(sha.into()),
         &Credentials::none(),
         &ProxyConfig::default(),
         TIMEOUT,
     )
-    .unwrap();
+    .unwrap_err();
+    assert_eq!(err.category(), "git_unreachable", "{err}");
+
+    let up = Upstream::new();
+    up.commit("one");
+    let r = resolve(&up, RefTarget::Commit(sha.into())).unwrap();
     assert_eq!(r.revision, format!("sha1:{sha}"));
     assert_eq!(r.refname, None);
 }

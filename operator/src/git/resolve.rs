@@ -68,7 +68,10 @@ pub fn ls_remote_blocking(
     Ok(heads)
 }
 
-/// Resolves `target` on the remote at `url` (no clone). A pinned commit is returned as is.
+/// Resolves `target` on the remote at `url` (no clone). A pinned commit is returned as is, but
+/// only after the remote listed its refs for `creds`: the mirrors are shared, so every
+/// `GitRepository` proves with its own credentials that it may read the remote before anything
+/// cached from it is used for it.
 pub fn resolve_blocking(
     url: &str,
     target: &RefTarget,
@@ -76,13 +79,6 @@ pub fn resolve_blocking(
     proxy: &ProxyConfig,
     timeout: Duration,
 ) -> Result<Resolved, GitError> {
-    if let RefTarget::Commit(sha) = target {
-        return Ok(Resolved {
-            revision: format!("sha1:{sha}"),
-            sha: sha.clone(),
-            refname: None,
-        });
-    }
     let heads = ls_remote_blocking(url, creds, proxy, timeout)?;
     pick(url, target, &heads)
 }
