@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::WebhookSecret;
+use crate::limits::{echo_names, echo_text};
 use crate::state::Shared;
 use crate::webhook::{Event, Provider, WebhookError};
 
@@ -163,6 +164,7 @@ pub(crate) async fn webhook(
     body: Body,
 ) -> Response {
     let received = std::time::Instant::now();
+    let limits = &shared.config.limits;
     let Ok(provider) = provider.parse::<Provider>() else {
         return reply(
             StatusCode::NOT_FOUND,
@@ -227,8 +229,10 @@ pub(crate) async fn webhook(
         }
         Err(e) => {
             shared.metrics.webhook(name, "malformed");
-            warn!(provider = name, error = %e, "malformed webhook");
-            return reply(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}));
+            // The reason may quote the payload.
+            let reason = echo_text(&e.to_string(), limits.max_echo_bytes);
+            warn!(provider = name, error = %reason, "malformed webhook");
+            return reply(StatusCode::BAD_REQUEST, json!({"error": reason}));
         }
     };
 
@@ -238,11 +242,12 @@ pub(crate) async fn webhook(
         .partition(|r| verified.iter().any(|w| w.repos.matches(r)));
     if covered.is_empty() {
         shared.metrics.webhook(name, "forbidden");
-        let names: Vec<&str> = uncovered.iter().map(RepoId::as_str).collect();
-        warn!(provider = name, repos = ?names, "verified webhook for repositories its secret does not cover");
+        let names = uncovered.iter().map(RepoId::as_str);
+        let (names, left_out) = echo_names(names, limits.max_echo_bytes);
+        warn!(provider = name, repos = ?names, left_out, "verified webhook for repositories its secret does not cover");
         return reply(
             StatusCode::FORBIDDEN,
-            json!({"error": "the secret that verified this delivery does not cover its repository", "repos": names}),
+            json!({"error": "the secret that verified this delivery does not cover its repository", "repos": names, "repos_left_out": left_out}),
         );
     }
 
