@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::config::WebhookSecret;
 use crate::limits::{echo_names, echo_text};
 use crate::state::Shared;
-use crate::webhook::{Event, Provider, WebhookError};
+use crate::webhook::{Event, Provider, WebhookError, dedup};
 
 /// Why a webhook body was not read whole.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +202,8 @@ pub(crate) async fn webhook(
             json!({"error": "verification failed; retry"}),
         );
     };
+    // Remembered under the secrets that verified it too: the id is an unsigned header.
+    let dedup_key = dedup::key(&verified, &delivery);
     let verified: Vec<&WebhookSecret> = verified
         .iter()
         .map(|&i| &shared.config.webhooks[i])
@@ -254,7 +256,7 @@ pub(crate) async fn webhook(
     let first_time = shared
         .dedup
         .lock()
-        .map(|mut d| d.first_time(&delivery, received))
+        .map(|mut d| d.first_time(&dedup_key, received))
         .unwrap_or(true);
     if !first_time {
         shared.metrics.webhook(name, "duplicate");
@@ -295,7 +297,7 @@ pub(crate) async fn webhook(
     };
     if let Some(reason) = failure {
         if let Ok(mut d) = shared.dedup.lock() {
-            d.forget(&delivery);
+            d.forget(&dedup_key);
         }
         shared.metrics.webhook(name, "store_error");
         warn!(provider = name, %delivery, error = %reason, "could not record push");

@@ -370,3 +370,37 @@ async fn a_forbidden_delivery_echoes_its_repositories_truncated() {
     assert!(answer.contains("\"repos_left_out\":"), "{answer}");
     hub.stop().await;
 }
+
+/// A delivery id is an unsigned header: one tenant's secret must not let its holder claim the ids of
+/// deliveries that another tenant's secret verifies.
+#[tokio::test]
+async fn one_tenants_secret_cannot_pre_claim_another_tenants_delivery_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestConfig::new(dir.path())
+        .agent("test-agent", AGENT_TOKEN, &["**"])
+        .webhook("github", &["github.com/jessesuen/**"], GITHUB_SECRET)
+        .webhook("github", &["github.com/acme/**"], "tenant-a-secret");
+    let hub = TestHub::start(config.build()).await;
+    let mut agent = hub.connect(AGENT_TOKEN).await.unwrap();
+    agent.watch(&[GITHUB_REPO]).await;
+    assert!(matches!(agent.next().await, HubMessage::Catchup { .. }));
+
+    // Tenant A signs a push for its own repository with the id tenant B's next delivery will carry.
+    let own = String::from_utf8(fixture("github-commit-event.json"))
+        .unwrap()
+        .replace("jessesuen/test-repo", "acme/app")
+        .into_bytes();
+    let headers = github_headers("tenant-a-secret", &own, "d-next");
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = hub.post("/v1/webhooks/github", &headers, own).await;
+    assert_eq!(status, 202, "{body}");
+
+    // Tenant B's real delivery with that id is not a duplicate, and reaches its agent.
+    let (status, body) = hub.post_github("github-commit-event.json", "d-next").await;
+    assert_eq!(status, 202, "{body}");
+    match agent.next().await {
+        HubMessage::Push(n) => assert_eq!(n.repo.as_str(), "github.com/jessesuen/test-repo"),
+        other => panic!("expected the push, got {other:?}"),
+    }
+    hub.stop().await;
+}
