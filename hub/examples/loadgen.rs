@@ -74,10 +74,11 @@ async fn lead(agents: usize, per_process: usize) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "listen: {addr:?}\ndata_dir: {:?}\nmax_connections: {}\nagents:\n  - name: bench\n    token_sha256: {}\n    repos: ['**']\nwebhooks:\n  - provider: generic\n    repos: ['**']\n    secret: {{ env: LOADGEN_SECRET }}\n",
+            // Every agent uses one token here, so that one agent's caps must hold them all.
+            "listen: {addr:?}\ndata_dir: {:?}\nmax_connections: {limit}\nmax_connections_per_agent: {limit}\nwatch_update_burst: {limit}\nagents:\n  - name: bench\n    token_sha256: {}\n    repos: ['**']\nwebhooks:\n  - provider: generic\n    repos: ['**']\n    secret: {{ env: LOADGEN_SECRET }}\n",
             dir.path().join("data"),
-            agents + 100,
-            hex::encode(Sha256::digest(TOKEN.as_bytes()))
+            hex::encode(Sha256::digest(TOKEN.as_bytes())),
+            limit = agents + 100,
         ),
     )?;
     let hub_bin = match std::env::var_os("TETHER_HUB_BIN") {
