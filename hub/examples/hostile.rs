@@ -10,13 +10,12 @@
 //! built beside this example (`target/<profile>/tether-hub`), or `TETHER_HUB_BIN`. Asserts nothing.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use futures::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tether_protocol::{AgentMessage, HubMessage, SUBPROTOCOL, normalize};
@@ -24,6 +23,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+mod bench;
+
+use bench::{HubProcess, rss_kib};
 
 const REPO: &str = "git.example/bench/app";
 const SECRET: &str = "hostile-secret";
@@ -36,16 +39,6 @@ const PUSH_DEADLINE: Duration = Duration::from_secs(30);
 /// Agent `i`'s token.
 fn token(i: usize) -> String {
     format!("hostile-bench-token-{i}")
-}
-
-/// Kills the hub with the benchmark, however the benchmark ends.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// How the hub answered one kind of client: status (or `closed`, `error`) → count.
@@ -82,49 +75,21 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(slow: usize, bad: usize, pushes: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let config = dir.path().join("hub.yaml");
     // Every limit at its default: this measures the hub as shipped. One agent (one token) per
     // cluster, as in use.
-    let mut yaml = format!(
-        "listen: {addr:?}\ndata_dir: {:?}\nagents:\n",
-        dir.path().join("data")
-    );
+    let mut config = String::from("agents:\n");
     for i in 0..AGENTS {
-        yaml.push_str(&format!(
+        config.push_str(&format!(
             "  - name: cluster-{i}\n    token_sha256: {}\n    repos: ['**']\n",
             hex::encode(Sha256::digest(token(i).as_bytes()))
         ));
     }
-    yaml.push_str(
+    config.push_str(
         "webhooks:\n  - provider: generic\n    repos: ['**']\n    secret: { env: HOSTILE_SECRET }\n",
     );
-    std::fs::write(&config, yaml)?;
-    let hub_bin = match std::env::var_os("TETHER_HUB_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .context("no directory above this example")?
-            .join("tether-hub"),
-    };
-    let hub = Reaped(
-        Command::new(&hub_bin)
-            .arg("--config")
-            .arg(&config)
-            .env("HOSTILE_SECRET", SECRET)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", hub_bin.display()))?,
-    );
-    let pid = hub.0.id();
-    wait_listening(&addr).await?;
-    let baseline = rss_kib(pid)?;
+    let hub = HubProcess::start(&config, &[("HOSTILE_SECRET", SECRET)], "error").await?;
+    let (addr, pid) = (hub.addr.clone(), hub.pid);
+    let baseline = hub.rss_kib()?;
 
     // The agents, each reporting when it got which sha.
     // Per agent, each push it got: (push number, when).
@@ -175,7 +140,7 @@ async fn run(slow: usize, bad: usize, pushes: usize) -> anyhow::Result<()> {
     };
     // Let the attack reach full strength before the real pushes start.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let under_attack = rss_kib(pid)?;
+    let under_attack = hub.rss_kib()?;
 
     let mut posted: BTreeMap<usize, Instant> = BTreeMap::new();
     let mut ticker = tokio::time::interval(PUSH_EVERY);
@@ -209,8 +174,8 @@ async fn run(slow: usize, bad: usize, pushes: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let end = rss_kib(pid)?;
-    let peak = peak_rss_kib(pid)?;
+    let end = hub.rss_kib()?;
+    let peak = hub.peak_rss_kib()?;
     stop.store(true, Ordering::Relaxed);
     for a in attackers {
         a.abort();
@@ -249,7 +214,12 @@ async fn run(slow: usize, bad: usize, pushes: usize) -> anyhow::Result<()> {
     }
     println!("  bad-signature POSTs answered: {}", bad_answers.summary());
     println!("  slow-loris connections: {}", slow_answers.summary());
-    drop(hub);
+    let stopping = Instant::now();
+    let exit = hub.stop()?;
+    println!(
+        "  graceful stop after the attack: {:.2?} ({exit})",
+        stopping.elapsed()
+    );
     Ok(())
 }
 
@@ -398,33 +368,4 @@ async fn exchange(mut s: TcpStream, head: &[u8], body: &[u8]) -> String {
         .nth(1)
         .map(str::to_string)
         .unwrap_or_else(|| "closed".into())
-}
-
-async fn wait_listening(addr: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the hub did not listen on {addr} within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    status_kib(pid, "VmRSS:")
-}
-
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    status_kib(pid, "VmHWM:")
 }
