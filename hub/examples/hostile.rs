@@ -16,17 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tether_protocol::{AgentMessage, HubMessage, SUBPROTOCOL, normalize};
+use tether_protocol::HubMessage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 mod bench;
 
-use bench::{HubProcess, rss_kib};
+use bench::{HubProcess, connect_watching, rss_kib};
 
 const REPO: &str = "git.example/bench/app";
 const SECRET: &str = "hostile-secret";
@@ -232,19 +231,7 @@ async fn agent(
     i: usize,
     received: Received,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let token = token(i);
-    let mut req = format!("ws://{addr}/v1/connect").into_client_request()?;
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    req.headers_mut()
-        .insert("sec-websocket-protocol", SUBPROTOCOL.parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .context("connecting an agent")?;
-    let watch = AgentMessage::Watch {
-        repos: vec![normalize(REPO)?],
-    };
-    ws.send(Message::Text(watch.to_json().into())).await?;
+    let mut ws = connect_watching(addr, &token(i), REPO).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut ready_tx = Some(ready_tx);

@@ -16,18 +16,17 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
-use tether_protocol::{AgentMessage, HubMessage, SUBPROTOCOL, normalize};
+use tether_protocol::HubMessage;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 mod bench;
 
-use bench::{HubProcess, Reaped, rss_kib};
+use bench::{HubProcess, Reaped, connect_watching, rss_kib};
 
 const REPO: &str = "git.example/bench/app";
 const TOKEN: &str = "bench-token";
@@ -204,18 +203,7 @@ async fn agents(addr: &str, n: usize) -> anyhow::Result<Vec<u64>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     for _ in 0..n {
-        let mut req = format!("ws://{addr}/v1/connect").into_client_request()?;
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse()?);
-        req.headers_mut()
-            .insert("sec-websocket-protocol", SUBPROTOCOL.parse()?);
-        let (mut ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .context("connecting an agent")?;
-        let watch = AgentMessage::Watch {
-            repos: vec![normalize(REPO)?],
-        };
-        ws.send(Message::Text(watch.to_json().into())).await?;
+        let mut ws = connect_watching(addr, TOKEN, REPO).await?;
         let tx = tx.clone();
         let ready_tx = ready_tx.clone();
         tokio::spawn(async move {

@@ -1,13 +1,20 @@
-//! What the hub's benchmarks share: the real `tether-hub` binary in its own process, and its memory.
+//! What the hub's benchmarks share: the real `tether-hub` binary in its own process, its memory, and
+//! agents connecting to it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use futures::SinkExt;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use tether_protocol::{AgentMessage, SUBPROTOCOL, normalize};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Kills a child process with the benchmark, however the benchmark ends.
 pub struct Reaped(pub Child);
@@ -117,6 +124,27 @@ impl HubProcess {
         }
         Ok(self.child.0.wait()?)
     }
+}
+
+/// An agent: a websocket to the hub at `addr` with `token`, its watch of `repo` sent.
+pub async fn connect_watching(
+    addr: &str,
+    token: &str,
+    repo: &str,
+) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+    let mut req = format!("ws://{addr}/v1/connect").into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    req.headers_mut()
+        .insert("sec-websocket-protocol", SUBPROTOCOL.parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .context("connecting an agent")?;
+    let watch = AgentMessage::Watch {
+        repos: vec![normalize(repo)?],
+    };
+    ws.send(Message::Text(watch.to_json().into())).await?;
+    Ok(ws)
 }
 
 /// A process's resident memory now, KiB.
