@@ -206,7 +206,7 @@ pub(crate) async fn webhook(
     let dedup_key = dedup::key(&verified, &delivery);
     let verified: Vec<&WebhookSecret> = verified
         .iter()
-        .map(|&i| &shared.config.webhooks[i])
+        .filter_map(|&i| shared.config.webhooks.get(i))
         .collect();
     let Some(event) = event else {
         shared.metrics.webhook(name, "unauthorized");
