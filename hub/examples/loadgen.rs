@@ -10,20 +10,23 @@
 //! Asserts nothing but that every agent got the push.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
-use tether_protocol::{AgentMessage, HubMessage, SUBPROTOCOL, normalize};
+use tether_protocol::HubMessage;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+mod bench;
+
+use bench::{HubProcess, Reaped, connect_watching, rss_kib};
 
 const REPO: &str = "git.example/bench/app";
 const TOKEN: &str = "bench-token";
@@ -54,53 +57,20 @@ fn main() -> anyhow::Result<()> {
         .block_on(lead(agents, per_process))
 }
 
-/// Kills a child process with the benchmark, however the benchmark ends.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn lead(agents: usize, per_process: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let config = dir.path().join("hub.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: {addr:?}\ndata_dir: {:?}\nmax_connections: {}\nagents:\n  - name: bench\n    token_sha256: {}\n    repos: ['**']\nwebhooks:\n  - provider: generic\n    repos: ['**']\n    secret: {{ env: LOADGEN_SECRET }}\n",
-            dir.path().join("data"),
-            agents + 100,
-            hex::encode(Sha256::digest(TOKEN.as_bytes()))
+    // Every agent uses one token here, so that one agent's caps must hold them all.
+    let hub = HubProcess::start(
+        &format!(
+            "max_connections: {limit}\nmax_connections_per_agent: {limit}\nwatch_update_burst: {limit}\nagents:\n  - name: bench\n    token_sha256: {}\n    repos: ['**']\nwebhooks:\n  - provider: generic\n    repos: ['**']\n    secret: {{ env: LOADGEN_SECRET }}\n",
+            hex::encode(Sha256::digest(TOKEN.as_bytes())),
+            limit = agents + 100,
         ),
-    )?;
-    let hub_bin = match std::env::var_os("TETHER_HUB_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .context("no directory above this example")?
-            .join("tether-hub"),
-    };
-    let hub = Reaped(
-        Command::new(&hub_bin)
-            .arg("--config")
-            .arg(&config)
-            .env("LOADGEN_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", hub_bin.display()))?,
-    );
-    let hub_pid = hub.0.id();
-    wait_healthy(&addr).await?;
-    let baseline = rss_kib(hub_pid)?;
+        &[("LOADGEN_SECRET", SECRET)],
+        "warn",
+    )
+    .await?;
+    let addr = hub.addr.clone();
+    let baseline = hub.rss_kib()?;
 
     // The workers, each with its share of the agents.
     let started = Instant::now();
@@ -126,7 +96,7 @@ async fn lead(agents: usize, per_process: usize) -> anyhow::Result<()> {
         }
     }
     let connect_time = started.elapsed();
-    let connected = rss_kib(hub_pid)?;
+    let connected = hub.rss_kib()?;
 
     // One webhook, fanned out to every agent.
     let body = format!(
@@ -167,19 +137,12 @@ async fn lead(agents: usize, per_process: usize) -> anyhow::Result<()> {
     if latencies.len() != agents {
         bail!("only {} of {agents} agents got the push", latencies.len());
     }
-    let after = rss_kib(hub_pid)?;
-    let peak = peak_rss_kib(hub_pid)?;
+    let after = hub.rss_kib()?;
+    let peak = hub.peak_rss_kib()?;
 
     // A graceful stop: every agent is told the hub is going away.
     let stopping = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &hub_pid.to_string()])
-        .status()?;
-    if !status.success() {
-        bail!("kill -TERM {hub_pid} failed");
-    }
-    let mut hub = hub;
-    let exit = hub.0.wait()?;
+    let exit = hub.stop()?;
     let stop_time = stopping.elapsed();
 
     latencies.sort();
@@ -240,18 +203,7 @@ async fn agents(addr: &str, n: usize) -> anyhow::Result<Vec<u64>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     for _ in 0..n {
-        let mut req = format!("ws://{addr}/v1/connect").into_client_request()?;
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse()?);
-        req.headers_mut()
-            .insert("sec-websocket-protocol", SUBPROTOCOL.parse()?);
-        let (mut ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .context("connecting an agent")?;
-        let watch = AgentMessage::Watch {
-            repos: vec![normalize(REPO)?],
-        };
-        ws.send(Message::Text(watch.to_json().into())).await?;
+        let mut ws = connect_watching(addr, TOKEN, REPO).await?;
         let tx = tx.clone();
         let ready_tx = ready_tx.clone();
         tokio::spawn(async move {
@@ -304,50 +256,9 @@ fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
     rx
 }
 
-async fn wait_healthy(addr: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            let req = hyper::Request::get("/healthz")
-                .header("host", "hub")
-                .body(Full::new(Bytes::new()))?;
-            if let Ok(resp) = sender.send_request(req).await
-                && resp.status().is_success()
-            {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the hub did not answer /healthz on {addr} within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    status_kib(pid, "VmRSS:")
-}
-
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    status_kib(pid, "VmHWM:")
 }

@@ -20,6 +20,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
+use crate::limits::{echo_list, echo_text};
 use crate::state::{AgentQuota, Shared};
 
 /// The agent whose token hash matches the request's `Authorization: Bearer` token, if any. Every
@@ -192,7 +193,7 @@ async fn session(
                 last_heard = Instant::now();
                 match message {
                     Message::Text(text) => {
-                        let repos = match read_watch(text.as_str(), &agent, &mut sink).await {
+                        let repos = match read_watch(text.as_str(), &agent, &shared, &mut sink).await {
                             Ok(Some(repos)) => repos,
                             Ok(None) => continue,
                             Err(e) => break e,
@@ -251,13 +252,15 @@ async fn session(
 async fn read_watch(
     text: &str,
     agent: &AgentConfig,
+    shared: &Shared,
     sink: &mut Sink,
 ) -> Result<Option<Vec<RepoId>>, &'static str> {
     match AgentMessage::from_json(text) {
         Ok(AgentMessage::Watch { repos }) => Ok(Some(repos)),
         Err(e) => {
-            warn!(agent = %agent.name, error = %e, "unreadable message from agent");
-            let message = e.to_string();
+            // The parser's message may quote the input.
+            let message = echo_text(&e.to_string(), shared.config.limits.max_echo_bytes);
+            warn!(agent = %agent.name, error = %message, "unreadable message from agent");
             send_hub(sink, &HubMessage::Error { message }).await?;
             Ok(None)
         }
@@ -317,12 +320,14 @@ async fn watch(
             .agent_refusals
             .with_label_values(&["repo_not_allowed"])
             .inc_by(refused.len() as u64);
-        let names: Vec<&str> = refused.iter().map(RepoId::as_str).collect();
-        warn!(agent = %agent.name, refused = ?names, "agent asked for repositories outside its globs");
+        let names = echo_list(
+            refused.iter().map(RepoId::as_str),
+            shared.config.limits.max_echo_bytes,
+        );
+        warn!(agent = %agent.name, refused = %names, "agent asked for repositories outside its globs");
         let message = format!(
-            "agent {:?} may not hear about {}; they are not watched",
-            agent.name,
-            names.join(", ")
+            "agent {:?} may not hear about {names}; they are not watched",
+            agent.name
         );
         send_hub(sink, &HubMessage::Error { message }).await?;
     }

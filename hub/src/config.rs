@@ -31,6 +31,7 @@ struct RawConfig {
     max_watched_repos: Option<usize>,
     watch_update_burst: Option<u32>,
     watch_update_interval: Option<String>,
+    max_echo_bytes: Option<usize>,
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -266,6 +267,7 @@ impl Config {
                 raw.watch_update_interval,
                 d.watch_update_interval,
             ),
+            max_echo_bytes: f.positive("max_echo_bytes", raw.max_echo_bytes, d.max_echo_bytes),
             header_read_timeout: f.duration(
                 "header_read_timeout",
                 raw.header_read_timeout,

@@ -18,8 +18,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::WebhookSecret;
+use crate::limits::{echo_names, echo_text};
 use crate::state::Shared;
-use crate::webhook::{Event, Provider, WebhookError};
+use crate::webhook::{Event, Provider, WebhookError, dedup};
 
 /// Why a webhook body was not read whole.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +164,7 @@ pub(crate) async fn webhook(
     body: Body,
 ) -> Response {
     let received = std::time::Instant::now();
+    let limits = &shared.config.limits;
     let Ok(provider) = provider.parse::<Provider>() else {
         return reply(
             StatusCode::NOT_FOUND,
@@ -200,9 +202,11 @@ pub(crate) async fn webhook(
             json!({"error": "verification failed; retry"}),
         );
     };
+    // Remembered under the secrets that verified it too: the id is an unsigned header.
+    let dedup_key = dedup::key(&verified, &delivery);
     let verified: Vec<&WebhookSecret> = verified
         .iter()
-        .map(|&i| &shared.config.webhooks[i])
+        .filter_map(|&i| shared.config.webhooks.get(i))
         .collect();
     let Some(event) = event else {
         shared.metrics.webhook(name, "unauthorized");
@@ -227,8 +231,10 @@ pub(crate) async fn webhook(
         }
         Err(e) => {
             shared.metrics.webhook(name, "malformed");
-            warn!(provider = name, error = %e, "malformed webhook");
-            return reply(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}));
+            // The reason may quote the payload.
+            let reason = echo_text(&e.to_string(), limits.max_echo_bytes);
+            warn!(provider = name, error = %reason, "malformed webhook");
+            return reply(StatusCode::BAD_REQUEST, json!({"error": reason}));
         }
     };
 
@@ -238,18 +244,19 @@ pub(crate) async fn webhook(
         .partition(|r| verified.iter().any(|w| w.repos.matches(r)));
     if covered.is_empty() {
         shared.metrics.webhook(name, "forbidden");
-        let names: Vec<&str> = uncovered.iter().map(RepoId::as_str).collect();
-        warn!(provider = name, repos = ?names, "verified webhook for repositories its secret does not cover");
+        let names = uncovered.iter().map(RepoId::as_str);
+        let (names, left_out) = echo_names(names, limits.max_echo_bytes);
+        warn!(provider = name, repos = ?names, left_out, "verified webhook for repositories its secret does not cover");
         return reply(
             StatusCode::FORBIDDEN,
-            json!({"error": "the secret that verified this delivery does not cover its repository", "repos": names}),
+            json!({"error": "the secret that verified this delivery does not cover its repository", "repos": names, "repos_left_out": left_out}),
         );
     }
 
     let first_time = shared
         .dedup
         .lock()
-        .map(|mut d| d.first_time(&delivery, received))
+        .map(|mut d| d.first_time(&dedup_key, received))
         .unwrap_or(true);
     if !first_time {
         shared.metrics.webhook(name, "duplicate");
@@ -290,7 +297,7 @@ pub(crate) async fn webhook(
     };
     if let Some(reason) = failure {
         if let Ok(mut d) = shared.dedup.lock() {
-            d.forget(&delivery);
+            d.forget(&dedup_key);
         }
         shared.metrics.webhook(name, "store_error");
         warn!(provider = name, %delivery, error = %reason, "could not record push");

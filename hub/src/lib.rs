@@ -4,8 +4,9 @@
 //! A request comes in through [`server`] (accept loop, routes) and [`conn`] (TLS, HTTP/1.1,
 //! timeouts). A webhook goes to [`ingest`], which verifies and parses it with [`webhook`], records it
 //! in [`store`] and hands it to [`fanout`]; an agent's websocket goes to [`agents`], which subscribes
-//! it in [`fanout`] and writes its notices. What every connection shares is in [`state`]. Imports run one way, in that order:
-//! `server` → `conn`, `ingest`, `agents` → `state` → the rest; nothing below imports what is above it.
+//! it in [`fanout`] and writes its notices. What every connection shares is in [`state`]. Imports
+//! run one way: `server` → `conn`, `ingest`, `agents` → `state` → the rest, and no two modules
+//! import each other.
 //!
 //! - [`config`]: the YAML config file and its validation; [`globs`]: the repository globs it grants.
 //! - [`limits`]: every bound on what one client can make the hub hold, with its default.
@@ -20,8 +21,8 @@
 //! - [`server`]: the accept loop, TLS settings and routes; [`run`] is the entry point.
 //! - [`conn`]: one connection: TLS handshake, HTTP/1.1 with its timeouts, idle watchdog, drain.
 //! - [`metrics`]: Prometheus metrics, prefixed `tether_hub_`.
-//! - `test_util` (feature `test-util`): a hub on 127.0.0.1:0, a fake environment, a websocket agent
-//!   and a test CA, for this crate's tests and the operator's.
+//! - `test_util` (feature `test-util`): a hub on 127.0.0.1:0, a config builder, a fake environment,
+//!   a websocket agent and a test CA, for this crate's tests and the operator's.
 
 pub mod agents;
 pub mod config;

@@ -1,5 +1,6 @@
-//! The bounds on what one client can make the hub hold, each with its default. Each is a config
-//! field of the same name (`docs/hub.md`); `docs/security.md` states what each protects.
+//! The bounds on what one client can make the hub hold, each with its default, and the pure pieces
+//! that apply them ([`TokenBucket`], the echo helpers). Each bound is a config field of the same name
+//! (`docs/hub.md`); `docs/security.md` states what each protects.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ pub struct Limits {
     /// After the burst, one watch update per this interval; a faster one waits, and a newer one
     /// replaces it while it waits (latest wins).
     pub watch_update_interval: Duration,
+    /// At most about this many bytes of client input (repository names, parse errors) are echoed
+    /// back in an answer or a log line; the rest is counted, not repeated.
+    pub max_echo_bytes: usize,
     /// Time from a request's first byte (or, on a kept-alive connection, from the previous answer) to
     /// the end of its head; also bounds the TLS handshake.
     pub header_read_timeout: Duration,
@@ -51,6 +55,7 @@ impl Default for Limits {
             max_watched_repos: 10_000,
             watch_update_burst: 10,
             watch_update_interval: Duration::from_secs(1),
+            max_echo_bytes: 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -124,6 +129,57 @@ impl TokenBucket {
     }
 }
 
+/// As many of `names` as fit in `max_bytes` (counting a separator of two bytes between them), and
+/// how many were left out. A first name longer than the budget is cut to it.
+pub fn echo_names<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    max_bytes: usize,
+) -> (Vec<&'a str>, usize) {
+    let mut shown = Vec::new();
+    let mut used = 0;
+    let mut left_out = 0;
+    for name in names {
+        let cost = name.len() + if shown.is_empty() { 0 } else { 2 };
+        if left_out == 0 && used + cost <= max_bytes {
+            shown.push(name);
+            used += cost;
+        } else if shown.is_empty() {
+            shown.push(truncate(name, max_bytes));
+            used = max_bytes;
+        } else {
+            left_out += 1;
+        }
+    }
+    (shown, left_out)
+}
+
+/// [`echo_names`] as text: `a, b and 3 more`.
+pub fn echo_list<'a>(names: impl IntoIterator<Item = &'a str>, max_bytes: usize) -> String {
+    let (shown, left_out) = echo_names(names, max_bytes);
+    let mut text = shown.join(", ");
+    if left_out > 0 {
+        text.push_str(&format!(" and {left_out} more"));
+    }
+    text
+}
+
+/// `text` cut to `max_bytes`, saying how long it was, for messages that quote client input.
+pub fn echo_text(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        text.to_string()
+    } else {
+        format!("{}... ({} bytes)", truncate(text, max_bytes), text.len())
+    }
+}
+
+fn truncate(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +214,16 @@ mod tests {
         assert_eq!(b.take(later), Ok(()));
         assert_eq!(b.take(later), Ok(()));
         assert_eq!(b.take(later), Err(later + second));
+    }
+
+    #[test]
+    fn echoes_list_what_fits_and_count_the_rest() {
+        let names = ["aaaa", "bbbb", "cccc", "dddd"];
+        assert_eq!(echo_list(names, 100), "aaaa, bbbb, cccc, dddd");
+        assert_eq!(echo_list(names, 10), "aaaa, bbbb and 2 more");
+        assert_eq!(echo_names(names, 10), (vec!["aaaa", "bbbb"], 2));
+        assert_eq!(echo_list(["a-very-long-name", "b"], 6), "a-very and 1 more");
+        assert_eq!(echo_text("short", 10), "short");
+        assert_eq!(echo_text("héllo", 2), "h... (6 bytes)");
     }
 }

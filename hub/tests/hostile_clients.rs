@@ -304,3 +304,103 @@ async fn watch_updates_beyond_the_rate_wait_and_the_latest_wins() {
         .await;
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn refused_repositories_are_echoed_to_the_agent_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(config(dir.path(), &["github.com/jessesuen/*"])).await;
+    let mut agent = hub.connect(AGENT_TOKEN).await.unwrap();
+    let refused: Vec<String> = (0..3000)
+        .map(|i| format!("https://elsewhere.example/team/repository-{i}.git"))
+        .collect();
+    let mut urls: Vec<&str> = refused.iter().map(String::as_str).collect();
+    urls.push(GITHUB_REPO);
+    agent.watch(&urls).await;
+    match agent.next().await {
+        HubMessage::Error { message } => {
+            assert!(message.len() < 2048, "{} bytes: {message}", message.len());
+            assert!(
+                message.contains("elsewhere.example/team/repository-0"),
+                "{message}"
+            );
+            assert!(message.contains(" more;"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // The allowed repository is watched all the same.
+    assert!(matches!(agent.next().await, HubMessage::Catchup { .. }));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_forbidden_delivery_echoes_its_repositories_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), &["**"]).webhook(
+        "generic",
+        &["git.example/allowed/**"],
+        "generic-secret",
+    );
+    let hub = TestHub::start(config.build()).await;
+    let urls: Vec<String> = (0..1200)
+        .map(|i| format!("\"https://git.example/other/repository-{i}.git\""))
+        .collect();
+    let body = format!(
+        r#"{{"repo_urls":[{}],"ref":"refs/heads/main","sha":"{}"}}"#,
+        urls.join(","),
+        "1".repeat(40)
+    )
+    .into_bytes();
+    let sig = format!(
+        "sha256={}",
+        tether_hub::webhook::hmac_sha256_hex(b"generic-secret", &body)
+    );
+    let (status, answer) = hub
+        .post(
+            "/v1/webhooks/generic",
+            &[("x-tether-signature", &sig)],
+            body,
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.len() < 2048, "{} bytes: {answer}", answer.len());
+    assert!(
+        answer.contains("git.example/other/repository-0"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"repos_left_out\":"), "{answer}");
+    hub.stop().await;
+}
+
+/// A delivery id is an unsigned header: one tenant's secret must not let its holder claim the ids of
+/// deliveries that another tenant's secret verifies.
+#[tokio::test]
+async fn one_tenants_secret_cannot_pre_claim_another_tenants_delivery_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestConfig::new(dir.path())
+        .agent("test-agent", AGENT_TOKEN, &["**"])
+        .webhook("github", &["github.com/jessesuen/**"], GITHUB_SECRET)
+        .webhook("github", &["github.com/acme/**"], "tenant-a-secret");
+    let hub = TestHub::start(config.build()).await;
+    let mut agent = hub.connect(AGENT_TOKEN).await.unwrap();
+    agent.watch(&[GITHUB_REPO]).await;
+    assert!(matches!(agent.next().await, HubMessage::Catchup { .. }));
+
+    // Tenant A signs a push for its own repository with the id tenant B's next delivery will carry.
+    let own = String::from_utf8(fixture("github-commit-event.json"))
+        .unwrap()
+        .replace("jessesuen/test-repo", "acme/app")
+        .into_bytes();
+    let headers = github_headers("tenant-a-secret", &own, "d-next");
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = hub.post("/v1/webhooks/github", &headers, own).await;
+    assert_eq!(status, 202, "{body}");
+
+    // Tenant B's real delivery with that id is not a duplicate, and reaches its agent.
+    let (status, body) = hub.post_github("github-commit-event.json", "d-next").await;
+    assert_eq!(status, 202, "{body}");
+    match agent.next().await {
+        HubMessage::Push(n) => assert_eq!(n.repo.as_str(), "github.com/jessesuen/test-repo"),
+        other => panic!("expected the push, got {other:?}"),
+    }
+    hub.stop().await;
+}

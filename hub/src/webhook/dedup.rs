@@ -1,7 +1,17 @@
-//! Deduplication of deliveries: recent delivery ids, bounded in number and age.
+//! Deduplication of deliveries: recent deliveries, bounded in number and age, each remembered by
+//! its id and the secrets that verified it.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// The key a delivery is remembered by: its id and the secrets that verified it (their indices in
+/// the config's `webhooks`). The id is an unsigned header, so keyed on it alone, the holder of one
+/// tenant's secret could send another tenant's coming delivery ids first and have the real ones
+/// dropped as redeliveries.
+pub fn key(verified_by: &[usize], delivery: &str) -> String {
+    let secrets: Vec<String> = verified_by.iter().map(usize::to_string).collect();
+    format!("{}|{delivery}", secrets.join(","))
+}
 
 /// Remembers recent delivery ids, bounded in number and age, to drop redeliveries.
 #[derive(Debug)]
@@ -70,5 +80,15 @@ mod tests {
         assert!(d.first_time("z", t0 + Duration::from_secs(200)));
         d.forget("z");
         assert!(d.first_time("z", t0 + Duration::from_secs(200)));
+    }
+
+    #[test]
+    fn one_id_verified_by_different_secrets_is_two_deliveries() {
+        let t0 = Instant::now();
+        let mut d = Dedup::new(10, Duration::from_secs(60));
+        assert!(d.first_time(&key(&[0], "github:abc"), t0));
+        assert!(d.first_time(&key(&[1], "github:abc"), t0));
+        assert!(!d.first_time(&key(&[1], "github:abc"), t0));
+        assert_ne!(key(&[1, 2], "x"), key(&[12], "x"));
     }
 }
