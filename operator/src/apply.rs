@@ -10,6 +10,7 @@
 //! 5. everything else is applied.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -95,11 +96,9 @@ pub enum ApplyError {
     Forbidden { object: String, message: String },
     #[error("CustomResourceDefinition {name} was not established within {timeout:?}")]
     CrdNotEstablished { name: String, timeout: Duration },
-    #[error("pruning {object}: {source}")]
+    #[error("pruning failed for {}", list_failures(.failures))]
     Prune {
-        object: String,
-        #[source]
-        source: kube::Error,
+        failures: Vec<(String, kube::Error)>,
     },
     #[error("{object}: {source}")]
     Api {
@@ -187,14 +186,26 @@ fn rejects_the_object(status: &kube::core::Status) -> bool {
                 .starts_with("failed to create typed patch object"))
 }
 
-/// Applies a planned revision with `client` (the operator's own, or one impersonating the
-/// `GitRepository`'s service account), dry-run first; see the module's order of work.
-pub async fn apply(
+/// A revision whose objects the API server accepted in a dry run (all but those held back until
+/// their CRD or Namespace exists): what [`apply`] then applies.
+#[derive(Debug)]
+pub struct Checked<'p> {
+    plan: &'p Plan,
+    kinds: Arc<Kinds>,
+    /// Held back from the first dry run: their kind or namespace comes with this revision.
+    held_back: Vec<&'p PlannedObject>,
+    /// The dry run's resourceVersion per object index (none: the object does not exist yet).
+    dry_rv: HashMap<usize, Option<String>>,
+}
+
+/// Steps 1 and 2 of the module's order of work: dry-runs every object that can be checked now,
+/// with `client` (the operator's own, or one impersonating the `GitRepository`'s service
+/// account). Nothing is changed.
+pub async fn dry_run<'p>(
     client: &kube::Client,
     catalog: &Catalog,
-    plan: &Plan,
-    timeout: Duration,
-) -> Result<Applied, ApplyError> {
+    plan: &'p Plan,
+) -> Result<Checked<'p>, ApplyError> {
     let mut kinds = catalog.kinds(client).await?;
     if plan
         .objects
@@ -258,6 +269,28 @@ pub async fn apply(
         }
     }
 
+    Ok(Checked {
+        plan,
+        kinds,
+        held_back,
+        dry_rv,
+    })
+}
+
+/// Steps 3 to 5: applies a checked revision with the client that checked it.
+pub async fn apply(
+    client: &kube::Client,
+    catalog: &Catalog,
+    checked: Checked<'_>,
+    timeout: Duration,
+) -> Result<Applied, ApplyError> {
+    let Checked {
+        plan,
+        mut kinds,
+        held_back,
+        dry_rv,
+    } = checked;
+    let dry = PatchParams::apply(FIELD_MANAGER).force().dry_run();
     let mut applied = Applied::default();
     let real = PatchParams::apply(FIELD_MANAGER).force();
 
@@ -365,35 +398,48 @@ async fn apply_one(
     })
 }
 
+/// What pruning did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Deleted, or already gone (their kind too).
+    pub deleted: Vec<ObjectRef>,
+    /// Left alone because the client may not read or delete them: they are not treated as ours
+    /// (and leave the inventory), each with the server's answer.
+    pub forbidden: Vec<(ObjectRef, String)>,
+}
+
 /// Deletes the objects of `gone` that are still labelled as owned by `owner` (`(name, namespace)`)
-/// and not annotated `tether.dev/prune: disabled`. Returns how many were deleted; objects already
-/// gone, or whose kind is no longer served, count as pruned too.
+/// and not annotated `tether.dev/prune: disabled`. Every object is tried: the failures are
+/// reported together at the end. An object the client may not read or delete (403) is left alone.
 pub async fn prune(
     client: &kube::Client,
     catalog: &Catalog,
     gone: &[ObjectRef],
     owner: (&str, &str),
-) -> Result<Vec<ObjectRef>, ApplyError> {
+) -> Result<Pruned, ApplyError> {
     let kinds = catalog.kinds(client).await?;
-    let mut pruned = Vec::new();
+    let mut pruned = Pruned::default();
+    let mut failures = Vec::new();
     for id in gone {
         let Some(resource) = kinds.resource_any_version(id).cloned() else {
             // The kind is gone, and so are its objects.
-            pruned.push(id.clone());
+            pruned.deleted.push(id.clone());
             continue;
         };
         let api = api_for(client, &resource, id);
         let current = match api.get_opt(&id.name).await {
             Ok(Some(obj)) => obj,
             Ok(None) => {
-                pruned.push(id.clone());
+                pruned.deleted.push(id.clone());
+                continue;
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                pruned.forbidden.push((id.clone(), s.message.clone()));
                 continue;
             }
             Err(source) => {
-                return Err(ApplyError::Prune {
-                    object: describe(id),
-                    source,
-                });
+                failures.push((describe(id), source));
+                continue;
             }
         };
         if !is_owned_by(current.metadata.labels.as_ref(), owner.0, owner.1)
@@ -402,22 +448,37 @@ pub async fn prune(
             // Left in place, and out of the inventory from now on.
             continue;
         }
+        // Only the object that was read: not one recreated under the same name since.
         let params = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: Some(kube::api::Preconditions {
+                uid: current.metadata.uid.clone(),
+                resource_version: current.metadata.resource_version.clone(),
+            }),
             ..DeleteParams::default()
         };
         match api.delete(&id.name, &params).await {
-            Ok(_) => pruned.push(id.clone()),
-            Err(kube::Error::Api(s)) if s.code == 404 => pruned.push(id.clone()),
-            Err(source) => {
-                return Err(ApplyError::Prune {
-                    object: describe(id),
-                    source,
-                });
+            Ok(_) => pruned.deleted.push(id.clone()),
+            Err(kube::Error::Api(s)) if s.code == 404 => pruned.deleted.push(id.clone()),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                pruned.forbidden.push((id.clone(), s.message.clone()));
             }
+            Err(source) => failures.push((describe(id), source)),
         }
     }
-    Ok(pruned)
+    if failures.is_empty() {
+        Ok(pruned)
+    } else {
+        Err(ApplyError::Prune { failures })
+    }
+}
+
+fn list_failures(failures: &[(String, kube::Error)]) -> String {
+    failures
+        .iter()
+        .map(|(object, e)| format!("{object}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

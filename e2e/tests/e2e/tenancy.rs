@@ -165,3 +165,44 @@ subjects:
     ensure!(applied.trim().is_empty(), "applied anyway: {applied}");
     Ok(())
 }
+
+/// A revision its service account may not apply is refused by the dry run before anything is
+/// recorded, so deleting the `GitRepository` is not held up pruning what it never created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_the_account_may_not_apply_does_not_wedge_the_deletion() -> Result<()> {
+    let ns = TestNamespace::create("tenancy-wedge").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    // An account with no rights at all: it may not even read what it would prune.
+    kubectl.apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: nobody\n  namespace: {n}\n"
+    ))?;
+    let repo = Upstream::new("wedge")?;
+    repo.write("deploy/config.yaml", &config_map(n, "not-allowed", "hi"))?;
+    let head = repo.commit("a ConfigMap the account may not write")?;
+    repo.push()?;
+
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "tenant",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n  serviceAccountName: nobody\n",
+    ))?;
+    wait_failed(kubectl, n, "tenant", &format!("main@sha1:{head}"), &operator)?;
+    let inventory = kubectl.run(&[
+        "get",
+        "gitrepo",
+        "tenant",
+        "-n",
+        n,
+        "-o",
+        "jsonpath={.status.inventory}",
+    ])?;
+    ensure!(
+        !inventory.contains("not-allowed"),
+        "an object the dry run refused was recorded: {inventory}"
+    );
+    kubectl.run(&["delete", "gitrepo", "tenant", "-n", n, "--timeout=30s"])?;
+    Ok(())
+}

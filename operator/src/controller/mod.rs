@@ -234,7 +234,8 @@ async fn cleanup(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error
         let client = ctx.apply_client(&namespace, obj.spec.service_account_name.as_deref())?;
         let gone = plan::prune_candidates(&status.inventory, &[]);
         let pruned = apply::prune(&client, &ctx.catalog, &gone, (&name, &namespace)).await?;
-        info!(pruned = pruned.len(), "deleted: pruned its objects");
+        pipeline::warn_left_alone(ctx, &obj, &pruned).await;
+        info!(pruned = pruned.deleted.len(), "deleted: pruned its objects");
     }
     Ok(Action::await_change())
 }

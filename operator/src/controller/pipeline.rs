@@ -119,14 +119,15 @@ async fn stages(
     }
     let planned = planned?;
     let new = planned.inventory();
+
+    // Dry-run, then record what may be created (only once the server accepted it), then apply.
+    let checked = apply::dry_run(&client, &ctx.catalog, &planned).await?;
     if let Some(next) = status::widened(obj, &revision, &new, Timestamp::now()) {
         let inventory = next.inventory.clone();
         write_status(ctx, obj, next).await?;
         progress.recorded_inventory = Some(inventory);
     }
-
-    // Apply, dry-run first.
-    let mut applied = apply::apply(&client, &ctx.catalog, &planned, timeout).await?;
+    let mut applied = apply::apply(&client, &ctx.catalog, checked, timeout).await?;
     count(ctx, &applied);
 
     // Prune what left the repository.
@@ -139,6 +140,8 @@ async fn stages(
         let gone = plan::prune_candidates(old, &new);
         if !gone.is_empty() {
             let pruned = apply::prune(&client, &ctx.catalog, &gone, (&name, &namespace)).await?;
+            warn_left_alone(ctx, obj, &pruned).await;
+            let pruned = pruned.deleted;
             ctx.metrics
                 .objects
                 .with_label_values(&[Action::Pruned.as_str()])
@@ -154,6 +157,23 @@ async fn stages(
         .apply_duration
         .observe(started.elapsed().as_secs_f64());
     Ok((resolved.revision, new, applied.summary()))
+}
+
+/// A Warning Event for each object pruning left alone because it may not touch it.
+pub(super) async fn warn_left_alone(ctx: &Context, obj: &GitRepository, pruned: &apply::Pruned) {
+    for (id, message) in &pruned.forbidden {
+        let note = format!(
+            "not pruning {}: forbidden, so not treated as ours (it leaves the inventory): {message}",
+            apply::describe(id)
+        );
+        tracing::warn!(object = %id, "{note}");
+        let event = status::Note {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: crate::crd::reason::PRUNE_FAILED,
+            note,
+        };
+        super::writer::publish(ctx, obj, event).await;
+    }
 }
 
 /// Counts objects by action in `tether_objects_applied_total`.

@@ -202,8 +202,7 @@ fn each_stage_error_gives_its_reason_and_keeps_the_last_applied_revision() {
         ),
         (
             ApplyError::Prune {
-                object: "ConfigMap team/a".into(),
-                source: api(),
+                failures: vec![("ConfigMap team/a".into(), api())],
             }
             .into(),
             reason::PRUNE_FAILED,
