@@ -5,7 +5,7 @@ use anyhow::{Result, ensure};
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::fixtures::{config_map, git_repository, widget_crd};
 use tether_e2e::git_server::Upstream;
-use tether_e2e::gitrepo::{install_crds, wait_failed, wait_ready};
+use tether_e2e::gitrepo::{install_crds, wait_applied, wait_failed, wait_ready};
 use tether_e2e::operator::Operator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +189,13 @@ async fn a_revision_the_account_may_not_apply_does_not_wedge_the_deletion() -> R
         &repo.file_url(),
         "  path: deploy\n  interval: 2s\n  serviceAccountName: nobody\n",
     ))?;
-    wait_failed(kubectl, n, "tenant", &format!("main@sha1:{head}"), &operator)?;
+    wait_failed(
+        kubectl,
+        n,
+        "tenant",
+        &format!("main@sha1:{head}"),
+        &operator,
+    )?;
     let inventory = kubectl.run(&[
         "get",
         "gitrepo",
@@ -204,5 +210,81 @@ async fn a_revision_the_account_may_not_apply_does_not_wedge_the_deletion() -> R
         "an object the dry run refused was recorded: {inventory}"
     );
     kubectl.run(&["delete", "gitrepo", "tenant", "-n", n, "--timeout=30s"])?;
+    Ok(())
+}
+
+/// An object the account may no longer read or delete is not treated as ours: pruning leaves it
+/// in place with a Warning Event instead of failing every reconcile after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_the_account_may_no_longer_touch_is_left_alone_by_prune() -> Result<()> {
+    let ns = TestNamespace::create("tenancy-revoked").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    kubectl.apply(&format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: deployer, namespace: {n}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: configmaps, namespace: {n}}}
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, create, update, patch, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: deployer-configmaps, namespace: {n}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmaps}}
+subjects:
+- {{kind: ServiceAccount, name: deployer, namespace: {n}}}
+"#
+    ))?;
+    let repo = Upstream::new("revoked")?;
+    repo.write("deploy/kept.yaml", &config_map(n, "kept", "one"))?;
+    repo.write("deploy/old.yaml", &config_map(n, "old", "one"))?;
+    let first = repo.commit("two ConfigMaps")?;
+    repo.push()?;
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "tenant",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n  serviceAccountName: deployer\n",
+    ))?;
+    wait_applied(
+        kubectl,
+        n,
+        "tenant",
+        &format!("main@sha1:{first}"),
+        &operator,
+    )?;
+
+    // The account may still apply ConfigMaps, but no longer read or delete them.
+    kubectl.apply(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: configmaps, namespace: {n}}}\n\
+         rules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [create, update, patch]\n"
+    ))?;
+    repo.remove("deploy/old.yaml")?;
+    let second = repo.commit("drop old")?;
+    repo.push()?;
+    wait_applied(
+        kubectl,
+        n,
+        "tenant",
+        &format!("main@sha1:{second}"),
+        &operator,
+    )?;
+    wait_ready(kubectl, n, "tenant", "30s", &operator)?;
+    ensure!(
+        kubectl.names(n, "configmap")?.contains("old"),
+        "an object the account may not delete was deleted"
+    );
+    let events = kubectl.run(&["get", "events", "-n", n, "-o", "yaml"])?;
+    ensure!(
+        events.contains("not pruning ConfigMap") && events.contains("/old: forbidden"),
+        "no Warning Event names the object left alone: {events}"
+    );
     Ok(())
 }
