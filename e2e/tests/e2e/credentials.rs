@@ -62,28 +62,42 @@ fn assert_nowhere(
     Ok(())
 }
 
+/// An HTTPS git server with a repository `private` holding `files` in one pushed commit, and the
+/// Secret `git-https` (username, password, the server's CA) that reads it. Returns the server, the
+/// repository and the commit.
+fn private_https_repo(
+    kubectl: &Kubectl,
+    ns: &str,
+    files: &[(&str, String)],
+) -> Result<(HttpsGitServer, Upstream, String)> {
+    let server = HttpsGitServer::start()?;
+    let repo = server.create_repo("private")?;
+    for (path, contents) in files {
+        repo.write(path, contents)?;
+    }
+    let commit = repo.commit("first")?;
+    repo.push_to(&server.remote(&repo))?;
+    create_secret(
+        kubectl,
+        ns,
+        "git-https",
+        &[
+            ("username", server.username()),
+            ("password", server.password()),
+            ("caFile", server.ca_pem()),
+        ],
+    )?;
+    Ok((server, repo, commit))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_basic_auth_and_a_private_ca_and_a_wrong_password() -> Result<()> {
     let ns = TestNamespace::create("creds-https").await?;
     let (kubectl, n) = (ns.kubectl(), ns.name());
     install_crds(kubectl)?;
-    let server = HttpsGitServer::start()?;
-    let repo = server.create_repo("private")?;
-    repo.write("deploy/config.yaml", &config_map(n, "settings", "one"))?;
-    repo.commit("first")?;
-    repo.push_to(&server.remote(&repo))?;
-
+    let files = [("deploy/config.yaml", config_map(n, "settings", "one"))];
+    let (server, repo, _) = private_https_repo(kubectl, n, &files)?;
     let ca = server.ca_pem().to_string();
-    create_secret(
-        kubectl,
-        n,
-        "git-https",
-        &[
-            ("username", server.username()),
-            ("password", server.password()),
-            ("caFile", &ca),
-        ],
-    )?;
     let wrong_password = format!("not-{}-at-all", server.password());
     create_secret(
         kubectl,
@@ -339,25 +353,13 @@ async fn a_pinned_commit_of_a_private_repository_needs_credentials_of_its_own() 
     let ns = TestNamespace::create("creds-pinned").await?;
     let (kubectl, n) = (ns.kubectl(), ns.name());
     install_crds(kubectl)?;
-    let server = HttpsGitServer::start()?;
-    let repo = server.create_repo("private")?;
-    repo.write("deploy/config.yaml", &config_map(n, "settings", "one"))?;
-    repo.write("secret/stolen.yaml", &config_map(n, "stolen", "private"))?;
-    let commit = repo.commit("first")?;
-    repo.push_to(&server.remote(&repo))?;
-    let ca = server.ca_pem().to_string();
-    create_secret(
-        kubectl,
-        n,
-        "git-https",
-        &[
-            ("username", server.username()),
-            ("password", server.password()),
-            ("caFile", &ca),
-        ],
-    )?;
+    let files = [
+        ("deploy/config.yaml", config_map(n, "settings", "one")),
+        ("secret/stolen.yaml", config_map(n, "stolen", "private")),
+    ];
+    let (server, _repo, commit) = private_https_repo(kubectl, n, &files)?;
     // The CA is no secret: it lets the thief reach the server, not read from it.
-    create_secret(kubectl, n, "ca-only", &[("caFile", &ca)])?;
+    create_secret(kubectl, n, "ca-only", &[("caFile", server.ca_pem())])?;
 
     let operator = Operator::start(ns.kubeconfig(), n, &[])?;
     let url = server.url("private");
