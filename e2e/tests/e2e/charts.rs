@@ -317,6 +317,24 @@ async fn operator_chart_with_default_values_applies_and_grants_what_the_operator
         "the cache dir is writable"
     );
 
+    // Nothing may connect to the operator but Prometheus, on the metrics port.
+    let policy = find(&docs, "NetworkPolicy", "tether-operator")?;
+    ensure!(policy["spec"]["policyTypes"] == serde_json::json!(["Ingress"]));
+    ensure!(
+        policy["spec"]["podSelector"]["matchLabels"]
+            == deployment["spec"]["selector"]["matchLabels"],
+        "the policy selects the operator's pods"
+    );
+    ensure!(
+        policy["spec"]["ingress"]
+            == serde_json::json!([{
+                "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                "ports": [{"port": 8080, "protocol": "TCP"}],
+            }]),
+        "ingress: {}",
+        policy["spec"]["ingress"]
+    );
+
     let sa = format!(
         "system:serviceaccount:{}:{release}-tether-operator",
         ns.name()
