@@ -94,6 +94,10 @@ pub struct Args {
     #[arg(long, env = "TETHER_ALLOW_FILE_URLS", default_value_t = false)]
     pub allow_file_urls: bool,
 
+    /// Send a `secretRef`'s password or token over plain `http://` (in clear); refused otherwise.
+    #[arg(long, env = "TETHER_ALLOW_HTTP_CREDENTIALS", default_value_t = false)]
+    pub allow_http_credentials: bool,
+
     /// How often to ping the hub (`20s`); for tests that cannot wait a minute.
     #[arg(long, env = "TETHER_HUB_KEEPALIVE", hide = true, value_parser = parse_duration)]
     pub hub_keepalive: Option<std::time::Duration>,
@@ -152,6 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         https_proxy,
         no_proxy,
         allow_file_urls,
+        allow_http_credentials,
         hub_keepalive,
         hub_dead_after,
     } = args;
@@ -234,6 +239,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         reporter,
         triggers.clone(),
         allow_file_urls,
+        allow_http_credentials,
     );
     crate::hub::start(
         crate::hub::HubSettings {

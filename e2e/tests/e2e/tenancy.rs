@@ -288,3 +288,56 @@ subjects:
     );
     Ok(())
 }
+
+/// The `secretRef` is read as the `serviceAccountName`: a tenant cannot borrow a Secret of its
+/// namespace that its own account may not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_is_read_with_the_service_accounts_rights() -> Result<()> {
+    let ns = TestNamespace::create("tenancy-secret").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    kubectl.apply(&format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: deployer, namespace: {n}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: configmaps-only, namespace: {n}}}
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, create, update, patch, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: deployer-configmaps, namespace: {n}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmaps-only}}
+subjects:
+- {{kind: ServiceAccount, name: deployer, namespace: {n}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: someone-elses, namespace: {n}}}
+stringData: {{username: ops, password: not-for-tenants}}
+"#
+    ))?;
+    let repo = Upstream::new("borrowed")?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "hi"))?;
+    repo.commit("a ConfigMap")?;
+    repo.push()?;
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "tenant",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n  serviceAccountName: deployer\n  secretRef: {name: someone-elses}\n",
+    ))?;
+    let (_, reason, message) = wait_failed(kubectl, n, "tenant", "", &operator)?;
+    ensure!(
+        reason == "AuthenticationFailed"
+            && message.contains("service account deployer may not read it"),
+        "reason {reason:?}, message {message:?}"
+    );
+    Ok(())
+}

@@ -34,6 +34,8 @@ pub struct Context {
     pub(super) triggers: Arc<Triggers>,
     /// `--allow-file-urls`: whether `spec.url` may name a folder on the operator's disk.
     pub(super) allow_file_urls: bool,
+    /// `--allow-http-credentials`: whether a password or token may go over plain `http://`.
+    pub(super) allow_http_credentials: bool,
     /// Per object, the backoff of its consecutive transient failures.
     retries: Mutex<HashMap<Ref<GitRepository>, Backoff>>,
     /// Clients impersonating a `serviceAccountName`, by `namespace/name`.
@@ -55,6 +57,7 @@ impl Context {
         reporter: Reporter,
         triggers: Arc<Triggers>,
         allow_file_urls: bool,
+        allow_http_credentials: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
@@ -65,6 +68,7 @@ impl Context {
             reporter,
             triggers,
             allow_file_urls,
+            allow_http_credentials,
             retries: Mutex::new(HashMap::new()),
             impersonated: Mutex::new(HashMap::new()),
         })

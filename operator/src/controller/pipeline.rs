@@ -56,7 +56,18 @@ async fn stages(
     let name = obj.name_any();
     let timeout = spec.timeout;
     let secret = obj.spec.secret_ref.as_ref().map(|s| s.name.as_str());
-    let creds = Arc::new(credentials(ctx, &namespace, secret).await?);
+    let account = obj.spec.service_account_name.as_deref();
+    // The Secret is read with the rights the objects are applied with: a tenant's account cannot
+    // name a Secret it may not read itself.
+    let client = ctx.apply_client(&namespace, account)?;
+    let creds = Arc::new(credentials(&client, &namespace, secret, account).await?);
+    if creds.has_http_secret() && spec.is_plain_http() && !ctx.allow_http_credentials {
+        return Err(Error::InvalidSpec(
+            "spec.url: http:// would carry the secretRef's password or token in clear; use \
+             https:// (or start the operator with --allow-http-credentials)"
+                .into(),
+        ));
+    }
 
     // Resolve: one ls-remote.
     let started = Instant::now();
@@ -109,7 +120,6 @@ async fn stages(
         filter: &spec.filter,
         target_namespace: obj.spec.target_namespace.as_deref(),
     };
-    let client = ctx.apply_client(&namespace, obj.spec.service_account_name.as_deref())?;
     let mut kinds = ctx.catalog.kinds(&ctx.client).await?;
     let mut planned = plan::plan(&files, &input, |g, v, k| kinds.scope(g, v, k));
     if matches!(planned, Err(PlanError::UnknownKind { .. })) {
@@ -186,24 +196,38 @@ fn count(ctx: &Context, applied: &apply::Applied) {
     }
 }
 
-/// Loads the git credentials a `secretRef` names.
+/// Loads the git credentials a `secretRef` names, with `client` (impersonating `account`, when
+/// set).
 async fn credentials(
-    ctx: &Context,
+    client: &kube::Client,
     namespace: &str,
     secret: Option<&str>,
+    account: Option<&str>,
 ) -> Result<Credentials, Error> {
     let Some(name) = secret else {
         return Ok(Credentials::none());
     };
     let full = format!("{namespace}/{name}");
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+    let secret = match Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(Error::Kube)?
-        .ok_or_else(|| Error::Secret {
-            name: full.clone(),
-            message: "not found; create it in the GitRepository's namespace".into(),
-        })?;
+    {
+        Ok(found) => found,
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            let who = account.map_or("the operator".to_owned(), |a| {
+                format!("the service account {a}")
+            });
+            return Err(Error::Secret {
+                name: full,
+                message: format!("{who} may not read it: grant it get on this Secret"),
+            });
+        }
+        Err(e) => return Err(Error::Kube(e)),
+    }
+    .ok_or_else(|| Error::Secret {
+        name: full.clone(),
+        message: "not found; create it in the GitRepository's namespace".into(),
+    })?;
     let data: BTreeMap<String, Vec<u8>> = secret
         .data
         .unwrap_or_default()

@@ -27,6 +27,13 @@ pub struct ValidSpec {
 }
 
 impl ValidSpec {
+    /// Whether the URL is plain `http://`.
+    pub fn is_plain_http(&self) -> bool {
+        tether_protocol::url::Url::split(&self.url)
+            .scheme
+            .is_some_and(|s| s.eq_ignore_ascii_case("http"))
+    }
+
     /// Checks the spec, naming the field at fault; `file://` URLs only with `allow_file_urls`.
     pub fn parse(spec: &GitRepositorySpec, allow_file_urls: bool) -> Result<Self, Error> {
         let invalid = |e: &dyn std::fmt::Display| Error::InvalidSpec(e.to_string());
@@ -76,6 +83,15 @@ mod tests {
         assert_eq!(valid.interval, Duration::from_secs(300));
         assert_eq!(valid.timeout, Duration::from_secs(60));
         assert_eq!(valid.path, "");
+    }
+
+    #[test]
+    fn plain_http_is_told_from_https() {
+        let parse = |url: &str| ValidSpec::parse(&spec(&format!("url: {url}\n")), false).unwrap();
+        assert!(parse("http://git.example/ops/config").is_plain_http());
+        assert!(parse("HTTP://git.example/ops/config").is_plain_http());
+        assert!(!parse("https://git.example/ops/config").is_plain_http());
+        assert!(!parse("git@git.example:ops/config.git").is_plain_http());
     }
 
     #[test]

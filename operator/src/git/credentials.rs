@@ -81,6 +81,12 @@ impl Credentials {
         Self::default()
     }
 
+    /// Whether these hold something an HTTP server would be sent (a password or a token), which
+    /// plain `http://` would carry in clear.
+    pub fn has_http_secret(&self) -> bool {
+        self.password.is_some() || self.bearer_token.is_some()
+    }
+
     /// Reads credentials from a Secret's `data`; `secret` (`namespace/name`) names it in
     /// messages.
     pub fn from_secret_data(
