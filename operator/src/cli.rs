@@ -238,8 +238,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics.clone(),
         reporter,
         triggers.clone(),
-        allow_file_urls,
-        allow_http_credentials,
+        controller::Policy {
+            allow_file_urls,
+            allow_http_credentials,
+        },
     );
     crate::hub::start(
         crate::hub::HubSettings {

@@ -20,6 +20,15 @@ use crate::triggers::Triggers;
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// What the operator's flags allow a `GitRepository`, beyond the safe defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy {
+    /// `--allow-file-urls`: `spec.url` may name a folder on the operator's disk.
+    pub allow_file_urls: bool,
+    /// `--allow-http-credentials`: a password or token may go over plain `http://`.
+    pub allow_http_credentials: bool,
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub(super) client: kube::Client,
@@ -32,10 +41,7 @@ pub struct Context {
     /// still name the first revision. Events come only on a change, so there is no flood to fold.
     pub(super) reporter: Reporter,
     pub(super) triggers: Arc<Triggers>,
-    /// `--allow-file-urls`: whether `spec.url` may name a folder on the operator's disk.
-    pub(super) allow_file_urls: bool,
-    /// `--allow-http-credentials`: whether a password or token may go over plain `http://`.
-    pub(super) allow_http_credentials: bool,
+    pub(super) policy: Policy,
     /// Per object, the backoff of its consecutive transient failures.
     retries: Mutex<HashMap<Ref<GitRepository>, Backoff>>,
     /// Clients impersonating a `serviceAccountName`, by `namespace/name`.
@@ -56,8 +62,7 @@ impl Context {
         metrics: Metrics,
         reporter: Reporter,
         triggers: Arc<Triggers>,
-        allow_file_urls: bool,
-        allow_http_credentials: bool,
+        policy: Policy,
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
@@ -67,8 +72,7 @@ impl Context {
             metrics,
             reporter,
             triggers,
-            allow_file_urls,
-            allow_http_credentials,
+            policy,
             retries: Mutex::new(HashMap::new()),
             impersonated: Mutex::new(HashMap::new()),
         })

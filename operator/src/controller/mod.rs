@@ -31,7 +31,7 @@ use kube::runtime::reflector::{self, ObjectRef as Ref};
 use kube::runtime::{Predicate as _, WatchStreamExt, predicates, watcher};
 use tracing::{debug, info, instrument, warn};
 
-pub use context::Context;
+pub use context::{Context, Policy};
 pub use error::Error;
 
 use self::spec::ValidSpec;
@@ -165,7 +165,7 @@ async fn reconcile_with_finalizer(
 async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error> {
     let mut timer = ctx.metrics.reconcile_timer();
     let oref = Ref::from_obj(&*obj);
-    let spec = ValidSpec::parse(&obj.spec, ctx.allow_file_urls);
+    let spec = ValidSpec::parse(&obj.spec, ctx.policy.allow_file_urls);
     ctx.triggers
         .track(oref.clone(), spec.as_ref().ok().map(|s| s.repo.clone()));
 

@@ -61,7 +61,7 @@ async fn stages(
     // name a Secret it may not read itself.
     let client = ctx.apply_client(&namespace, account)?;
     let creds = Arc::new(credentials(&client, &namespace, secret, account).await?);
-    if creds.has_http_secret() && spec.is_plain_http() && !ctx.allow_http_credentials {
+    if creds.has_http_secret() && spec.is_plain_http() && !ctx.policy.allow_http_credentials {
         return Err(Error::InvalidSpec(
             "spec.url: http:// would carry the secretRef's password or token in clear; use \
              https:// (or start the operator with --allow-http-credentials)"
