@@ -213,6 +213,34 @@ async fn a_revision_the_account_may_not_apply_does_not_wedge_the_deletion() -> R
     Ok(())
 }
 
+/// Every verb a deployer of ConfigMaps needs.
+const ALL_VERBS: &str = "get, list, create, update, patch, delete";
+
+/// The ServiceAccount `deployer`, allowed `verbs` on ConfigMaps of `ns` and nothing else.
+fn configmap_deployer(ns: &str, verbs: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: deployer, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: configmaps, namespace: {ns}}}
+rules:
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [{verbs}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: deployer-configmaps, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmaps}}
+subjects:
+- {{kind: ServiceAccount, name: deployer, namespace: {ns}}}
+"#
+    )
+}
+
 /// An object the account may no longer read or delete is not treated as ours: pruning leaves it
 /// in place with a Warning Event instead of failing every reconcile after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,27 +248,7 @@ async fn an_object_the_account_may_no_longer_touch_is_left_alone_by_prune() -> R
     let ns = TestNamespace::create("tenancy-revoked").await?;
     let (kubectl, n) = (ns.kubectl(), ns.name());
     install_crds(kubectl)?;
-    kubectl.apply(&format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: deployer, namespace: {n}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: configmaps, namespace: {n}}}
-rules:
-- apiGroups: [""]
-  resources: [configmaps]
-  verbs: [get, list, create, update, patch, delete]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: deployer-configmaps, namespace: {n}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmaps}}
-subjects:
-- {{kind: ServiceAccount, name: deployer, namespace: {n}}}
-"#
-    ))?;
+    kubectl.apply(&configmap_deployer(n, ALL_VERBS))?;
     let repo = Upstream::new("revoked")?;
     repo.write("deploy/kept.yaml", &config_map(n, "kept", "one"))?;
     repo.write("deploy/old.yaml", &config_map(n, "old", "one"))?;
@@ -262,10 +270,7 @@ subjects:
     )?;
 
     // The account may still apply ConfigMaps, but no longer read or delete them.
-    kubectl.apply(&format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: configmaps, namespace: {n}}}\n\
-         rules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [create, update, patch]\n"
-    ))?;
+    kubectl.apply(&configmap_deployer(n, "create, update, patch"))?;
     repo.remove("deploy/old.yaml")?;
     let second = repo.commit("drop old")?;
     repo.push()?;
@@ -296,31 +301,10 @@ async fn the_secret_is_read_with_the_service_accounts_rights() -> Result<()> {
     let ns = TestNamespace::create("tenancy-secret").await?;
     let (kubectl, n) = (ns.kubectl(), ns.name());
     install_crds(kubectl)?;
+    kubectl.apply(&configmap_deployer(n, ALL_VERBS))?;
     kubectl.apply(&format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: deployer, namespace: {n}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: configmaps-only, namespace: {n}}}
-rules:
-- apiGroups: [""]
-  resources: [configmaps]
-  verbs: [get, list, create, update, patch, delete]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: deployer-configmaps, namespace: {n}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: configmaps-only}}
-subjects:
-- {{kind: ServiceAccount, name: deployer, namespace: {n}}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: someone-elses, namespace: {n}}}
-stringData: {{username: ops, password: not-for-tenants}}
-"#
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: someone-elses, namespace: {n}}}\n\
+         stringData: {{username: ops, password: not-for-tenants}}\n"
     ))?;
     let repo = Upstream::new("borrowed")?;
     repo.write("deploy/config.yaml", &config_map(n, "settings", "hi"))?;
