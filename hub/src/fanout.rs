@@ -4,13 +4,16 @@
 //! per repository: a newer notice for a repository replaces the pending one (latest wins), so the queue
 //! is bounded by the agent's watch set (itself capped) and a slow agent only delays itself. Notices are
 //! triggers; the agent resolves refs itself, so a replaced notice loses nothing.
+//!
+//! Repositories are matched on their [`RepoKey`] (letter case folded), as forges match names: an agent
+//! watching `Ops/Config` hears a webhook for `ops/config`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use tether_protocol::{Notice, RepoId};
+use tether_protocol::{Notice, RepoId, RepoKey};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -24,8 +27,8 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct Pending {
-    order: VecDeque<RepoId>,
-    by_repo: HashMap<RepoId, (Notice, Instant)>,
+    order: VecDeque<RepoKey>,
+    by_repo: HashMap<RepoKey, (Notice, Instant)>,
 }
 
 impl Outbox {
@@ -33,7 +36,7 @@ impl Outbox {
     pub fn push(&self, notice: Notice, received: Instant) -> bool {
         let coalesced = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let repo = notice.repo.clone();
+            let repo = notice.repo.key();
             match p.by_repo.insert(repo.clone(), (notice, received)) {
                 Some(_) => true,
                 None => {
@@ -59,7 +62,7 @@ impl Outbox {
     }
 
     /// Drop pending notices for repositories no longer watched.
-    fn retain(&self, watched: &HashSet<RepoId>) {
+    fn retain(&self, watched: &HashSet<RepoKey>) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.by_repo.retain(|r, _| watched.contains(r));
         let Pending { order, by_repo } = &mut *p;
@@ -70,7 +73,7 @@ impl Outbox {
 /// The subscription index: repository → the outboxes of the agents watching it.
 #[derive(Debug)]
 pub struct Fanout {
-    index: RwLock<HashMap<RepoId, HashMap<u64, Arc<Outbox>>>>,
+    index: RwLock<HashMap<RepoKey, HashMap<u64, Arc<Outbox>>>>,
     next_id: AtomicU64,
     metrics: Metrics,
 }
@@ -81,7 +84,7 @@ pub struct Subscription {
     fanout: Arc<Fanout>,
     id: u64,
     outbox: Arc<Outbox>,
-    watched: HashSet<RepoId>,
+    watched: HashSet<RepoKey>,
 }
 
 impl Fanout {
@@ -108,7 +111,7 @@ impl Fanout {
     pub fn publish(&self, notice: &Notice, received: Instant) -> usize {
         let targets: Vec<Arc<Outbox>> = {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-            match index.get(&notice.repo) {
+            match index.get(&notice.repo.key()) {
                 Some(subs) => subs.values().cloned().collect(),
                 None => return 0,
             }
@@ -125,13 +128,14 @@ impl Fanout {
     #[cfg(test)]
     fn watchers(&self, repo: &RepoId) -> usize {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        index.get(repo).map_or(0, HashMap::len)
+        index.get(&repo.key()).map_or(0, HashMap::len)
     }
 }
 
 impl Subscription {
     /// Replace the watch set.
     pub fn set_watch(&mut self, repos: HashSet<RepoId>) {
+        let repos: HashSet<RepoKey> = repos.iter().map(RepoId::key).collect();
         {
             let mut index = self.fanout.index.write().unwrap_or_else(|e| e.into_inner());
             for gone in self.watched.difference(&repos) {
@@ -234,6 +238,40 @@ mod tests {
             fanout.watchers(&tether_protocol::normalize("h/b").unwrap()),
             0
         );
+        assert!(fanout.index.read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_watch_hears_notices_for_its_repository_in_any_letter_case() {
+        let fanout = Fanout::new(Metrics::new().unwrap());
+        let mut a = fanout.subscribe();
+        a.set_watch(set(&["git.example/Ops/Config"]));
+        assert_eq!(
+            fanout.publish(&notice("git.example/ops/config", "1"), Instant::now()),
+            1
+        );
+        assert_eq!(
+            fanout.publish(&notice("git.example/OPS/CONFIG", "2"), Instant::now()),
+            1
+        );
+        assert_eq!(
+            fanout.publish(&notice("git.example/ops/other", "3"), Instant::now()),
+            0
+        );
+        // One repository, so the second notice replaced the first; it keeps the webhook's spelling.
+        let drained = a.outbox().drain();
+        let got: Vec<_> = drained
+            .iter()
+            .map(|(n, _)| (n.repo.as_str(), n.sha.as_str()))
+            .collect();
+        assert_eq!(got, [("git.example/OPS/CONFIG", "2")]);
+
+        // Two spellings in one watch set are one entry, and dropping one spelling keeps the watch.
+        a.set_watch(set(&["git.example/Ops/Config", "git.example/ops/config"]));
+        fanout.publish(&notice("git.example/ops/config", "4"), Instant::now());
+        a.set_watch(set(&["git.example/ops/config"]));
+        assert_eq!(a.outbox().drain().len(), 1, "the pending notice stays");
+        drop(a);
         assert!(fanout.index.read().unwrap().is_empty());
     }
 }

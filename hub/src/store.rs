@@ -1,16 +1,22 @@
 //! The embedded store: the latest push per repository, kept in a `redb` file under the data dir so that
 //! catch-up survives a restart.
 //!
-//! Calls are blocking (a write commits to disk); async callers go through `spawn_blocking`.
+//! Records are keyed on the repository's [`RepoKey`] (letter case folded), so an agent watching
+//! `Ops/Config` catches up on a push recorded for `ops/config`; each record keeps the id as the
+//! webhook wrote it. Calls are blocking (a write commits to disk); async callers go through
+//! `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle};
 use tether_protocol::{RepoId, RepoState};
 
-/// repo id → JSON of [`RepoState`].
-const LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("latest_push_v1");
+/// repo key (the id folded to lower case) → JSON of [`RepoState`].
+const LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("latest_push_v2");
+/// repo id as written → JSON of [`RepoState`]: what hubs before the folded key wrote. Moved into
+/// [`LATEST`] on open.
+const LATEST_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("latest_push_v1");
 
 /// The file name under the data dir.
 pub const FILE_NAME: &str = "hub.redb";
@@ -92,7 +98,20 @@ impl Store {
         })?;
         // Create the table so that reads never meet a missing one.
         let txn = db.begin_write().map_err(|e| io("write")(e.into()))?;
-        txn.open_table(LATEST).map_err(|e| io("write")(e.into()))?;
+        let has_v1 = txn
+            .list_tables()
+            .map_err(|e| io("read")(e.into()))?
+            .any(|t| t.name() == LATEST_V1.name());
+        {
+            let mut table = txn.open_table(LATEST).map_err(|e| io("write")(e.into()))?;
+            if has_v1 {
+                migrate_v1(&txn, &mut table)?;
+            }
+        }
+        if has_v1 {
+            txn.delete_table(LATEST_V1)
+                .map_err(|e| io("write")(e.into()))?;
+        }
         txn.commit().map_err(|e| io("write")(e.into()))?;
         Ok(Store { db: Arc::new(db) })
     }
@@ -102,24 +121,7 @@ impl Store {
         let txn = self.db.begin_write().map_err(|e| io("write")(e.into()))?;
         {
             let mut table = txn.open_table(LATEST).map_err(|e| io("write")(e.into()))?;
-            let newer_exists = match table
-                .get(state.repo.as_str())
-                .map_err(|e| io("read")(e.into()))?
-            {
-                Some(old) => serde_json::from_slice::<RepoState>(old.value())
-                    .map(|old| old.received_at > state.received_at)
-                    .unwrap_or(false),
-                None => false,
-            };
-            if !newer_exists {
-                let bytes = serde_json::to_vec(state).map_err(|source| StoreError::Corrupt {
-                    repo: state.repo.to_string(),
-                    source,
-                })?;
-                table
-                    .insert(state.repo.as_str(), bytes.as_slice())
-                    .map_err(|e| io("write")(e.into()))?;
-            }
+            put_in(&mut table, state)?;
         }
         txn.commit().map_err(|e| io("write")(e.into()))?;
         Ok(())
@@ -130,11 +132,12 @@ impl Store {
         let txn = self.db.begin_read().map_err(|e| io("read")(e.into()))?;
         let table = txn.open_table(LATEST).map_err(|e| io("read")(e.into()))?;
         let mut out = Vec::new();
-        for repo in repos {
-            if let Some(v) = table.get(repo.as_str()).map_err(|e| io("read")(e.into()))? {
+        let keys: std::collections::BTreeSet<_> = repos.iter().map(RepoId::key).collect();
+        for key in &keys {
+            if let Some(v) = table.get(key.as_str()).map_err(|e| io("read")(e.into()))? {
                 let state =
                     serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                        repo: repo.to_string(),
+                        repo: key.to_string(),
                         source,
                     })?;
                 out.push(state);
@@ -142,6 +145,47 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Record `state` in `table` under its key, unless a later push is already recorded there.
+fn put_in(table: &mut Table<'_, &str, &[u8]>, state: &RepoState) -> Result<(), StoreError> {
+    let key = state.repo.key();
+    let newer_exists = match table.get(key.as_str()).map_err(|e| io("read")(e.into()))? {
+        Some(old) => serde_json::from_slice::<RepoState>(old.value())
+            .map(|old| old.received_at > state.received_at)
+            .unwrap_or(false),
+        None => false,
+    };
+    if !newer_exists {
+        let bytes = serde_json::to_vec(state).map_err(|source| StoreError::Corrupt {
+            repo: state.repo.to_string(),
+            source,
+        })?;
+        table
+            .insert(key.as_str(), bytes.as_slice())
+            .map_err(|e| io("write")(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Move the records of a store written before ids were keyed folded; where two spellings of one
+/// repository were recorded, the later push wins. A record that does not decode is dropped: it is
+/// a catch-up hint, and the interval covers what it would have said.
+fn migrate_v1(
+    txn: &redb::WriteTransaction,
+    into: &mut Table<'_, &str, &[u8]>,
+) -> Result<(), StoreError> {
+    let old = txn
+        .open_table(LATEST_V1)
+        .map_err(|e| io("read")(e.into()))?;
+    let mut states = Vec::new();
+    for entry in old.iter().map_err(|e| io("read")(e.into()))? {
+        let (_, value) = entry.map_err(|e| io("read")(e.into()))?;
+        if let Ok(state) = serde_json::from_slice::<RepoState>(value.value()) {
+            states.push(state);
+        }
+    }
+    states.iter().try_for_each(|s| put_in(into, s))
 }
 
 #[cfg(test)]
@@ -175,5 +219,65 @@ mod tests {
         ];
         let got = store.latest(&repos).unwrap();
         assert_eq!(got, vec![state("h/a", "a2", 20)]);
+    }
+
+    #[test]
+    fn catch_up_finds_a_push_recorded_in_other_letter_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put(&state("h/ops/config", "s1", 10)).unwrap();
+        store.put(&state("h/Ops/Config", "s0", 5)).unwrap();
+        let watched = [
+            tether_protocol::normalize("h/Ops/Config").unwrap(),
+            tether_protocol::normalize("h/OPS/config").unwrap(),
+        ];
+        // One record for both spellings, the later push, in the webhook's spelling.
+        assert_eq!(
+            store.latest(&watched).unwrap(),
+            vec![state("h/ops/config", "s1", 10)]
+        );
+    }
+
+    #[test]
+    fn a_store_keyed_as_written_is_moved_to_folded_keys_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LATEST_V1).unwrap();
+                for s in [
+                    state("h/Ops/Config", "new", 20),
+                    state("h/ops/config", "old", 10),
+                    state("h/b", "b", 1),
+                ] {
+                    let bytes = serde_json::to_vec(&s).unwrap();
+                    t.insert(s.repo.as_str(), bytes.as_slice()).unwrap();
+                }
+                t.insert("h/broken", b"not json".as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let watched = [
+            tether_protocol::normalize("h/ops/CONFIG").unwrap(),
+            tether_protocol::normalize("h/b").unwrap(),
+        ];
+        let mut got = store.latest(&watched).unwrap();
+        got.sort_by(|a, b| a.repo.cmp(&b.repo));
+        assert_eq!(
+            got,
+            vec![state("h/Ops/Config", "new", 20), state("h/b", "b", 1)]
+        );
+        drop(store);
+        // The old table is gone, and opening again changes nothing.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.latest(&watched).unwrap().len(), 2);
+        let txn = store.db.begin_read().unwrap();
+        assert!(
+            !txn.list_tables()
+                .unwrap()
+                .any(|t| t.name() == LATEST_V1.name())
+        );
     }
 }

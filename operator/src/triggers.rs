@@ -1,6 +1,8 @@
 //! Push triggers: which repository each `GitRepository` follows, the set of repositories the hub
 //! is told about, and the last push notice per repository. Notices come straight from the hub
-//! client; the controller gets one stream of objects to reconcile now.
+//! client; the controller gets one stream of objects to reconcile now. Repositories are matched on
+//! their [`RepoKey`] (letter case folded): a notice for `ops/config` reaches an object whose URL says
+//! `Ops/Config`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -8,7 +10,7 @@ use std::time::SystemTime;
 
 use futures::Stream;
 use kube::runtime::reflector::ObjectRef as Ref;
-use tether_protocol::{Notice, RepoId};
+use tether_protocol::{Notice, RepoId, RepoKey};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
@@ -30,7 +32,7 @@ pub struct Seen {
 #[derive(Debug, Default)]
 struct Index {
     repos: HashMap<Ref<GitRepository>, RepoId>,
-    notices: HashMap<RepoId, Seen>,
+    notices: HashMap<RepoKey, Seen>,
 }
 
 impl Index {
@@ -46,12 +48,15 @@ impl Index {
 
     /// Records a notice and returns the objects that follow its repository.
     fn notice(&mut self, repo: &RepoId, seen: Seen) -> Vec<Ref<GitRepository>> {
-        self.notices.insert(repo.clone(), seen);
-        self.repos
+        let key = repo.key();
+        let objects = self
+            .repos
             .iter()
-            .filter(|(_, r)| *r == repo)
+            .filter(|(_, r)| r.key() == key)
             .map(|(o, _)| o.clone())
-            .collect()
+            .collect();
+        self.notices.insert(key, seen);
+        objects
     }
 }
 
@@ -102,9 +107,9 @@ impl Triggers {
         });
     }
 
-    /// The last notice for `repo`, if one came.
+    /// The last notice for `repo` (in any letter case), if one came.
     pub fn last_notice(&self, repo: &RepoId) -> Option<Seen> {
-        lock(&self.index).notices.get(repo).copied()
+        lock(&self.index).notices.get(&repo.key()).copied()
     }
 
     /// The objects to reconcile now: one per object that follows a pushed repository, per notice.
@@ -166,9 +171,29 @@ mod tests {
         hit.sort_by_key(|o| o.name.clone());
         assert_eq!(hit, [obj("a"), obj("b")]);
         assert_eq!(
-            index.notices.get(&repo("https://git.example/ops/config")),
+            index
+                .notices
+                .get(&repo("https://git.example/ops/config").key()),
             Some(&seen(7))
         );
+    }
+
+    #[test]
+    fn a_notice_reaches_objects_whose_url_has_other_letter_case() {
+        let mut index = Index::default();
+        index.track(
+            obj("upper"),
+            Some(repo("https://git.example/Ops/Config.git")),
+        );
+        index.track(obj("lower"), Some(repo("git@git.example:ops/config")));
+        index.track(obj("other"), Some(repo("https://git.example/Ops/Other")));
+        let mut hit = index.notice(&repo("https://git.example/ops/CONFIG"), seen(3));
+        hit.sort_by_key(|o| o.name.clone());
+        assert_eq!(hit, [obj("lower"), obj("upper")]);
+        // The watch set keeps each object's own spelling.
+        let set = index.track(obj("other"), None);
+        let shown: Vec<&str> = set.iter().map(RepoId::as_str).collect();
+        assert_eq!(shown, ["git.example/Ops/Config", "git.example/ops/config"]);
     }
 
     #[test]
@@ -222,5 +247,10 @@ mod tests {
             assert_eq!(stream.next().await, Some(obj("a")));
         }
         assert_eq!(triggers.last_notice(&id).map(|s| s.pushed_at_ms), Some(20));
+        let other_case = repo("https://git.example/Ops/Config");
+        assert_eq!(
+            triggers.last_notice(&other_case).map(|s| s.pushed_at_ms),
+            Some(20)
+        );
     }
 }

@@ -16,4 +16,4 @@ pub use message::{
     AgentMessage, CONNECT_PATH, DEAD_AFTER, HubMessage, Notice, PING_INTERVAL, RepoState,
     SUBPROTOCOL, unix_ms,
 };
-pub use repo::{RepoError, RepoId, normalize};
+pub use repo::{RepoError, RepoId, RepoKey, normalize};

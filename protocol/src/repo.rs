@@ -6,6 +6,11 @@
 //! So `https://github.com/Org/App.git`, `ssh://git@github.com/Org/App` and `git@github.com:Org/App.git`
 //! all become `github.com/Org/App`.
 //!
+//! Ids are shown as written but matched on their [`RepoKey`], the id folded to lower case: GitHub,
+//! GitLab and Gitea name `Org/App` and `org/app` as one repository, so a webhook's `org/app` must
+//! reach a `GitRepository` whose URL says `Org/App`. A notice is only a hint, so on a forge that
+//! tells the two apart a false match costs one extra ls-remote, never a deploy.
+//!
 //! Local repositories (`file:///srv/git/app.git` or an absolute path `/srv/git/app.git`) become
 //! `file/srv/git/app`: the literal `file` stands where a host would be.
 //!
@@ -31,6 +36,35 @@ impl RepoId {
     /// The id as a string, `host[:port]/path`.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The key this id is matched on: the id folded to lower case.
+    pub fn key(&self) -> RepoKey {
+        RepoKey(self.0.to_lowercase())
+    }
+}
+
+/// A [`RepoId`] folded to lower case: what notices, watch sets and the hub's store match on, so
+/// that ids differing only in letter case meet. Build one with [`RepoId::key`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoKey(String);
+
+impl RepoKey {
+    /// The folded id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RepoKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&RepoId> for RepoKey {
+    fn from(id: &RepoId) -> Self {
+        id.key()
     }
 }
 
@@ -349,6 +383,25 @@ mod tests {
     #[test]
     fn path_case_is_preserved_host_case_is_not() {
         assert_eq!(id("https://EXAMPLE.org/A/B"), "example.org/A/B");
+    }
+
+    #[test]
+    fn ids_differing_only_in_case_share_a_key_and_keep_their_form() {
+        let upper = normalize("https://git.example/Ops/Config.git").unwrap();
+        let lower = normalize("git@git.example:ops/config").unwrap();
+        assert_ne!(upper, lower);
+        assert_eq!(upper.key(), lower.key());
+        assert_eq!(upper.key().as_str(), "git.example/ops/config");
+        assert_eq!(upper.as_str(), "git.example/Ops/Config");
+        assert_ne!(
+            upper.key(),
+            normalize("https://git.example/Ops/Other").unwrap().key()
+        );
+        // Non-ASCII letters fold too.
+        assert_eq!(
+            normalize("https://h/ÉQUIPE/a").unwrap().key(),
+            normalize("https://h/équipe/A").unwrap().key()
+        );
     }
 
     #[test]
