@@ -70,6 +70,8 @@ pub mod reason {
     pub const APPLY_FAILED: &str = "ApplyFailed";
     /// Objects that left the repository could not be deleted.
     pub const PRUNE_FAILED: &str = "PruneFailed";
+    /// An object of the revision belongs to another `GitRepository`.
+    pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
     /// `spec.wait`: the applied objects did not become ready in time.
     pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
     /// Waiting for the applied objects to become ready.

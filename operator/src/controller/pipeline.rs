@@ -131,7 +131,7 @@ async fn stages(
     let new = planned.inventory();
 
     // Dry-run, then record what may be created (only once the server accepted it), then apply.
-    let checked = apply::dry_run(&client, &ctx.catalog, &planned).await?;
+    let checked = apply::dry_run(&client, &ctx.client, &ctx.catalog, &planned).await?;
     if let Some(next) = status::widened(obj, &revision, &new, Timestamp::now()) {
         let inventory = next.inventory.clone();
         write_status(ctx, obj, next).await?;
