@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::controller::{self, Context};
 use crate::crd::crd_yaml;
 use crate::git::MirrorCache;
-use crate::leader::Elector;
+use crate::leader::{Elector, Guard, Timing};
 use crate::metrics::{Metrics, Readiness, bind_admin, serve_admin};
 use crate::net::ProxyConfig;
 use crate::triggers::Triggers;
@@ -61,6 +61,22 @@ pub struct Args {
     /// Namespace of the leader-election Lease (default: the pod's namespace, else `default`).
     #[arg(long, env = "TETHER_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
+
+    /// How long a follower waits, after it last saw the Lease change, before taking it over
+    /// (whole seconds).
+    #[arg(long, env = "TETHER_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: std::time::Duration,
+
+    /// How long the leader acts after the start of its last successful renewal: each renewal is
+    /// bounded by the time left, and past it the leader stops writing and exits. Shorter than the
+    /// lease duration.
+    #[arg(long, env = "TETHER_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub leader_election_renew_deadline: std::time::Duration,
+
+    /// How often the leader renews the Lease and a follower looks at it. Shorter than the renew
+    /// deadline.
+    #[arg(long, env = "TETHER_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub leader_election_retry_period: std::time::Duration,
 
     /// This replica's identity in the Lease (default: the host name).
     #[arg(long, env = "TETHER_IDENTITY")]
@@ -149,6 +165,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         log_format,
         leader_election,
         leader_election_namespace,
+        leader_election_lease_duration,
+        leader_election_renew_deadline,
+        leader_election_retry_period,
         identity,
         hub_url,
         hub_token_file,
@@ -173,7 +192,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("finding the cluster: set KUBECONFIG, or run in a pod")?;
-    let client = kube::Client::try_from(config.clone())?;
+    let timing = Timing::new(
+        leader_election_lease_duration,
+        leader_election_renew_deadline,
+        leader_election_retry_period,
+    )
+    .map_err(anyhow::Error::msg)?;
+    // With leader election, every write the controller makes passes the guard the Lease keeps.
+    let guard = leader_election.then(Guard::default);
+    let client = crate::leader::client(config.clone(), guard.as_ref())?;
     let metrics = Metrics::new()?;
     let readiness = Readiness::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -208,11 +235,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     .ok()
             })
             .unwrap_or_else(|| "default".into());
+        // The Lease is written unguarded: renewing is how the guard is kept.
         let elector = Elector::new(
-            client.clone(),
+            kube::Client::try_from(config.clone())?,
             namespace.trim(),
             "tether-operator",
             &identity,
+            timing,
+            guard.clone().unwrap_or_default(),
         );
         Ok(Some(elector.acquire().await?))
     };
@@ -242,6 +272,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             allow_file_urls,
             allow_http_credentials,
         },
+        guard,
     );
     crate::hub::start(
         crate::hub::HubSettings {

@@ -13,6 +13,7 @@ use super::error::Error;
 use crate::crd::GitRepository;
 use crate::discovery::Catalog;
 use crate::git::MirrorCache;
+use crate::leader::Guard;
 use crate::metrics::Metrics;
 use crate::triggers::Triggers;
 
@@ -46,6 +47,8 @@ pub struct Context {
     retries: Mutex<HashMap<Ref<GitRepository>, Backoff>>,
     /// Clients impersonating a `serviceAccountName`, by `namespace/name`.
     impersonated: Mutex<HashMap<String, kube::Client>>,
+    /// With leader election: what every client here checks before it writes.
+    guard: Option<Guard>,
 }
 
 impl std::fmt::Debug for Context {
@@ -63,6 +66,7 @@ impl Context {
         reporter: Reporter,
         triggers: Arc<Triggers>,
         policy: Policy,
+        guard: Option<Guard>,
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
@@ -75,6 +79,7 @@ impl Context {
             policy,
             retries: Mutex::new(HashMap::new()),
             impersonated: Mutex::new(HashMap::new()),
+            guard,
         })
     }
 
@@ -95,7 +100,7 @@ impl Context {
         }
         let mut config = self.config.clone();
         config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{account}"));
-        let client = kube::Client::try_from(config).map_err(Error::Kube)?;
+        let client = crate::leader::client(config, self.guard.as_ref()).map_err(Error::Kube)?;
         cache.insert(key, client.clone());
         Ok(client)
     }
