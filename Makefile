@@ -14,7 +14,7 @@ CONTROLPLANE_BIN = $(shell bash hack/controlplane-bin.sh)
 # that cargo resolves the same features and builds them once for all.
 BUILD_BINS = $(CARGO) build --locked -p tether-operator -p tether-hub -p tether-e2e --bins
 
-.PHONY: help deps controlplane fmt lint unit e2e test run stop cluster-up cluster-down crds bench clean
+.PHONY: help deps controlplane fmt lint unit e2e test run stop cluster-up cluster-down crds bench fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -82,6 +82,12 @@ bench: deps ## Benchmarks that print figures (release builds): sync cold start a
 	  target/release/examples/bench-push $(BENCH_PUSHES)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/loadgen $(BENCH_AGENTS) $(BENCH_AGENTS_PER_PROCESS)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/hostile $(BENCH_HOSTILE)
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: ## Fuzz every parser of outside input, FUZZ_SECONDS each (docs/fuzzing.md); not part of test
+	@bash hack/fuzz-deps.sh
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash hack/fuzz.sh $(FUZZ_TARGETS)
 
 clean: cluster-down
 	rm -rf $(RUN_DIR)

@@ -110,7 +110,9 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         let mut scale = unit_nanos;
         for digit in frac_part.bytes() {
             scale /= 10;
-            part += u128::from(digit - b'0') * scale;
+            part = part
+                .checked_add(u128::from(digit - b'0') * scale)
+                .ok_or_else(|| err("duration too large"))?;
         }
         total_nanos = total_nanos
             .checked_add(part)
@@ -172,6 +174,14 @@ mod tests {
         assert!(e.to_string().contains("too large"), "{e}");
         assert_eq!(parse("87600h").unwrap(), MAX);
         assert!(parse("87600h1s").is_err());
+    }
+
+    #[test]
+    fn a_fraction_that_overflows_the_sum_is_refused() {
+        // The whole milliseconds fit a u128 of nanoseconds; adding the half millisecond did not,
+        // and wrapped to a tiny duration where overflow is not checked.
+        let e = parse("340282366920938463463374607431768.5ms").unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! A [`RepoId`] is `host[:port]/path`: the host lower-cased, the scheme, the user info, a default port
 //! (443 for https, 80 for http, 22 for ssh, 9418 for git), a trailing `.git` and trailing slashes dropped,
 //! query and fragment ignored. The path keeps its case: some forges treat paths case-sensitively.
+//! An id normalises to itself, so what would not read back as the same id is refused: a path that ends
+//! in `.git` twice (`app.git.git`), and a host with a colon outside brackets (`::1`, `a:b:c`).
 //! So `https://github.com/Org/App.git`, `ssh://git@github.com/Org/App` and `git@github.com:Org/App.git`
 //! all become `github.com/Org/App`.
 //!
@@ -132,6 +134,24 @@ pub enum RepoError {
         /// The port text found.
         port: String,
     },
+    /// The host holds a colon outside brackets, which would read back as a port or as scp-like
+    /// syntax.
+    #[error(
+        "repository URL {url:?}: invalid host {host:?} (write an IPv6 address in brackets, as in [::1])"
+    )]
+    InvalidHost {
+        /// The URL, with any password removed.
+        url: String,
+        /// The host found.
+        host: String,
+    },
+    /// The path still ends in `.git` once its `.git` is dropped (`app.git.git`): as an id it would
+    /// read back as another repository's.
+    #[error("repository URL {url:?}: the path ends in .git twice")]
+    DoubleGitSuffix {
+        /// The URL, with any password removed.
+        url: String,
+    },
     /// The URL holds characters that have no place in a repository URL.
     #[error("repository URL {url:?}: contains whitespace or control characters")]
     InvalidCharacters {
@@ -149,6 +169,8 @@ impl RepoError {
             RepoError::MissingHost { .. } => "missing_host",
             RepoError::MissingPath { .. } => "missing_path",
             RepoError::InvalidPort { .. } => "invalid_port",
+            RepoError::InvalidHost { .. } => "invalid_host",
+            RepoError::DoubleGitSuffix { .. } => "double_git_suffix",
             RepoError::InvalidCharacters { .. } => "invalid_characters",
         }
     }
@@ -249,12 +271,13 @@ fn build(
         });
     }
     let host = host.to_ascii_lowercase();
-    let path = clean_path(path);
-    if path.is_empty() {
-        return Err(RepoError::MissingPath {
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(RepoError::InvalidHost {
             url: mask_password(url),
+            host,
         });
     }
+    let path = clean_path(url, path)?;
     let id = match port {
         Some(p) if Some(p) != default_port => format!("{host}:{p}/{path}"),
         _ => format!("{host}/{path}"),
@@ -277,26 +300,37 @@ fn local_url(url: &str, parts: &Url<'_>) -> Result<RepoId, RepoError> {
 }
 
 fn local(url: &str, path: &str) -> Result<RepoId, RepoError> {
-    let path = clean_path(path);
+    let path = clean_path(url, path)?;
+    Ok(RepoId(format!("file/{path}")))
+}
+
+/// Drop leading and trailing slashes, empty and `.` segments and one trailing `.git`; refuse an
+/// empty path, and one that ends in `.git` still, so that an id normalises to itself.
+fn clean_path(url: &str, path: &str) -> Result<String, RepoError> {
+    let mut segments: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    if let Some(last) = segments.pop() {
+        match last.strip_suffix(".git") {
+            // The segment was the suffix alone (`repo/.git`), or `.` once it is gone.
+            Some("" | ".") => {}
+            Some(stem) => segments.push(stem),
+            None => segments.push(last),
+        }
+    }
+    let path = segments.join("/");
     if path.is_empty() {
         return Err(RepoError::MissingPath {
             url: mask_password(url),
         });
     }
-    Ok(RepoId(format!("file/{path}")))
-}
-
-/// Drop leading and trailing slashes, empty segments and one trailing `.git`.
-fn clean_path(path: &str) -> String {
-    let joined = path
-        .split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .collect::<Vec<_>>()
-        .join("/");
-    match joined.strip_suffix(".git") {
-        Some(stripped) => stripped.trim_end_matches('/').to_string(),
-        None => joined,
+    if path.ends_with(".git") {
+        return Err(RepoError::DoubleGitSuffix {
+            url: mask_password(url),
+        });
     }
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -364,6 +398,36 @@ mod tests {
             let once = id(url);
             assert_eq!(id(&once), once, "{url}");
         }
+    }
+
+    #[test]
+    fn a_path_that_ends_in_git_twice_is_refused() {
+        // Dropping one `.git` left an id that normalised to another repository's.
+        for url in [
+            "https://h.example/a.git.git",
+            "https://h.example/a.git/.git",
+            "/srv/a.git.git",
+        ] {
+            assert_eq!(
+                normalize(url).unwrap_err().category(),
+                "double_git_suffix",
+                "{url}"
+            );
+        }
+        assert_eq!(id("https://h.example/a/..git"), "h.example/a");
+        assert_eq!(id(&id("https://h.example/a/..git")), "h.example/a");
+        assert_eq!(id("https://h.example/a/.git"), "h.example/a");
+    }
+
+    #[test]
+    fn a_host_with_a_colon_outside_brackets_is_refused() {
+        // `a:b:c/x` read back as the scp-like `a` with the path `b:c/x`, `::1/x` as no host at all.
+        for url in ["https://a:b:c/x", "https://::1/x", "ssh://git@fe80::1:22/x"] {
+            let e = normalize(url).unwrap_err();
+            assert_eq!(e.category(), "invalid_host", "{url}");
+            assert!(e.to_string().contains("[::1]"), "{e}");
+        }
+        assert_eq!(id("https://[fe80::1]:22/x"), "[fe80::1]:22/x");
     }
 
     #[test]

@@ -1,0 +1,7 @@
+//! A delivery to `POST /v1/webhooks/generic`: verify, parse and name it (see `tether_fuzz::webhook`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tether_hub::webhook::Provider;
+
+fuzz_target!(|data: &[u8]| tether_fuzz::webhook(Provider::Generic, data));
