@@ -90,35 +90,7 @@ async fn a_frozen_leader_is_replaced_after_the_lease_and_writes_nothing_once_tha
     // Frozen: its connections hang and it renews nothing. A commit lands meanwhile.
     signal(a.pid(), "STOP");
     let frozen = Instant::now();
-    let taken = (|| {
-        repo.write("deploy/config.yaml", &config_map(n, "settings", "v1"))?;
-        repo.commit("v1")?;
-        repo.push()?;
-        wait_until(
-            "replica-b takes the Lease over",
-            Duration::from_secs(30),
-            || {
-                ensure!(holder(kubectl, n)? == "replica-b", "not yet");
-                Ok(())
-            },
-        )?;
-        let took = frozen.elapsed();
-        // replica-b saw replica-a's last renewal at most a retry period before the freeze.
-        ensure!(
-            took >= LEASE - RETRY,
-            "taken over {took:?} after the freeze, before the lease of {LEASE:?} could run out"
-        );
-        eprintln!("leader frozen → lease taken over: {took:?}");
-        kubectl
-            .wait_for_output(
-                &greeting_args(n, "settings"),
-                "v1",
-                Duration::from_secs(60),
-                Duration::from_millis(100),
-            )
-            .context("replica-b applies the new commit")?;
-        wait_ready(kubectl, n, "app", "30s", &b)
-    })();
+    let taken = push_and_wait_for_takeover(kubectl, n, &repo, &b, frozen);
     let before = (
         resource_version(kubectl, n, "configmap/settings"),
         resource_version(kubectl, n, "gitrepository/app"),
@@ -163,4 +135,42 @@ async fn a_frozen_leader_is_replaced_after_the_lease_and_writes_nothing_once_tha
     ensure!(greeting(kubectl, n, "settings")? == "v1");
     ensure!(holder(kubectl, n)? == "replica-b");
     Ok(())
+}
+
+/// Pushes a commit while the leader is frozen, and waits until `replica-b` holds the Lease (not
+/// before the lease could run out since `frozen`) and applied the commit.
+fn push_and_wait_for_takeover(
+    kubectl: &Kubectl,
+    n: &str,
+    repo: &Upstream,
+    b: &Operator,
+    frozen: Instant,
+) -> Result<()> {
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "v1"))?;
+    repo.commit("v1")?;
+    repo.push()?;
+    wait_until(
+        "replica-b takes the Lease over",
+        Duration::from_secs(30),
+        || {
+            ensure!(holder(kubectl, n)? == "replica-b", "not yet");
+            Ok(())
+        },
+    )?;
+    let took = frozen.elapsed();
+    // replica-b saw replica-a's last renewal at most a retry period before the freeze.
+    ensure!(
+        took >= LEASE - RETRY,
+        "taken over {took:?} after the freeze, before the lease of {LEASE:?} could run out"
+    );
+    eprintln!("leader frozen → lease taken over: {took:?}");
+    kubectl
+        .wait_for_output(
+            &greeting_args(n, "settings"),
+            "v1",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+        )
+        .context("replica-b applies the new commit")?;
+    wait_ready(kubectl, n, "app", "30s", b)
 }
