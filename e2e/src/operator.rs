@@ -99,6 +99,11 @@ impl Operator {
         })
     }
 
+    /// The folder of its mirror cache (`--cache-dir`), kept across restarts.
+    pub fn cache_dir(&self) -> PathBuf {
+        self._dir.path().join("cache")
+    }
+
     /// The operator's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

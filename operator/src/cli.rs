@@ -16,10 +16,11 @@ use tracing::{info, warn};
 
 use crate::controller::{self, Context};
 use crate::crd::crd_yaml;
-use crate::git::MirrorCache;
+use crate::git::{DEFAULT_MAX_CONCURRENT_GIT, MirrorCache};
 use crate::leader::{Elector, Guard, Timing};
 use crate::metrics::{Metrics, Readiness, bind_admin, serve_admin};
 use crate::net::ProxyConfig;
+use crate::plan::ContentLimits;
 use crate::triggers::Triggers;
 
 /// The name of the CRD the operator serves.
@@ -114,6 +115,23 @@ pub struct Args {
     #[arg(long, env = "TETHER_ALLOW_HTTP_CREDENTIALS", default_value_t = false)]
     pub allow_http_credentials: bool,
 
+    /// The largest manifest file a revision may hold, in bytes; a larger one fails the revision.
+    #[arg(long, env = "TETHER_MAX_FILE_BYTES", default_value_t = ContentLimits::DEFAULT.max_file_bytes)]
+    pub max_file_bytes: u64,
+
+    /// The most bytes of manifests one revision may hold (under spec.path, after spec.ignore).
+    #[arg(long, env = "TETHER_MAX_REVISION_BYTES", default_value_t = ContentLimits::DEFAULT.max_revision_bytes)]
+    pub max_revision_bytes: u64,
+
+    /// The most manifest files one revision may hold, and the most objects they may define.
+    #[arg(long, env = "TETHER_MAX_OBJECTS", default_value_t = ContentLimits::DEFAULT.max_objects)]
+    pub max_objects: usize,
+
+    /// How many git operations (ls-remote, fetch, reading a commit) run at once, over all
+    /// repositories; the others wait their turn.
+    #[arg(long, env = "TETHER_MAX_CONCURRENT_GIT", default_value_t = DEFAULT_MAX_CONCURRENT_GIT)]
+    pub max_concurrent_git: usize,
+
     /// How often to ping the hub (`20s`); for tests that cannot wait a minute.
     #[arg(long, env = "TETHER_HUB_KEEPALIVE", hide = true, value_parser = parse_duration)]
     pub hub_keepalive: Option<std::time::Duration>,
@@ -176,6 +194,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         no_proxy,
         allow_file_urls,
         allow_http_credentials,
+        max_file_bytes,
+        max_revision_bytes,
+        max_objects,
+        max_concurrent_git,
         hub_keepalive,
         hub_dead_after,
     } = args;
@@ -264,7 +286,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ctx = Context::new(
         client,
         config,
-        MirrorCache::new(cache_dir, proxy.clone()),
+        MirrorCache::new(cache_dir, proxy.clone())
+            .with_limits(ContentLimits {
+                max_file_bytes,
+                max_revision_bytes,
+                max_objects,
+            })
+            .with_max_concurrent(max_concurrent_git),
         metrics.clone(),
         reporter,
         triggers.clone(),
@@ -288,6 +316,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         triggers.notice_sender(),
         stopped(stop_rx.clone()),
     )?;
+
+    tokio::spawn(controller::sweep_mirrors(
+        ctx.clone(),
+        namespace.clone(),
+        controller::MIRROR_SWEEP_INTERVAL,
+        stopped(stop_rx.clone()),
+    ));
 
     let shutdown = stopped(stop_rx);
     match leadership {

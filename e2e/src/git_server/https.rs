@@ -26,6 +26,11 @@ pub struct HttpsOptions {
     pub password: String,
     /// Also listen on a plain-http port (same auth), for tests of `http://` URLs.
     pub plain_http: bool,
+    /// Send each answer at most this many bytes a second, for tests that need a slow fetch.
+    pub rate_limit: Option<u32>,
+    /// Also listen on a second HTTPS port that answers every request with a redirect to the same
+    /// path on the main port under another host name (`localhost`), for tests of redirects.
+    pub redirect: bool,
 }
 
 impl Default for HttpsOptions {
@@ -34,6 +39,8 @@ impl Default for HttpsOptions {
             username: "tether".to_string(),
             password: unguessable("pw"),
             plain_http: false,
+            rate_limit: None,
+            redirect: false,
         }
     }
 }
@@ -46,6 +53,7 @@ pub struct HttpsGitServer {
     fcgiwrap: Process,
     port: u16,
     http_port: Option<u16>,
+    redirect_port: Option<u16>,
     username: String,
     password: String,
     ca_pem: String,
@@ -81,7 +89,15 @@ impl HttpsGitServer {
         } else {
             None
         };
-        std::fs::write(d.join("nginx.conf"), nginx_conf(d, port, http_port))?;
+        let redirect_port = if options.redirect {
+            Some(free_port()?)
+        } else {
+            None
+        };
+        std::fs::write(
+            d.join("nginx.conf"),
+            nginx_conf(d, port, http_port, redirect_port, options.rate_limit),
+        )?;
 
         let socket = d.join("fcgiwrap.sock");
         let fcgi_log = d.join("fcgiwrap.log");
@@ -118,6 +134,7 @@ impl HttpsGitServer {
             fcgiwrap,
             port,
             http_port,
+            redirect_port,
             username: options.username,
             password: options.password,
             ca_pem,
@@ -165,6 +182,24 @@ impl HttpsGitServer {
     pub fn http_url(&self, name: &str) -> Option<String> {
         self.http_port
             .map(|port| format!("http://127.0.0.1:{port}/{name}.git"))
+    }
+
+    /// `https://127.0.0.1:REDIRECT_PORT/<name>.git`, which redirects to
+    /// `https://localhost:PORT/<name>.git`, when started with `redirect`.
+    pub fn redirecting_url(&self, name: &str) -> Option<String> {
+        self.redirect_port
+            .map(|port| format!("https://127.0.0.1:{port}/{name}.git"))
+    }
+
+    /// The access log's lines for requests that came by the name `localhost` (the target of the
+    /// redirects), each ending `auth=yes` or `auth=no`: whether it carried an Authorization header.
+    pub fn requests_to_localhost(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" host=localhost "))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The basic-auth user.
@@ -266,12 +301,38 @@ fn write_certificates(dir: &Path) -> Result<String> {
 
 /// One nginx process (`master_process off`, so the kernel's parent-death signal reaches all of it) that
 /// hands every request, after basic auth, to `git http-backend` through fcgiwrap.
-fn nginx_conf(dir: &Path, port: u16, http_port: Option<u16>) -> String {
+fn nginx_conf(
+    dir: &Path,
+    port: u16,
+    http_port: Option<u16>,
+    redirect_port: Option<u16>,
+    rate_limit: Option<u32>,
+) -> String {
     let d = dir.display();
     let mut listen = format!("        listen 127.0.0.1:{port} ssl;\n");
     if let Some(http) = http_port {
         let _ = writeln!(listen, "        listen 127.0.0.1:{http};");
     }
+    let limit = rate_limit
+        .map(|bytes| format!("            limit_rate {bytes};\n"))
+        .unwrap_or_default();
+    let redirect = redirect_port
+        .map(|other| {
+            format!(
+                r#"
+    server {{
+        listen 127.0.0.1:{other} ssl;
+        server_name redirect;
+        ssl_certificate {d}/server.crt;
+        ssl_certificate_key {d}/server.key;
+        location / {{
+            return 301 https://localhost:{port}$request_uri;
+        }}
+    }}
+"#
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"# Written by tether-e2e for one test server.
 user root;
@@ -285,7 +346,12 @@ events {{
 }}
 
 http {{
-    access_log {d}/access.log;
+    map $http_authorization $has_authorization {{
+        "" no;
+        default yes;
+    }}
+    log_format tether '$remote_addr $remote_user [$time_local] "$request" $status host=$host auth=$has_authorization';
+    access_log {d}/access.log tether;
     client_body_temp_path {d}/tmp/body;
     proxy_temp_path {d}/tmp/proxy;
     fastcgi_temp_path {d}/tmp/fastcgi;
@@ -299,7 +365,7 @@ http {{
         client_max_body_size 0;
 
         location / {{
-            auth_basic "tether test git";
+{limit}            auth_basic "tether test git";
             auth_basic_user_file {d}/htpasswd;
 
             fastcgi_pass unix:{d}/fcgiwrap.sock;
@@ -321,7 +387,7 @@ http {{
             fastcgi_param SERVER_PROTOCOL $server_protocol;
         }}
     }}
-}}
+{redirect}}}
 "#
     )
 }

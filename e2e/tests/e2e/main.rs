@@ -2,9 +2,11 @@
 
 mod bad_input;
 mod charts;
+mod content_limits;
 mod credentials;
 mod demo;
 mod docs;
+mod git_faults;
 mod harness;
 mod leader;
 mod lifecycle;

@@ -1,7 +1,7 @@
 //! What every reconcile shares: the API clients, discovery, the mirror cache, metrics, the push
 //! triggers and the per-object retry state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,4 +121,57 @@ impl Context {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often the mirror cache drops the mirrors that no `GitRepository` names any more.
+pub const MIRROR_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Every `every` (the first time at once) until `stop`, removes the mirrors of repositories that
+/// no `GitRepository` (in `namespace`, or anywhere) names any more; a mirror an operation holds is
+/// left for the next round.
+pub async fn sweep_mirrors(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    every: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use kube::api::{Api, DynamicObject, ListParams};
+    use kube::core::ApiResource;
+
+    let resource = ApiResource::erase::<GitRepository>(&());
+    let api: Api<DynamicObject> = match &namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
+        None => Api::all_with(ctx.client.clone(), &resource),
+    };
+    let mut ticks = tokio::time::interval(every);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticks.tick() => {}
+        }
+        // Read as untyped objects: one malformed object must not stop the sweep of the rest.
+        let listed = match api.list(&ListParams::default()).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list GitRepository objects to sweep the mirror cache; trying again later");
+                continue;
+            }
+        };
+        let in_use: HashSet<String> = listed
+            .items
+            .iter()
+            .filter_map(|o| o.data.get("spec")?.get("url")?.as_str())
+            .filter_map(|url| tether_protocol::normalize(url).ok())
+            .map(|repo| repo.to_string())
+            .collect();
+        let sweeper = Arc::clone(&ctx);
+        match tokio::task::spawn_blocking(move || sweeper.mirrors.sweep(&in_use)).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(removed, "removed mirrors no GitRepository names any more")
+            }
+            Err(e) => tracing::warn!(error = %e, "the mirror sweep failed"),
+        }
+    }
 }

@@ -18,6 +18,7 @@ use super::status::{self, Attempt};
 use super::writer::write_status;
 use crate::apply::{self, Action};
 use crate::crd::{GitRepository, ObjectRef};
+use crate::discovery::Kinds;
 use crate::git::{self, Credentials};
 use crate::plan::{self, PlanError, PlanInput};
 
@@ -70,10 +71,12 @@ async fn stages(
     }
 
     // Resolve: one ls-remote.
+    let key = spec.repo.to_string();
     let started = Instant::now();
     let resolved = ctx
         .mirrors
         .resolve(
+            &key,
             spec.url.clone(),
             spec.target.clone(),
             creds.clone(),
@@ -90,7 +93,6 @@ async fn stages(
     }
 
     // Fetch, unless the mirror has the commit.
-    let key = spec.repo.to_string();
     let started = Instant::now();
     let fetched = ctx
         .mirrors
@@ -110,23 +112,25 @@ async fn stages(
     let filter = spec.filter.clone();
     let files = ctx
         .mirrors
-        .read_tree(&key, resolved.sha.clone(), spec.path.clone(), move |p| {
-            filter.accepts(p)
-        })
+        .read_tree(
+            &key,
+            resolved.sha.clone(),
+            spec.path.clone(),
+            timeout,
+            move |p| filter.accepts(p),
+        )
         .await?;
-    let input = PlanInput {
-        owner_name: &name,
-        owner_namespace: &namespace,
-        filter: &spec.filter,
-        target_namespace: obj.spec.target_namespace.as_deref(),
-    };
     let mut kinds = ctx.catalog.kinds(&ctx.client).await?;
-    let mut planned = plan::plan(&files, &input, |g, v, k| kinds.scope(g, v, k));
-    if matches!(planned, Err(PlanError::UnknownKind { .. })) {
-        // A CRD may have been installed since the last discovery.
-        kinds = ctx.catalog.refresh(&ctx.client, false).await?;
-        planned = plan::plan(&files, &input, |g, v, k| kinds.scope(g, v, k));
-    }
+    let files = Arc::new(files);
+    let planned = plan_off_runtime(obj, spec, ctx, Arc::clone(&files), kinds).await?;
+    let planned = match planned {
+        Err(PlanError::UnknownKind { .. }) => {
+            // A CRD may have been installed since the last discovery.
+            kinds = ctx.catalog.refresh(&ctx.client, false).await?;
+            plan_off_runtime(obj, spec, ctx, files, kinds).await?
+        }
+        other => other,
+    };
     let planned = planned?;
     let new = planned.inventory();
 
@@ -167,6 +171,34 @@ async fn stages(
         .apply_duration
         .observe(started.elapsed().as_secs_f64());
     Ok((resolved.revision, new, applied.summary()))
+}
+
+/// Plans on a blocking thread: parsing a revision's manifests is CPU work of a size the
+/// repository decides, which must not hold up the async workers that serve every other reconcile.
+async fn plan_off_runtime(
+    obj: &GitRepository,
+    spec: &ValidSpec,
+    ctx: &Context,
+    files: Arc<Vec<(String, Vec<u8>)>>,
+    kinds: Arc<Kinds>,
+) -> Result<Result<plan::Plan, PlanError>, Error> {
+    let name = obj.name_any();
+    let namespace = obj.namespace().unwrap_or_default();
+    let target_namespace = obj.spec.target_namespace.clone();
+    let filter = Arc::clone(&spec.filter);
+    let max_objects = ctx.mirrors.limits().max_objects;
+    tokio::task::spawn_blocking(move || {
+        let input = PlanInput {
+            owner_name: &name,
+            owner_namespace: &namespace,
+            filter: &filter,
+            target_namespace: target_namespace.as_deref(),
+            max_objects,
+        };
+        plan::plan(&files, &input, |g, v, k| kinds.scope(g, v, k))
+    })
+    .await
+    .map_err(|e| Error::Panicked(format!("planning: {e}")))
 }
 
 /// A Warning Event for each object pruning left alone because it may not touch it.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::{CredentialsError, HostKeyError};
 use crate::crd::reason;
 use crate::error::{ErrorClass, StageError};
+use crate::plan::LimitExceeded;
 
 /// Why a git operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,15 @@ pub enum GitError {
         /// The limit.
         timeout: Duration,
     },
+    /// An earlier operation on the repository overran its timeout and has not ended yet.
+    #[error(
+        "a git operation on {url} that timed out earlier has not ended yet (the remote keeps its \
+         connection open without answering); nothing new starts on it until that one ends"
+    )]
+    StillRunning {
+        /// The remote (user info removed).
+        url: String,
+    },
     /// The commit is not on the remote (or not reachable from what it serves).
     #[error("commit {sha} not found on {url}")]
     CommitNotFound {
@@ -91,6 +101,9 @@ pub enum GitError {
         #[source]
         source: git2::Error,
     },
+    /// The revision is over one of the operator's content limits.
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
     /// The blocking task died (a panic in libgit2 glue).
     #[error("git task failed: {0}")]
     Task(String),
@@ -106,16 +119,21 @@ impl StageError for GitError {
             GitError::RefNotFound { .. } | GitError::CommitNotFound { .. } => "ref_not_found",
             GitError::InvalidSemver { .. } => "invalid_spec",
             GitError::Unreachable { .. } => "git_unreachable",
-            GitError::Timeout { .. } => "git_timeout",
+            GitError::Timeout { .. } | GitError::StillRunning { .. } => "git_timeout",
             GitError::PathNotFound { .. } => "path_not_found",
+            GitError::Limit(e) => e.category(),
             GitError::Cache { .. } | GitError::Task(_) => "git_internal",
         }
     }
 
-    /// Every git error is retried with backoff: a missing ref or path may appear with the next
-    /// push, and a refused credential with the next edit of the Secret.
+    /// Every git error but a content limit is retried with backoff: a missing ref or path may
+    /// appear with the next push, and a refused credential with the next edit of the Secret. A
+    /// revision over a content limit waits for the next commit.
     fn class(&self) -> ErrorClass {
-        ErrorClass::Transient
+        match self {
+            GitError::Limit(e) => e.class(),
+            _ => ErrorClass::Transient,
+        }
     }
 
     fn reason(&self) -> &'static str {
@@ -123,6 +141,7 @@ impl StageError for GitError {
             GitError::Credentials(_) | GitError::AuthFailed { .. } | GitError::HostKey(_) => {
                 reason::AUTHENTICATION_FAILED
             }
+            GitError::Limit(e) => e.reason(),
             _ => reason::GIT_OPERATION_FAILED,
         }
     }

@@ -1,7 +1,7 @@
 //! The cache of bare mirrors: one per repository, fetched into shallow where the transport allows,
 //! and a commit's files read straight from its tree (no working copy).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,10 +10,12 @@ use git2::Repository;
 use sha2::{Digest, Sha256};
 use tether_protocol::url::without_userinfo;
 
-use super::remote::{CallbackState, bounded, classify, fetch_options, is_local};
+use super::remote::{CallbackState, classify, fetch_options, is_local};
+use super::slots::Slots;
 use super::{Credentials, GitError, Resolved, resolve_blocking};
 use crate::crd::RefTarget;
 use crate::net::ProxyConfig;
+use crate::plan::{ContentLimits, LimitExceeded};
 
 /// What a fetch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,29 +26,60 @@ pub enum FetchOutcome {
     Fetched,
 }
 
-/// A cache of bare mirrors, one per repository, under one folder; at most one fetch at a time
-/// per repository, any number across repositories. Its remotes are reached through `proxy`.
+/// How many git operations (ls-remote, fetch, reading a tree) run at once by default, over all
+/// repositories (`--max-concurrent-git`).
+pub const DEFAULT_MAX_CONCURRENT_GIT: usize = 8;
+
+/// A cache of bare mirrors, one per repository, under one folder; at most one operation at a
+/// time per mirror, and a bounded number of git operations at once over all of them (see
+/// [`Slots`]: a mirror's lock is held until the thread working on it has really ended, even when
+/// the caller gave up at its timeout). Its remotes are reached through `proxy`.
 #[derive(Debug)]
 pub struct MirrorCache {
     root: PathBuf,
     proxy: Arc<ProxyConfig>,
+    limits: ContentLimits,
+    slots: Slots,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl MirrorCache {
-    /// A cache under `root` (created on first use), reaching remotes through `proxy`.
+    /// A cache under `root` (created on first use), reaching remotes through `proxy`, with the
+    /// default content limits and concurrency.
     pub fn new(root: impl Into<PathBuf>, proxy: ProxyConfig) -> Self {
         Self {
             root: root.into(),
             proxy: Arc::new(proxy),
+            limits: ContentLimits::DEFAULT,
+            slots: Slots::new(DEFAULT_MAX_CONCURRENT_GIT),
             locks: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The same cache with other content limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: ContentLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The same cache running at most `max` git operations at once (at least one).
+    #[must_use]
+    pub fn with_max_concurrent(mut self, max: usize) -> Self {
+        self.slots = Slots::new(max);
+        self
+    }
+
+    /// The content limits the cache reads trees with.
+    pub fn limits(&self) -> ContentLimits {
+        self.limits
+    }
+
     /// Resolves `target` on the remote at `url` ([`resolve_blocking`] on a blocking thread,
-    /// bounded by `timeout`); no mirror is involved.
+    /// bounded by `timeout`) for the repository `key`; no mirror is involved.
     pub async fn resolve(
         &self,
+        key: &str,
         url: String,
         target: RefTarget,
         creds: Arc<Credentials>,
@@ -54,24 +87,62 @@ impl MirrorCache {
     ) -> Result<Resolved, GitError> {
         let redacted = without_userinfo(&url);
         let proxy = Arc::clone(&self.proxy);
-        let task = tokio::task::spawn_blocking(move || {
-            resolve_blocking(&url, &target, &creds, &proxy, timeout)
-        });
-        bounded(task, redacted, timeout).await
+        self.slots
+            .run(key, redacted, timeout, None, move || {
+                resolve_blocking(&url, &target, &creds, &proxy, timeout)
+            })
+            .await
     }
 
     /// The folder of the mirror for `key`: a hash of the key, so any key makes a safe name.
     pub fn mirror_path(&self, key: &str) -> PathBuf {
-        let digest = Sha256::digest(key.as_bytes());
-        self.root.join(hex::encode(&digest[..16]))
+        self.root.join(mirror_name(key))
     }
 
-    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock of a mirror, by its folder's name: the sweep knows mirrors by folder alone.
+    fn lock_for_name(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = match self.locks.lock() {
             Ok(l) => l,
             Err(poisoned) => poisoned.into_inner(),
         };
-        locks.entry(key.to_owned()).or_default().clone()
+        locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    pub(super) fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.lock_for_name(&mirror_name(key))
+    }
+
+    /// Removes the mirrors of every repository but those in `in_use` (mirror keys), skipping any
+    /// an operation holds now; returns how many it removed. A repository named again later is
+    /// fetched afresh into a new mirror.
+    pub fn sweep(&self, in_use: &HashSet<String>) -> usize {
+        let keep: HashSet<String> = in_use.iter().map(|k| mirror_name(k)).collect();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) || !entry.path().is_dir() {
+                continue;
+            }
+            let lock = self.lock_for_name(&name);
+            // Never under a fetch or a read: one that holds the mirror keeps it this time.
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(mirror = %entry.path().display(), error = %e, "cannot remove an unused mirror")
+                }
+            }
+        }
+        if let Ok(mut locks) = self.locks.lock() {
+            // Forget the locks of removed mirrors that nobody waits for.
+            locks.retain(|name, lock| keep.contains(name) || Arc::strong_count(lock) > 1);
+        }
+        removed
     }
 
     /// Makes sure the commit of `resolved` is in the mirror for `key`, fetching it from `url`
@@ -84,31 +155,47 @@ impl MirrorCache {
         creds: Arc<Credentials>,
         timeout: Duration,
     ) -> Result<FetchOutcome, GitError> {
-        let lock = self.lock_for(key);
-        let _guard = lock.lock().await;
+        let guard = self.lock_for(key).lock_owned().await;
         let path = self.mirror_path(key);
         let redacted = without_userinfo(&url);
         let proxy = Arc::clone(&self.proxy);
-        let task = tokio::task::spawn_blocking(move || {
-            fetch_blocking(&path, &url, &resolved, &creds, &proxy, timeout)
-        });
-        bounded(task, redacted, timeout).await
+        self.slots
+            .run(key, redacted, timeout, Some(guard), move || {
+                fetch_blocking(&path, &url, &resolved, &creds, &proxy, timeout)
+            })
+            .await
     }
 
     /// The manifests-to-be of a commit: every blob under `path` whose path (from the
-    /// repository root) `accept` takes, read from the mirror for `key`.
+    /// repository root) `accept` takes, read from the mirror for `key` within the cache's
+    /// content limits, in at most `timeout`.
     pub async fn read_tree(
         &self,
         key: &str,
         sha: String,
         path: String,
+        timeout: Duration,
         accept: impl Fn(&str) -> bool + Send + 'static,
     ) -> Result<Vec<(String, Vec<u8>)>, GitError> {
+        let guard = self.lock_for(key).lock_owned().await;
         let mirror = self.mirror_path(key);
-        tokio::task::spawn_blocking(move || read_tree_blocking(&mirror, &sha, &path, accept))
+        let limits = self.limits;
+        self.slots
+            .run(key, key.to_owned(), timeout, Some(guard), move || {
+                read_tree_blocking(&mirror, &sha, &path, &limits, accept)
+            })
             .await
-            .map_err(|e| GitError::Task(e.to_string()))?
     }
+}
+
+/// Opens the mirror at `path`, creating it when missing. The caller holds the mirror's lock, and
+/// the cache belongs to this process alone, so a `*.lock` file found now was left by a process
+/// killed mid-write and is removed; a mirror that does not open is removed and created again (it
+/// is only a cache of the remote).
+/// The folder name of the mirror for `key`.
+fn mirror_name(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    hex::encode(&digest[..16])
 }
 
 fn open_or_init(path: &Path) -> Result<Repository, GitError> {
@@ -116,15 +203,55 @@ fn open_or_init(path: &Path) -> Result<Repository, GitError> {
         path: path.to_owned(),
         source,
     };
+    let create = || {
+        std::fs::create_dir_all(path)
+            .map_err(|io| cache(git2::Error::from_str(&io.to_string())))?;
+        Repository::init_bare(path).map_err(cache)
+    };
+    if !path.exists() {
+        return create();
+    }
+    let stale = remove_stale_locks(path);
+    if stale > 0 {
+        tracing::info!(mirror = %path.display(), files = stale, "removed lock files left by an earlier run");
+    }
     match Repository::open_bare(path) {
         Ok(repo) => Ok(repo),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => {
-            std::fs::create_dir_all(path)
+        Err(e) => {
+            tracing::warn!(mirror = %path.display(), error = %e, "the mirror does not open; creating it again");
+            std::fs::remove_dir_all(path)
                 .map_err(|io| cache(git2::Error::from_str(&io.to_string())))?;
-            Repository::init_bare(path).map_err(cache)
+            create()
         }
-        Err(e) => Err(cache(e)),
     }
+}
+
+/// Removes every `*.lock` file under the mirror at `path` (refs, `packed-refs`, `shallow`,
+/// `config`...), and the temporary files of a pack that was being received; returns how many.
+fn remove_stale_locks(path: &Path) -> usize {
+    let mut removed = 0;
+    let mut folders = vec![path.to_owned()];
+    // Bounded: a mirror's folders are its refs' namespaces and objects' fan-out.
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if kind.is_dir() {
+                folders.push(entry.path());
+            } else if (name.ends_with(".lock") || name.starts_with("pack_git2_"))
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 fn has_commit(repo: &Repository, sha: &str) -> bool {
@@ -210,11 +337,13 @@ fn local_ref(refname: &str) -> String {
 
 /// Reads the blobs under `path` in commit `sha` of the repository at `mirror`, without a
 /// checkout. Paths are from the repository root; `accept` filters them before blobs are read.
-/// Symbolic links and submodules are skipped.
+/// Symbolic links and submodules are skipped. Every size is checked against `limits` from the
+/// object's header before any blob is loaded.
 pub fn read_tree_blocking(
     mirror: &Path,
     sha: &str,
     path: &str,
+    limits: &ContentLimits,
     accept: impl Fn(&str) -> bool,
 ) -> Result<Vec<(String, Vec<u8>)>, GitError> {
     let cache = |source| GitError::Cache {
@@ -255,17 +384,60 @@ pub fn read_tree_blocking(
                 Some(name) => {
                     let full = format!("{prefix}{dir}{name}");
                     if accept(&full) {
+                        if wanted.len() == limits.max_objects {
+                            walk_error = Some(
+                                LimitExceeded::Files {
+                                    file: full,
+                                    limit: limits.max_objects,
+                                }
+                                .into(),
+                            );
+                            return git2::TreeWalkResult::Abort;
+                        }
                         wanted.push((full, entry.id()));
                     }
                 }
-                None => walk_error = Some(git2::Error::from_str("a file name is not UTF-8")),
+                None => {
+                    walk_error = Some(cache(git2::Error::from_str("a file name is not UTF-8")));
+                    return git2::TreeWalkResult::Abort;
+                }
             }
         }
         git2::TreeWalkResult::Ok
     })
-    .map_err(cache)?;
+    .or_else(|e| {
+        // An abort from the callback is reported below, with its reason.
+        if walk_error.is_some() {
+            Ok(())
+        } else {
+            Err(cache(e))
+        }
+    })?;
     if let Some(e) = walk_error {
-        return Err(cache(e));
+        return Err(e);
+    }
+    // Sizes first, from the objects' headers: nothing is loaded unless everything fits.
+    let odb = repo.odb().map_err(cache)?;
+    let mut total: u64 = 0;
+    for (file, id) in &wanted {
+        let (size, _) = odb.read_header(*id).map_err(cache)?;
+        let size = size as u64;
+        if size > limits.max_file_bytes {
+            return Err(LimitExceeded::File {
+                file: file.clone(),
+                size,
+                limit: limits.max_file_bytes,
+            }
+            .into());
+        }
+        total = total.saturating_add(size);
+        if total > limits.max_revision_bytes {
+            return Err(LimitExceeded::Revision {
+                file: file.clone(),
+                limit: limits.max_revision_bytes,
+            }
+            .into());
+        }
     }
     wanted
         .into_iter()

@@ -2,13 +2,15 @@
 //! commit into a cache of bare mirrors, and read a commit's files straight from its tree.
 //!
 //! The controller calls the async methods of [`MirrorCache`]; each runs its libgit2 calls under
-//! [`tokio::task::spawn_blocking`], bounded by the spec's timeout. The `*_blocking` functions
-//! underneath are public for tests and tools.
+//! [`tokio::task::spawn_blocking`], a bounded number at once, each bounded by the spec's timeout.
+//! The `*_blocking` functions underneath are public for tests and tools.
 //!
 //! - `error`: [`GitError`], sorted for the controller through [`crate::error::StageError`].
 //! - `remote`: how libgit2 talks to a remote (callbacks, proxy, errors told apart).
 //! - `resolve`: ls-remote and picking a branch, tag or semver range.
-//! - `mirror`: the mirror cache, fetch and tree reading.
+//! - `mirror`: the mirror cache, fetch and tree reading within the content limits; a mirror
+//!   left locked or broken by a kill is repaired on its next fetch.
+//! - `slots`: how many git operations run at once, and what one that overruns its timeout holds.
 //! - `credentials`, [`known_hosts`]: what a Secret gives, and the checks of the server's identity.
 
 mod credentials;
@@ -17,10 +19,13 @@ pub mod known_hosts;
 mod mirror;
 mod remote;
 mod resolve;
+mod slots;
 
 pub use credentials::{Credentials, CredentialsError, HostKeyError};
 pub use error::GitError;
-pub use mirror::{FetchOutcome, MirrorCache, fetch_blocking, read_tree_blocking};
+pub use mirror::{
+    DEFAULT_MAX_CONCURRENT_GIT, FetchOutcome, MirrorCache, fetch_blocking, read_tree_blocking,
+};
 pub use resolve::{Resolved, highest_matching, ls_remote_blocking, pick, resolve_blocking};
 
 #[cfg(test)]

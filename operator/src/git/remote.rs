@@ -46,10 +46,22 @@ fn callbacks<'a>(
     let mut cb = RemoteCallbacks::new();
     let (host, port) = host_and_port(url).unwrap_or_default();
 
-    cb.credentials(move |_url, username_from_url, allowed| {
+    cb.credentials(move |asked_for, username_from_url, allowed| {
         let mut st = state
             .lock()
             .map_err(|_| git2::Error::from_str("state poisoned"))?;
+        // Credentials are for spec.url's host alone, whatever a redirect says.
+        let asked_host = host_and_port(asked_for).map(|(h, _)| h);
+        if asked_host.is_some_and(|h| !h.eq_ignore_ascii_case(host)) {
+            st.auth_failure = Some(format!(
+                "the server sent the request on to {}, another host than spec.url's; \
+                 credentials go to spec.url's host only",
+                asked_host.unwrap_or_default()
+            ));
+            return Err(git2::Error::from_str(
+                "credentials asked for by another host",
+            ));
+        }
         let kind = if allowed.contains(CredentialType::SSH_KEY) {
             CredentialType::SSH_KEY
         } else if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
@@ -139,7 +151,9 @@ fn callbacks<'a>(
         Ok(CertificateCheckStatus::CertificatePassthrough)
     });
 
-    cb.transfer_progress(move |_| {
+    // Past the deadline, the next callback libgit2 makes while data moves ends the operation:
+    // the objects being received, and the server's progress messages before them.
+    let in_time = move || {
         if Instant::now() < deadline {
             true
         } else {
@@ -148,7 +162,9 @@ fn callbacks<'a>(
             }
             false
         }
-    });
+    };
+    cb.transfer_progress(move |_| in_time());
+    cb.sideband_progress(move |_| in_time());
     cb
 }
 
@@ -209,6 +225,12 @@ pub(super) fn fetch_options<'a>(
     opts.proxy_options(proxy_options(url, proxy));
     opts.download_tags(git2::AutotagOption::None);
     opts.update_fetchhead(false);
+    // libgit2 sends the custom headers (the bearer token among them) and the credentials it was
+    // given with every request, a redirected one too: with a password or token, a redirect to
+    // another host is refused rather than followed.
+    if creds.has_http_secret() {
+        opts.follow_redirects(git2::RemoteRedirect::None);
+    }
     let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
     opts.custom_headers(&header_refs);
     opts
@@ -227,20 +249,6 @@ fn proxy_options(url: &str, proxy: &ProxyConfig) -> git2::ProxyOptions<'static> 
         options.auto();
     }
     options
-}
-
-/// Waits for a blocking git task, a little past `timeout` (libgit2 cannot always be stopped
-/// mid-call, e.g. while connecting; the thread then finishes in the background).
-pub(super) async fn bounded<T>(
-    task: tokio::task::JoinHandle<Result<T, GitError>>,
-    url: String,
-    timeout: Duration,
-) -> Result<T, GitError> {
-    match tokio::time::timeout(timeout + Duration::from_secs(1), task).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(GitError::Task(join.to_string())),
-        Err(_) => Err(GitError::Timeout { url, timeout }),
-    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use super::*;
 use crate::crd::RefTarget;
 use crate::error::{ErrorClass, StageError};
 use crate::net::ProxyConfig;
+use crate::plan::ContentLimits;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -204,6 +205,7 @@ async fn fetch_twice_skips_the_second_and_read_tree_walks_nested_folders() {
 
     let resolved = cache
         .resolve(
+            &key,
             up.url(),
             RefTarget::Branch("main".into()),
             creds.clone(),
@@ -224,7 +226,9 @@ async fn fetch_twice_skips_the_second_and_read_tree_walks_nested_folders() {
     assert_eq!(outcome, FetchOutcome::AlreadyPresent);
 
     let files = cache
-        .read_tree(&key, sha.clone(), "deploy".into(), |p| !p.ends_with(".txt"))
+        .read_tree(&key, sha.clone(), "deploy".into(), TIMEOUT, |p| {
+            !p.ends_with(".txt")
+        })
         .await
         .unwrap();
     let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
@@ -232,14 +236,14 @@ async fn fetch_twice_skips_the_second_and_read_tree_walks_nested_folders() {
     assert_eq!(files[1].1, b"kind: B\n");
 
     let all = cache
-        .read_tree(&key, sha.clone(), String::new(), |_| true)
+        .read_tree(&key, sha.clone(), String::new(), TIMEOUT, |_| true)
         .await
         .unwrap();
     assert_eq!(all.len(), 5);
 
     for missing in ["nope", "deploy/app.yaml"] {
         let err = cache
-            .read_tree(&key, sha.clone(), missing.into(), |_| true)
+            .read_tree(&key, sha.clone(), missing.into(), TIMEOUT, |_| true)
             .await
             .unwrap_err();
         assert_eq!(err.category(), "path_not_found", "{err}");
@@ -270,9 +274,13 @@ fn fetches_a_moved_branch_a_tag_and_a_pinned_commit() {
         fetch_blocking(&mirror, &up.url(), &branch, &creds, &proxy, TIMEOUT).unwrap(),
         FetchOutcome::Fetched
     );
-    let files = read_tree_blocking(&mirror, &second, "deploy", |_| true).unwrap();
+    let files = read_tree_blocking(&mirror, &second, "deploy", &ContentLimits::DEFAULT, |_| {
+        true
+    })
+    .unwrap();
     assert!(files.iter().any(|(p, _)| p == "deploy/new.yaml"));
-    let files = read_tree_blocking(&mirror, &first, "deploy", |_| true).unwrap();
+    let files =
+        read_tree_blocking(&mirror, &first, "deploy", &ContentLimits::DEFAULT, |_| true).unwrap();
     assert!(!files.iter().any(|(p, _)| p == "deploy/new.yaml"));
 
     // A pinned commit in a fresh mirror: fetched by id or through the fallback.
@@ -282,7 +290,7 @@ fn fetches_a_moved_branch_a_tag_and_a_pinned_commit() {
         fetch_blocking(&fresh, &up.url(), &pinned, &creds, &proxy, TIMEOUT).unwrap(),
         FetchOutcome::Fetched
     );
-    assert!(read_tree_blocking(&fresh, &first, "", |_| true).is_ok());
+    assert!(read_tree_blocking(&fresh, &first, "", &ContentLimits::DEFAULT, |_| true).is_ok());
 
     let ghost = resolve(
         &up,
@@ -299,4 +307,146 @@ fn mirror_paths_are_stable_and_inside_the_cache() {
     let p = cache.mirror_path("example.com/org/repo");
     assert!(p.starts_with(Path::new("/var/cache/tether")));
     assert_eq!(p.file_name().unwrap().len(), 32);
+}
+
+/// A commit over a content limit is refused from the blobs' headers, naming the file and the
+/// flag that raises the limit; one within every limit reads as before.
+#[test]
+fn a_tree_over_a_content_limit_is_refused_naming_the_file_and_the_flag() {
+    let up = Upstream::new();
+    up.write("deploy/a.yaml", &"a".repeat(100));
+    up.write("deploy/b.yaml", &"b".repeat(300));
+    up.write("deploy/c.yaml", &"c".repeat(100));
+    up.write("elsewhere/big.yaml", &"x".repeat(10_000));
+    let sha = up.commit("sizes");
+    let mirror_dir = tempfile::tempdir().unwrap();
+    let mirror = mirror_dir.path().join("m");
+    let target = resolve(&up, RefTarget::Branch("main".into())).unwrap();
+    fetch_blocking(
+        &mirror,
+        &up.url(),
+        &target,
+        &Credentials::none(),
+        &ProxyConfig::default(),
+        TIMEOUT,
+    )
+    .unwrap();
+    let read =
+        |limits: ContentLimits| read_tree_blocking(&mirror, &sha, "deploy", &limits, |_| true);
+    let limits = |file, revision, objects| ContentLimits {
+        max_file_bytes: file,
+        max_revision_bytes: revision,
+        max_objects: objects,
+    };
+
+    let fits = read(limits(300, 500, 3)).unwrap();
+    assert_eq!(fits.len(), 3);
+
+    let err = read(limits(299, 10_000, 10)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "deploy/b.yaml is 300 bytes, over the operator's limit of 299 bytes for one manifest \
+         file; split it, or raise the limit (--max-file-bytes, TETHER_MAX_FILE_BYTES)"
+    );
+    assert_eq!(err.category(), "content_limit");
+    assert_eq!(err.class(), ErrorClass::Revision);
+    assert_eq!(err.reason(), crate::crd::reason::INVALID_MANIFEST);
+
+    let err = read(limits(1_000, 499, 10)).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "the manifests add up to more than the operator's limit of 499 bytes for one \
+             revision (reached at deploy/c.yaml)"
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--max-revision-bytes"), "{err}");
+
+    let err = read(limits(1_000, 10_000, 2)).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "more than the operator's limit of 2 manifest files in one revision (reached at \
+             deploy/c.yaml)"
+        ),
+        "{err}"
+    );
+}
+
+/// A process killed mid-fetch leaves `*.lock` files (and half a pack) in its mirror; one killed
+/// while creating it can leave a folder that is no repository. The next fetch, which holds the
+/// mirror's lock, repairs both instead of failing until the cache is wiped.
+#[test]
+fn a_mirror_left_locked_or_broken_by_a_kill_is_repaired_on_the_next_fetch() {
+    let up = Upstream::new();
+    tree_fixture(&up);
+    let mirror_dir = tempfile::tempdir().unwrap();
+    let mirror = mirror_dir.path().join("m");
+    let creds = Credentials::none();
+    let proxy = ProxyConfig::default();
+    let fetch = |mirror: &Path| {
+        let branch = resolve(&up, RefTarget::Branch("main".into())).unwrap();
+        fetch_blocking(mirror, &up.url(), &branch, &creds, &proxy, TIMEOUT)
+    };
+    fetch(&mirror).unwrap();
+
+    for lock in [
+        "refs/tether/heads/main.lock",
+        "packed-refs.lock",
+        "config.lock",
+        "objects/pack/pack_git2_Ab12Cd",
+    ] {
+        let path = mirror.join(lock);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "left by a killed process").unwrap();
+    }
+    up.write("deploy/later.yaml", "kind: D\n");
+    let later = up.commit("later");
+    assert_eq!(fetch(&mirror).unwrap(), FetchOutcome::Fetched);
+    let files =
+        read_tree_blocking(&mirror, &later, "deploy", &ContentLimits::DEFAULT, |_| true).unwrap();
+    assert!(files.iter().any(|(p, _)| p == "deploy/later.yaml"));
+    assert!(!mirror.join("refs/tether/heads/main.lock").exists());
+
+    let broken = mirror_dir.path().join("broken");
+    std::fs::create_dir_all(broken.join("objects")).unwrap();
+    std::fs::write(broken.join("HEAD"), "not a ref").unwrap();
+    assert_eq!(fetch(&broken).unwrap(), FetchOutcome::Fetched);
+}
+
+/// The sweep removes the mirrors no repository in use names, keeps the others, and leaves alone
+/// a mirror an operation holds.
+#[tokio::test]
+async fn the_sweep_removes_unused_mirrors_but_never_one_in_use_or_held() {
+    let up = Upstream::new();
+    let sha = tree_fixture(&up);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = MirrorCache::new(cache_dir.path(), ProxyConfig::default());
+    let creds = Arc::new(Credentials::none());
+    let resolved = resolve(&up, RefTarget::Branch("main".into())).unwrap();
+    for key in ["kept", "gone", "held"] {
+        cache
+            .fetch(key, up.url(), resolved.clone(), creds.clone(), TIMEOUT)
+            .await
+            .unwrap();
+    }
+    let held = cache.lock_for("held").lock_owned().await;
+    let in_use: std::collections::HashSet<String> = ["kept".to_owned()].into();
+    assert_eq!(cache.sweep(&in_use), 1);
+    assert!(cache.mirror_path("kept").exists());
+    assert!(!cache.mirror_path("gone").exists());
+    assert!(cache.mirror_path("held").exists());
+    drop(held);
+    assert_eq!(cache.sweep(&in_use), 1);
+    assert!(!cache.mirror_path("held").exists());
+
+    // A repository named again is fetched afresh.
+    let outcome = cache
+        .fetch("gone", up.url(), resolved, creds, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(outcome, FetchOutcome::Fetched);
+    cache
+        .read_tree("gone", sha, "deploy".into(), TIMEOUT, |_| true)
+        .await
+        .unwrap();
 }

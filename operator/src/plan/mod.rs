@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use kube::api::DynamicObject;
-use serde::Deserialize;
+use serde::de::DeserializeSeed as _;
 use serde_json::Value;
 
 use crate::crd::{
@@ -18,8 +18,11 @@ use crate::crd::{
 use crate::error::{ErrorClass, StageError};
 
 mod filter;
+mod limits;
+mod yaml;
 
 pub use filter::ManifestFilter;
+pub use limits::{ContentLimits, LimitExceeded};
 
 /// Whether objects of a kind live in a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,6 +45,8 @@ pub struct PlanInput<'a> {
     pub filter: &'a ManifestFilter,
     /// `spec.targetNamespace`: overrides the namespace of every namespaced object.
     pub target_namespace: Option<&'a str>,
+    /// The most objects the revision may define (`--max-objects`).
+    pub max_objects: usize,
 }
 
 /// One object to apply.
@@ -153,6 +158,9 @@ pub enum PlanError {
         /// The object's kind.
         kind: String,
     },
+    /// The revision is over one of the operator's [`ContentLimits`].
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
     /// A pattern in `spec.ignore` is invalid.
     #[error("spec.ignore: invalid pattern {pattern:?}: {source}")]
     IgnorePattern {
@@ -175,6 +183,7 @@ impl StageError for PlanError {
                 "invalid_manifest"
             }
             PlanError::UnknownKind { .. } => "unknown_kind",
+            PlanError::Limit(e) => e.category(),
             PlanError::IgnorePattern { .. } => "invalid_spec",
         }
     }
@@ -216,6 +225,21 @@ pub fn plan(
     for (path, data) in sorted {
         for (document, value) in parse_documents(path, data)? {
             expand(path, document, value, &mut parsed)?;
+            if parsed.len() > input.max_objects {
+                let location = parsed
+                    .get(input.max_objects)
+                    .map(|p| p.location.clone())
+                    .unwrap_or_else(|| Location {
+                        file: path.clone(),
+                        document,
+                        item: None,
+                    });
+                return Err(LimitExceeded::Objects {
+                    location,
+                    limit: input.max_objects,
+                }
+                .into());
+            }
         }
     }
 
@@ -390,8 +414,15 @@ fn parse_documents(path: &str, data: &[u8]) -> Result<Vec<(usize, Value)>, PlanE
         }
         return Ok(out);
     }
+    // One budget for the whole file: its documents may share anchors no more than one may.
+    let budget = yaml::budget_for(data.len());
+    let left = std::cell::Cell::new(budget);
+    let seed = yaml::Budgeted {
+        left: &left,
+        budget,
+    };
     for (i, document) in serde_yaml_ng::Deserializer::from_slice(data).enumerate() {
-        let value = Value::deserialize(document).map_err(|e| PlanError::Parse {
+        let value = seed.deserialize(document).map_err(|e| PlanError::Parse {
             location: location(i + 1),
             line: e.location().map(|l| l.line()),
             message: strip_position(&e.to_string()),

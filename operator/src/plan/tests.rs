@@ -15,6 +15,7 @@ fn owner() -> PlanInput<'static> {
         owner_namespace: "flux-free",
         filter: &DEPLOY,
         target_namespace: None,
+        max_objects: ContentLimits::DEFAULT.max_objects,
     }
 }
 
@@ -440,4 +441,86 @@ fn plan_inventory_round_trips_through_status_json() {
         json,
         r#"[{"version":"v1","kind":"Namespace","name":"team"},{"version":"v1","kind":"ConfigMap","namespace":"flux-free","name":"a"}]"#
     );
+}
+
+/// An anchor of 50,000 scalars used 50,000 times: about 250 KB of text that would spell out
+/// 2.5 billion values. The plan refuses it quickly, naming the file, instead of building them.
+#[test]
+fn an_alias_bomb_is_refused_before_it_expands() {
+    let mut bomb =
+        String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bomb\nx: &a [");
+    bomb.push_str(&"1,".repeat(50_000));
+    bomb.push_str("1]\ny: [");
+    bomb.push_str(&"*a,".repeat(50_000));
+    bomb.push_str("*a]\n");
+    assert!(bomb.len() < 300_000, "{}", bomb.len());
+    let started = std::time::Instant::now();
+    let err = plan_of(&[("deploy/bomb.yaml", &bomb)]).unwrap_err();
+    let elapsed = started.elapsed();
+    let message = err.to_string();
+    assert!(
+        message.starts_with("deploy/bomb.yaml: document 1: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("YAML aliases expand this file"),
+        "{message}"
+    );
+    assert_eq!(err.category(), "invalid_manifest");
+    assert!(
+        elapsed < std::time::Duration::from_secs(10),
+        "refusing the bomb took {elapsed:?}"
+    );
+}
+
+/// Anchors used as manifests use them (a shared block of labels or env) stay well inside the
+/// budget, and every value the text spells out fits in it.
+#[test]
+fn ordinary_aliases_and_dense_text_fit_the_budget() {
+    let shared = "\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: a
+  labels: &labels {app: web, tier: front}
+  annotations: *labels
+data: {k: v}
+";
+    let plan = plan_of(&[("deploy/a.yaml", shared)]).unwrap();
+    let meta = &plan.objects[0].object.metadata;
+    assert_eq!(meta.labels.as_ref().unwrap()["tier"], "front");
+    assert_eq!(meta.annotations.as_ref().unwrap()["app"], "web");
+
+    // The densest text: two bytes per value, 300,000 of them, no aliases.
+    let mut dense = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: d\nx: [");
+    dense.push_str(&"1,".repeat(300_000));
+    dense.push_str("1]\n");
+    plan_of(&[("deploy/d.yaml", &dense)]).unwrap();
+}
+
+#[test]
+fn more_objects_than_the_limit_fail_the_revision_naming_where() {
+    let input = PlanInput {
+        max_objects: 2,
+        ..owner()
+    };
+    let list = files(&[
+        ("deploy/a.yaml", &cm("a")),
+        ("deploy/b.yaml", &format!("{}---\n{}", cm("b"), cm("c"))),
+    ]);
+    let err = plan(&list, &input, discovery).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "deploy/b.yaml: document 2: more than the operator's limit of 2 objects in one \
+         revision; narrow spec.path or spec.ignore, or raise the limit (--max-objects, \
+         TETHER_MAX_OBJECTS)"
+    );
+    assert_eq!(err.category(), "content_limit");
+    assert_eq!(err.class(), ErrorClass::Revision);
+    assert_eq!(err.reason(), reason::INVALID_MANIFEST);
+    let input = PlanInput {
+        max_objects: 3,
+        ..owner()
+    };
+    assert_eq!(plan(&list, &input, discovery).unwrap().objects.len(), 3);
 }
