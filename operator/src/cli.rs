@@ -284,8 +284,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let proxy = ProxyConfig::new(https_proxy, no_proxy);
     let (triggers, notices) = Triggers::new();
     let ctx = Context::new(
-        client,
-        config,
+        controller::ApiAccess {
+            client,
+            config,
+            guard,
+        },
         MirrorCache::new(cache_dir, proxy.clone())
             .with_limits(ContentLimits {
                 max_file_bytes,
@@ -300,7 +303,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             allow_file_urls,
             allow_http_credentials,
         },
-        guard,
     );
     crate::hub::start(
         crate::hub::HubSettings {

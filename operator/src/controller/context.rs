@@ -30,6 +30,15 @@ pub struct Policy {
     pub allow_http_credentials: bool,
 }
 
+/// How the operator reaches the API server: its own client, the config that the clients
+/// impersonating a `serviceAccountName` are built from, and, with leader election, the guard every
+/// one of them checks before it writes.
+pub struct ApiAccess {
+    pub client: kube::Client,
+    pub config: kube::Config,
+    pub guard: Option<Guard>,
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub(super) client: kube::Client,
@@ -51,6 +60,14 @@ pub struct Context {
     guard: Option<Guard>,
 }
 
+impl std::fmt::Debug for ApiAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiAccess")
+            .field("guarded", &self.guard.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context").finish_non_exhaustive()
@@ -59,15 +76,18 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     pub fn new(
-        client: kube::Client,
-        config: kube::Config,
+        api: ApiAccess,
         mirrors: MirrorCache,
         metrics: Metrics,
         reporter: Reporter,
         triggers: Arc<Triggers>,
         policy: Policy,
-        guard: Option<Guard>,
     ) -> Arc<Self> {
+        let ApiAccess {
+            client,
+            config,
+            guard,
+        } = api;
         Arc::new(Self {
             client,
             config,

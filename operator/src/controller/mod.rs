@@ -31,7 +31,7 @@ use kube::runtime::reflector::{self, ObjectRef as Ref};
 use kube::runtime::{Predicate as _, WatchStreamExt, predicates, watcher};
 use tracing::{debug, info, instrument, warn};
 
-pub use context::{Context, MIRROR_SWEEP_INTERVAL, Policy, sweep_mirrors};
+pub use context::{ApiAccess, Context, MIRROR_SWEEP_INTERVAL, Policy, sweep_mirrors};
 pub use error::Error;
 
 use self::spec::ValidSpec;
