@@ -11,7 +11,9 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use tether_operator::crd::{LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE};
-use tether_operator::plan::{ManifestFilter, PlanInput, Scope, plan, prune_candidates};
+use tether_operator::plan::{
+    ContentLimits, ManifestFilter, PlanInput, Scope, plan, prune_candidates,
+};
 
 static FILTER: LazyLock<Option<ManifestFilter>> =
     LazyLock::new(|| ManifestFilter::new("deploy", &["*.skip.yaml".to_owned()]).ok());
@@ -47,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         owner_namespace: "tenant",
         filter,
         target_namespace: None,
+        max_objects: ContentLimits::DEFAULT.max_objects,
     };
     let Ok(planned) = plan(&files, &input, discovery) else {
         return;
