@@ -167,8 +167,7 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "the overrun never ended"
             );
-            tokio::task::yield_now().await;
-            std::thread::sleep(Duration::from_millis(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         slots
             .run("silent", url(), Duration::from_secs(5), None, || Ok(()))
