@@ -5,10 +5,13 @@
 //!   shown without their password.
 //! - [`message`]: the versioned JSON messages on the agent's websocket, and the connection constants.
 //! - [`backoff`]: the reconnect policy (exponential backoff, full jitter, reset after a stable period).
+//! - [`tunnel`]: the CI tunnel's constants and, with the `tunnel` feature, its two ends: a websocket
+//!   as a byte stream, multiplexed by yamux.
 
 pub mod backoff;
 pub mod message;
 pub mod repo;
+pub mod tunnel;
 pub mod url;
 
 pub use backoff::Backoff;
