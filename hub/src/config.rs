@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::globs::RepoGlobs;
-use crate::limits::{Limits, MIN_HEADER_BYTES, parse_duration};
+use crate::limits::{Limits, MAX_TUNNEL_STREAMS_PER_AGENT, MIN_HEADER_BYTES, parse_duration};
 use crate::secret::{Environment, ProcessEnv, Secret, SecretSource};
 use crate::webhook::Provider;
 
@@ -35,6 +35,8 @@ struct RawConfig {
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
     idle_timeout: Option<String>,
+    max_tunnel_streams_per_agent: Option<usize>,
+    tunnel_wait: Option<String>,
     #[serde(default)]
     agents: Vec<RawAgent>,
     #[serde(default)]
@@ -279,7 +281,19 @@ impl Config {
                 d.body_read_timeout,
             ),
             idle_timeout: f.duration("idle_timeout", raw.idle_timeout, d.idle_timeout),
+            max_tunnel_streams_per_agent: f.positive(
+                "max_tunnel_streams_per_agent",
+                raw.max_tunnel_streams_per_agent,
+                d.max_tunnel_streams_per_agent,
+            ),
+            tunnel_wait: f.duration("tunnel_wait", raw.tunnel_wait, d.tunnel_wait),
         };
+        if limits.max_tunnel_streams_per_agent > MAX_TUNNEL_STREAMS_PER_AGENT {
+            problems.push(format!(
+                "max_tunnel_streams_per_agent: {} is above the tunnel's limit; at most {MAX_TUNNEL_STREAMS_PER_AGENT}",
+                limits.max_tunnel_streams_per_agent
+            ));
+        }
         if limits.max_body_bytes_in_flight < limits.max_body_bytes {
             problems.push(format!(
                 "max_body_bytes_in_flight: {} is less than max_body_bytes ({}); no body that large could be read",

@@ -1,6 +1,10 @@
 //! One accepted connection: the TLS handshake, HTTP/1.1 with its header-read timeout and buffer cap,
 //! an idle watchdog, and the drain on shutdown.
 //!
+//! A CI request relayed through a tunnel (a watch, `kubectl wait`, `logs -f`) may rightly move no
+//! byte for minutes: while one is in flight on a connection it holds a [`LongLived`] and the idle
+//! watchdog leaves that connection alone.
+//!
 //! Only HTTP/1.1 is served: forges post webhooks with it and websockets upgrade from it, and an
 //! HTTP/2 (h2c) connection would escape the header-read timeout, which hyper applies to HTTP/1 only.
 
@@ -69,7 +73,17 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
-    let service = TowerToHyperService::new(serving.app.clone());
+    let long_lived = LongLived::default();
+    let service = {
+        let app = serving.app.clone();
+        let long_lived = long_lived.clone();
+        TowerToHyperService::new(tower::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(long_lived.clone());
+                tower::ServiceExt::oneshot(app.clone(), request)
+            },
+        ))
+    };
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let mut draining = false;
@@ -90,13 +104,43 @@ where
                 draining = true;
             }
             () = tokio::time::sleep_until(idle_until) => {
-                if activity.last() + limits.idle_timeout <= Instant::now() {
+                if long_lived.active() {
+                    // Count the idle time afresh from now on.
+                    activity.touch();
+                } else if activity.last() + limits.idle_timeout <= Instant::now() {
                     serving.metrics.timed_out("idle");
                     debug!(idle = ?limits.idle_timeout, "connection idle for too long; closed");
                     return;
                 }
             }
         }
+    }
+}
+
+/// How many requests on one connection may stay quiet for as long as they like (CI requests
+/// relayed through a tunnel); the idle watchdog spares the connection while any is in flight.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LongLived(Arc<AtomicU64>);
+
+impl LongLived {
+    /// Marks one such request in flight until the guard is dropped.
+    pub(crate) fn hold(&self) -> LongLivedGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LongLivedGuard(Arc::clone(&self.0))
+    }
+
+    fn active(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// One long-lived request in flight; see [`LongLived`].
+#[derive(Debug)]
+pub(crate) struct LongLivedGuard(Arc<AtomicU64>);
+
+impl Drop for LongLivedGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -5,7 +5,7 @@
 //! timeouts). A webhook goes to [`ingest`], which verifies and parses it with [`webhook`], records it
 //! in [`store`] and hands it to [`fanout`]; an agent's websocket goes to [`agents`], which subscribes
 //! it in [`fanout`] and writes its notices. What every connection shares is in [`state`]. Imports
-//! run one way: `server` → `conn`, `ingest`, `agents` → `state` → the rest, and no two modules
+//! run one way: `server` → `conn`, `ingest`, `agents`, `tunnel` → `state` → the rest, and no two modules
 //! import each other.
 //!
 //! - [`config`]: the YAML config file and its validation; [`globs`]: the repository globs it grants.
@@ -15,6 +15,8 @@
 //!   HMAC and token checks, [`webhook::dedup`] for redeliveries). Pure.
 //! - [`ingest`]: the webhook intake, `POST /v1/webhooks/{provider}`.
 //! - [`agents`]: bearer-token authentication and the websocket session of one agent.
+//! - `tunnel`: CI access: the tunnels operators open (`/v1/tunnel`) and the relay of CI requests
+//!   through them (`/k8s-proxy/<agent>/...`); the hub routes, the operator decides.
 //! - [`fanout`]: who watches what, and each agent's coalescing outbox.
 //! - [`store`]: the latest push per repository, persisted for catch-up.
 //! - [`state`]: the state shared by every connection.
@@ -36,6 +38,7 @@ pub mod secret;
 pub mod server;
 mod state;
 pub mod store;
+mod tunnel;
 pub mod webhook;
 
 #[cfg(feature = "test-util")]

@@ -38,7 +38,16 @@ pub struct Limits {
     /// An HTTP connection on which no byte moves either way for this long is closed (a stalled
     /// reader, a stuck request). Agent websockets have their own keepalive instead.
     pub idle_timeout: Duration,
+    /// CI requests relayed through one agent's tunnels at once (429 above it). At most
+    /// [`MAX_TUNNEL_STREAMS_PER_AGENT`].
+    pub max_tunnel_streams_per_agent: usize,
+    /// How long a CI request waits for its agent's tunnel to (re)connect before it gets 503.
+    pub tunnel_wait: Duration,
 }
+
+/// The highest `max_tunnel_streams_per_agent`: below the tunnel's own stream limit, which the
+/// operator's end enforces by closing the whole tunnel.
+pub const MAX_TUNNEL_STREAMS_PER_AGENT: usize = tether_protocol::tunnel::MAX_STREAMS - 48;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -59,6 +68,9 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            // 1,000 concurrent watches through one cluster, with room for the requests beside them.
+            max_tunnel_streams_per_agent: 1024,
+            tunnel_wait: Duration::from_secs(5),
         }
     }
 }

@@ -48,6 +48,14 @@ pub struct Metrics {
     pub connections_timed_out: IntCounterVec,
     /// Bytes of webhook bodies held (being read or verified).
     pub webhook_body_bytes: IntGauge,
+    /// CI tunnels open (one per connected operator that offers CI access).
+    pub tunnels_connected: IntGauge,
+    /// CI requests relayed to a tunnel, or refused before, by HTTP status code.
+    pub tunnel_requests: IntCounterVec,
+    /// CI requests (and upgraded connections) in flight through the tunnels.
+    pub tunnel_streams: IntGauge,
+    /// Bytes relayed through the tunnels, by direction (`to_cluster`, `from_cluster`).
+    pub tunnel_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -108,8 +116,38 @@ impl Metrics {
             "Bytes of webhook bodies held, being read or verified",
         )
         .map_err(MetricsError::Register)?;
+        let tunnels_connected = IntGauge::new(
+            "tether_hub_tunnels_connected",
+            "CI tunnels open from operators",
+        )
+        .map_err(MetricsError::Register)?;
+        let tunnel_requests = IntCounterVec::new(
+            Opts::new(
+                "tether_hub_tunnel_requests_total",
+                "CI requests to /k8s-proxy, by the HTTP status code answered",
+            ),
+            &["code"],
+        )
+        .map_err(MetricsError::Register)?;
+        let tunnel_streams = IntGauge::new(
+            "tether_hub_tunnel_streams",
+            "CI requests and upgraded connections in flight through the tunnels",
+        )
+        .map_err(MetricsError::Register)?;
+        let tunnel_bytes = IntCounterVec::new(
+            Opts::new(
+                "tether_hub_tunnel_bytes_total",
+                "Body and upgraded bytes relayed through the tunnels, by direction",
+            ),
+            &["direction"],
+        )
+        .map_err(MetricsError::Register)?;
         for c in [
             Box::new(agents_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tunnels_connected.clone()),
+            Box::new(tunnel_requests.clone()),
+            Box::new(tunnel_streams.clone()),
+            Box::new(tunnel_bytes.clone()),
             Box::new(webhooks.clone()),
             Box::new(agent_refusals.clone()),
             Box::new(notices_sent.clone()),
@@ -130,6 +168,10 @@ impl Metrics {
             fanout_latency,
             connections_timed_out,
             webhook_body_bytes,
+            tunnels_connected,
+            tunnel_requests,
+            tunnel_streams,
+            tunnel_bytes,
         })
     }
 
@@ -178,11 +220,13 @@ mod tests {
         m.webhook("github", "accepted");
         m.agent_refusals.with_label_values(&["unauthorized"]).inc();
         m.timed_out("header");
+        m.tunnel_requests.with_label_values(&["200"]).inc();
+        m.tunnel_bytes.with_label_values(&["to_cluster"]).inc();
         let reference =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
                 .unwrap();
         let families = m.registry.gather();
-        assert_eq!(families.len(), 8, "a metric was added: document it");
+        assert_eq!(families.len(), 12, "a metric was added: document it");
         for family in families {
             let row = format!("| `{}` |", family.name());
             assert!(reference.contains(&row), "docs/metrics.md has no row {row}");

@@ -136,7 +136,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route(CONNECT_PATH, get(crate::agents::connect))
         .route("/v1/webhooks/{provider}", post(crate::ingest::webhook))
-        .with_state(shared)
+        .with_state(Arc::clone(&shared))
+        .merge(crate::tunnel::router(shared))
 }
 
 fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ServerError> {
