@@ -132,6 +132,12 @@ pub struct Args {
     #[arg(long, env = "TETHER_MAX_CONCURRENT_GIT", default_value_t = DEFAULT_MAX_CONCURRENT_GIT)]
     pub max_concurrent_git: usize,
 
+    /// Serve CI access through the hub (kubectl and helm from CI jobs, over a second outbound
+    /// websocket): the file of accepted tokens and the identities they act as (docs/ci-access.md).
+    /// Needs --hub-url.
+    #[arg(long, env = "TETHER_CI_ACCESS")]
+    pub ci_access: Option<PathBuf>,
+
     /// How often to ping the hub (`20s`); for tests that cannot wait a minute.
     #[arg(long, env = "TETHER_HUB_KEEPALIVE", hide = true, value_parser = parse_duration)]
     pub hub_keepalive: Option<std::time::Duration>,
@@ -198,6 +204,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_revision_bytes,
         max_objects,
         max_concurrent_git,
+        ci_access,
         hub_keepalive,
         hub_dead_after,
     } = args;
@@ -224,6 +231,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let guard = leader_election.then(Guard::default);
     let client = crate::leader::client(config.clone(), guard.as_ref())?;
     let metrics = Metrics::new()?;
+    // Read before anything waits, so that a bad access file stops the operator at once.
+    let tunnel = ci_access
+        .map(|file| crate::ci::start(&file, &config, &metrics.registry))
+        .transpose()?;
     let readiness = Readiness::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -312,6 +323,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             proxy,
             keepalive: hub_keepalive,
             dead_after: hub_dead_after,
+            tunnel,
         },
         &metrics,
         triggers.watch_set(),

@@ -10,6 +10,8 @@
 //! - [`health`]: the wait for applied objects to become ready (`spec.wait`).
 //! - [`leader`]: Lease-based leader election.
 //! - [`metrics`]: the Prometheus registry and the admin server.
+//! - [`ci`]: CI access through the hub's tunnel: the access file, token authentication,
+//!   impersonated forwarding to the API server, the audit line.
 //! - [`hub`]: the hub client: the outbound websocket over which push notices arrive (config, dial,
 //!   TLS, the proxy tunnel, the session, its errors and metrics), started from the flags.
 //! - [`net`]: what outbound connections share: the proxy settings (`HTTPS_PROXY`, `NO_PROXY`), read
@@ -22,6 +24,7 @@
 //! - [`plan`]: pure: turn a commit's manifests into ordered, labelled objects and what to prune.
 
 pub mod apply;
+pub mod ci;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
+use tether_protocol::tunnel::{MAX_MESSAGE_BYTES, TUNNEL_PATH, TUNNEL_SUBPROTOCOL};
 use tether_protocol::{CONNECT_PATH, SUBPROTOCOL};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Request, Uri};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream, client_async_tls_with_config};
 use tracing::warn;
 
@@ -15,9 +17,35 @@ use super::{HubClientConfig, HubClientError, tls, tunnel};
 use crate::net::HostPort;
 use crate::net::proxy::HttpProxy;
 
+/// Which of the hub's two websockets to dial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Channel {
+    /// `/v1/connect`, `tether.v1`: the watch set out, push notices in.
+    Push,
+    /// `/v1/tunnel`, `tether.tunnel.v1`: CI requests in, multiplexed.
+    Tunnel,
+}
+
+impl Channel {
+    fn path(self) -> &'static str {
+        match self {
+            Channel::Push => CONNECT_PATH,
+            Channel::Tunnel => TUNNEL_PATH,
+        }
+    }
+
+    fn subprotocol(self) -> &'static str {
+        match self {
+            Channel::Push => SUBPROTOCOL,
+            Channel::Tunnel => TUNNEL_SUBPROTOCOL,
+        }
+    }
+}
+
 /// Everything derived from the config once, before the first dial.
 pub(super) struct Dialer {
     pub(super) url: String,
+    channel: Channel,
     uri: Uri,
     /// Host as in the URL (brackets kept for IPv6), and the port, defaulted by scheme.
     target: HostPort,
@@ -28,7 +56,17 @@ pub(super) struct Dialer {
 }
 
 impl Dialer {
+    /// The push channel's dialer.
     pub(super) fn new(config: &HubClientConfig) -> Result<Self, HubClientError> {
+        Self::for_channel(config, Channel::Push)
+    }
+
+    /// The dialer of `channel` on the hub `config` names. A URL that ends with the push channel's
+    /// path names the hub all the same.
+    pub(super) fn for_channel(
+        config: &HubClientConfig,
+        channel: Channel,
+    ) -> Result<Self, HubClientError> {
         let http_proxy = config.proxy.http_proxy()?;
         let invalid = |reason: &str| HubClientError::InvalidUrl {
             url: config.url.clone(),
@@ -63,11 +101,8 @@ impl Dialer {
             .port_u16()
             .unwrap_or(if secure { 443 } else { 80 });
         let base = given.path().trim_end_matches('/');
-        let path = if base.ends_with(CONNECT_PATH) {
-            base.to_string()
-        } else {
-            format!("{base}{CONNECT_PATH}")
-        };
+        let base = base.strip_suffix(CONNECT_PATH).unwrap_or(base);
+        let path = format!("{base}{}", channel.path());
         let path_and_query = match given.query() {
             Some(q) => format!("{path}?{q}"),
             None => path,
@@ -104,6 +139,7 @@ impl Dialer {
             .cloned();
         Ok(Self {
             url: uri.to_string(),
+            channel,
             uri,
             target: HostPort::new(host, port),
             authorization,
@@ -133,7 +169,7 @@ impl Dialer {
         headers.insert("authorization", self.authorization.clone());
         headers.insert(
             "sec-websocket-protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
+            HeaderValue::from_static(self.channel.subprotocol()),
         );
         headers.insert(
             "user-agent",
@@ -162,8 +198,14 @@ impl Dialer {
             Some(config) => Connector::Rustls(Arc::clone(config)),
             None => Connector::Plain,
         };
+        // The tunnel's frames are bounded by the protocol; the push channel keeps the defaults.
+        let ws_config = (self.channel == Channel::Tunnel).then(|| {
+            WebSocketConfig::default()
+                .max_message_size(Some(MAX_MESSAGE_BYTES))
+                .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        });
         let (ws, response) =
-            client_async_tls_with_config(self.request()?, stream, None, Some(connector))
+            client_async_tls_with_config(self.request()?, stream, ws_config, Some(connector))
                 .await
                 .map_err(|e| match e {
                     tungstenite::Error::Http(response) if response.status().as_u16() == 401 => {
@@ -181,7 +223,7 @@ impl Dialer {
             .headers()
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok());
-        if chosen != Some(SUBPROTOCOL) {
+        if chosen != Some(self.channel.subprotocol()) {
             return Err(HubClientError::Handshake {
                 source: Box::new(tungstenite::Error::Protocol(
                     tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(
@@ -214,6 +256,21 @@ mod tests {
             ),
         ] {
             let p = Dialer::new(&HubClientConfig::new(given, "t")).unwrap();
+            assert_eq!(p.url, want, "{given}");
+        }
+        for (given, want) in [
+            ("wss://hub.example.com", "wss://hub.example.com/v1/tunnel"),
+            (
+                "ws://127.0.0.1:8080/v1/connect",
+                "ws://127.0.0.1:8080/v1/tunnel",
+            ),
+            (
+                "wss://example.com/tether/",
+                "wss://example.com/tether/v1/tunnel",
+            ),
+        ] {
+            let config = HubClientConfig::new(given, "t");
+            let p = Dialer::for_channel(&config, Channel::Tunnel).unwrap();
             assert_eq!(p.url, want, "{given}");
         }
         let p = Dialer::new(&HubClientConfig::new("wss://hub.example.com", "t")).unwrap();

@@ -62,8 +62,10 @@
 //!
 //! The parts: `config` (what to dial), `dial` (URL, token, TCP and the upgrade), `tls`, `tunnel`
 //! (HTTP `CONNECT`), `session` (one open connection), `error` and `metrics`; the reconnect loop is
-//! [`run`], here.
+//! [`run`], here. `ci_tunnel` is the second websocket, for CI access ([`run_tunnel`]), dialled the
+//! same way and opened only when the operator serves CI access.
 
+mod ci_tunnel;
 mod config;
 mod dial;
 mod error;
@@ -80,6 +82,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout};
 use tracing::{info, warn};
 
+pub use ci_tunnel::{TunnelHandler, run_tunnel};
 pub use config::{CONNECT_TIMEOUT, HubClientConfig};
 pub use error::HubClientError;
 pub use metrics::HubMetrics;

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::net::ProxyConfig;
 
 /// The hub flags, as given.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct HubSettings {
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
@@ -24,6 +24,23 @@ pub struct HubSettings {
     /// Overrides of the protocol's ping interval and dead-connection timeout.
     pub keepalive: Option<std::time::Duration>,
     pub dead_after: Option<std::time::Duration>,
+    /// With CI access: what serves each stream of the CI tunnel, which then opens beside the push
+    /// channel.
+    pub tunnel: Option<super::TunnelHandler>,
+}
+
+impl std::fmt::Debug for HubSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubSettings")
+            .field("url", &self.url)
+            .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .field("proxy", &self.proxy)
+            .field("keepalive", &self.keepalive)
+            .field("dead_after", &self.dead_after)
+            .field("tunnel", &self.tunnel.is_some())
+            .finish()
+    }
 }
 
 /// Validates the settings and spawns the client, which tells the hub about `watch_set` and sends
@@ -42,8 +59,14 @@ pub fn start(
         proxy,
         keepalive,
         dead_after,
+        tunnel,
     } = settings;
     let Some(url) = url else {
+        if tunnel.is_some() {
+            anyhow::bail!(
+                "--ci-access needs --hub-url: CI requests reach the operator only through the hub"
+            );
+        }
         info!("no hub configured (--hub-url): reconciles run on each GitRepository's interval");
         return Ok(());
     };
@@ -70,6 +93,22 @@ pub fn start(
     let hub_metrics = HubMetrics::register(&metrics.registry)?;
     info!(url = %config.url, proxy = config.proxy.is_set(), "connecting to the hub");
 
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    if let Some(handler) = tunnel {
+        let connected = prometheus::IntGauge::new(
+            "tether_ci_tunnel_connected",
+            "1 while the CI tunnel to the hub is open, 0 otherwise.",
+        )?;
+        metrics.registry.register(Box::new(connected.clone()))?;
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        info!(url = %config.url, "opening the CI tunnel to the hub");
+        tokio::spawn(async move {
+            if let Err(e) = hub::run_tunnel(config, handler, connected, shutdown).await {
+                warn!(error = %e, "the CI tunnel stopped; CI access through the hub is unavailable");
+            }
+        });
+    }
     tokio::spawn(async move {
         if let Err(e) = hub::run(config, watch_set, notices, hub_metrics, shutdown).await {
             warn!(error = %e, "the hub client stopped; reconciles run on the interval only");
