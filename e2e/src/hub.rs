@@ -13,6 +13,7 @@ use tempfile::TempDir;
 use crate::fixtures::unguessable;
 use crate::http::{self, http_get};
 use crate::process::{Lifetime, Process, free_port, signal, tail};
+use crate::tls::TestCa;
 use crate::tool;
 use crate::wait::{fatal, wait_until};
 use crate::workspace::binary;
@@ -74,6 +75,9 @@ pub struct HubOptions {
     pub agents: Vec<AgentSpec>,
     /// `max_body_bytes` in the config.
     pub max_body_bytes: usize,
+    /// Serve HTTPS and `wss://` with a certificate from a test CA of its own (for 127.0.0.1 and
+    /// localhost), as CI access needs: kubectl sends a bearer token only over TLS.
+    pub tls: bool,
 }
 
 impl Default for HubOptions {
@@ -81,6 +85,7 @@ impl Default for HubOptions {
         Self {
             agents: vec![AgentSpec::new("e2e", &["**"])],
             max_body_bytes: 64 * 1024,
+            tls: false,
         }
     }
 }
@@ -107,10 +112,24 @@ impl Hub {
         std::fs::create_dir_all(d.join("data"))?;
         let port = free_port()?;
         let mut config = format!(
-            "# Written by tether-e2e for one test hub.\nlisten: \"127.0.0.1:{port}\"\ndata_dir: {}\nmax_body_bytes: {}\nagents:\n",
+            "# Written by tether-e2e for one test hub.\nlisten: \"127.0.0.1:{port}\"\ndata_dir: {}\nmax_body_bytes: {}\n",
             d.join("data").display(),
             options.max_body_bytes
         );
+        if options.tls {
+            let ca = TestCa::new("tether-e2e-hub-ca")?;
+            let server = ca.server("tether-hub", &["localhost"], &[[127, 0, 0, 1].into()])?;
+            std::fs::write(d.join("ca.pem"), ca.cert_pem())?;
+            std::fs::write(d.join("tls.crt"), &server.cert_pem)?;
+            std::fs::write(d.join("tls.key"), &server.key_pem)?;
+            let _ = writeln!(
+                config,
+                "tls:\n  cert_file: {}\n  key_file: {}",
+                d.join("tls.crt").display(),
+                d.join("tls.key").display()
+            );
+        }
+        config.push_str("agents:\n");
         for agent in &options.agents {
             std::fs::write(token_path(d, &agent.name), format!("{}\n", agent.token))?;
             let hash = sha256_hex(&agent.token)?;
@@ -172,11 +191,21 @@ impl Hub {
     /// Waits until `/healthz` answers `ok`, failing early if the process exits.
     pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
         let port = self.port;
+        let ca = self
+            .options
+            .tls
+            .then(|| self.ca_file().display().to_string());
         let process = &mut self.process;
         wait_until("the hub answering /healthz", timeout, || {
             match process.as_mut() {
                 Some(p) => p.check_running().map_err(fatal)?,
                 None => return Err(fatal(anyhow!("the hub is stopped"))),
+            }
+            if let Some(ca) = &ca {
+                let url = format!("https://127.0.0.1:{port}/healthz");
+                let body = tool::run("curl", &["-sS", "-m", "5", "--cacert", ca, &url], None)?;
+                ensure!(body.trim() == "ok", "last answer: {body}");
+                return Ok(());
             }
             match http_get(port, "/healthz")? {
                 (200, body) if body.trim() == "ok" => Ok(()),
@@ -216,9 +245,20 @@ impl Hub {
         self.port
     }
 
-    /// `ws://127.0.0.1:PORT`, for `--hub-url`.
+    /// `ws://127.0.0.1:PORT` (`wss://` with TLS), for `--hub-url`.
     pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// `https://127.0.0.1:PORT` of a hub started with TLS.
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The test CA that signed a TLS hub's certificate, for `--hub-ca-file` and kubeconfigs.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// `http://127.0.0.1:PORT/v1/webhooks/<provider>`.

@@ -13,6 +13,9 @@
 //! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
 //! - [`netns`]: a network namespace that lets nothing in, with relays out to the host's services.
 //!
+//! - [`ci`]: CI access as a CI job meets it: the operator's access file, a kubeconfig for the hub's
+//!   `/k8s-proxy/<agent>`, a long-running kubectl read line by line.
+//!
 //! Working with them:
 //! - [`kubectl`]: the real `kubectl`, pointed at a control plane; polling it for an expected output.
 //! - [`gitrepo`]: a `GitRepository` through kubectl: the CRD installed, waits on its conditions and
@@ -27,6 +30,7 @@
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
 //! - [`workspace`]: where the workspace is, and the binaries built from it.
 
+pub mod ci;
 pub mod cluster;
 pub mod controlplane;
 pub mod fixtures;

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod charts;
+mod ci_access;
 mod content_limits;
 mod credentials;
 mod demo;

@@ -485,6 +485,7 @@ async fn forged_unknown_unauthorised_and_oversized_requests_are_refused_and_trig
         HubOptions {
             agents: vec![good, narrow],
             max_body_bytes: 16 * 1024,
+            ..HubOptions::default()
         },
     )?;
     let https = scene.server.url("app");

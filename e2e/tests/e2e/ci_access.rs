@@ -1,0 +1,405 @@
+//! CI access end to end: the operator runs in a network namespace that drops every inbound
+//! connection, the hub serves HTTPS outside it, and the real `kubectl` and `helm`, with a kubeconfig
+//! whose server is `https://<hub>/k8s-proxy/<agent>` and a bearer token, reach the API server
+//! through the tunnel the operator opened, as the identity the operator's access file maps the
+//! token to (RBAC written here decides the rest).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use tether_e2e::ci::{CiToken, Streaming, write_access_file, write_kubeconfig};
+use tether_e2e::cluster::TestNamespace;
+use tether_e2e::gitrepo::install_crds;
+use tether_e2e::http::metric_value;
+use tether_e2e::hub::{Hub, HubOptions};
+use tether_e2e::kubectl::Kubectl;
+use tether_e2e::netns::IsolatedNetns;
+use tether_e2e::operator::Operator;
+use tether_e2e::tool::Finished;
+use tether_e2e::wait::wait_until;
+
+/// How long the tunnel may take to open once the operator starts.
+const TUNNEL_OPENS_WITHIN: Duration = Duration::from_secs(60);
+
+/// How long a streamed change may take to show.
+const SHOWS_WITHIN: Duration = Duration::from_secs(30);
+
+/// The user the deployer's token acts as.
+const DEPLOYER: &str = "ci-deployer";
+
+/// A namespace with RBAC for [`DEPLOYER`], a TLS hub, the operator (with CI access) in a namespace
+/// that lets nothing in, and a kubeconfig for the hub's `/k8s-proxy/e2e`.
+struct Scene {
+    ns: TestNamespace,
+    hub: Hub,
+    _netns: IsolatedNetns,
+    operator: Operator,
+    deployer: CiToken,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Scene {
+    fn start(prefix: &str) -> Result<Self> {
+        let ns = block(TestNamespace::create(prefix))?;
+        install_crds(ns.kubectl())?;
+        ns.kubectl().apply(&deployer_rbac(ns.name()))?;
+        let hub = Hub::start_with(HubOptions {
+            tls: true,
+            ..HubOptions::default()
+        })?;
+        let mut netns = IsolatedNetns::create()?;
+        let api_port = tether_e2e::cluster::shared().api_port();
+        for port in [api_port, hub.port()] {
+            netns.relay_out(port)?;
+        }
+        let dir = tempfile::Builder::new().prefix("tether-ci-").tempdir()?;
+        let deployer = CiToken::new("deployer", DEPLOYER, &["tether:ci"]);
+        let access = dir.path().join("ci-access.yaml");
+        write_access_file(&access, std::slice::from_ref(&deployer))?;
+        let flags = [
+            format!("--hub-url={}", hub.ws_url()),
+            format!("--hub-token-file={}", hub.token_file().display()),
+            format!("--hub-ca-file={}", hub.ca_file().display()),
+            format!("--ci-access={}", access.display()),
+        ];
+        let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let operator = Operator::start_in(ns.kubeconfig(), ns.name(), &refs, Some(netns.name()))?;
+        let kubeconfig = write_kubeconfig(
+            &dir.path().join("ci.kubeconfig"),
+            &format!("{}/k8s-proxy/e2e", hub.https_url()),
+            &hub.ca_file(),
+            &deployer.token,
+        )?;
+        let scene = Self {
+            ns,
+            hub,
+            _netns: netns,
+            operator,
+            deployer,
+            dir,
+            kubeconfig,
+        };
+        scene.wait_tunnel()?;
+        Ok(scene)
+    }
+
+    /// Waits until the hub counts the operator's tunnel as connected.
+    fn wait_tunnel(&self) -> Result<()> {
+        wait_until("the CI tunnel open at the hub", TUNNEL_OPENS_WITHIN, || {
+            let connected = metric_value(&self.hub_metrics()?, "tether_hub_tunnels_connected");
+            ensure!(connected == Some(1.0), "tunnels connected: {connected:?}");
+            Ok(())
+        })
+        .with_context(|| self.logs())
+    }
+
+    /// The hub's metrics, over HTTPS.
+    fn hub_metrics(&self) -> Result<String> {
+        let url = format!("{}/metrics", self.hub.https_url());
+        let ca = self.hub.ca_file().display().to_string();
+        tether_e2e::tool::run("curl", &["-sS", "-m", "5", "--cacert", &ca, &url], None)
+    }
+
+    /// kubectl as the CI job runs it: through the hub, with the deployer's token.
+    fn ci(&self) -> Kubectl {
+        Kubectl::new(self.binary("kubectl"), self.kubeconfig.clone())
+    }
+
+    /// kubectl through the hub with another kubeconfig (a wrong token, another agent).
+    fn ci_with(&self, name: &str, server: &str, token: &str) -> Result<Kubectl> {
+        let path = write_kubeconfig(
+            &self.dir.path().join(name),
+            server,
+            &self.hub.ca_file(),
+            token,
+        )?;
+        Ok(Kubectl::new(self.binary("kubectl"), path))
+    }
+
+    fn binary(&self, name: &str) -> PathBuf {
+        tether_e2e::cluster::shared().binaries().path(name)
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "operator log:\n{}\nhub log:\n{}",
+            self.operator.log_tail(),
+            self.hub.log_tail()
+        )
+    }
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// A Role in `ns` that lets [`DEPLOYER`] manage ConfigMaps and Secrets (helm keeps its releases in
+/// Secrets), and nothing else anywhere.
+fn deployer_rbac(ns: &str) -> String {
+    format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{ name: ci-deployer, namespace: {ns} }}
+rules:
+  - apiGroups: [""]
+    resources: [configmaps, secrets]
+    verbs: ["*"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{ name: ci-deployer, namespace: {ns} }}
+roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: Role, name: ci-deployer }}
+subjects:
+  - {{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {DEPLOYER} }}
+"#
+    )
+}
+
+fn failed_with(done: &Finished, part: &str) -> Result<()> {
+    ensure!(!done.status.success(), "succeeded: {}", done.stdout);
+    ensure!(
+        done.stderr.contains(part),
+        "stderr has no {part:?}: {}",
+        done.stderr
+    );
+    Ok(())
+}
+
+/// `kubectl auth whoami`, `apply --server-side`, a forbidden read, `get -w`, `wait` and
+/// `helm upgrade --install` all work through the hub, as the mapped user, from a network the
+/// operator's namespace never lets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_and_helm_reach_the_cluster_through_the_hub_as_the_mapped_identity() -> Result<()> {
+    let scene = Scene::start("ci-access")?;
+    let ns = scene.ns.name();
+    let ci = scene.ci();
+
+    let whoami = ci.run(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ])?;
+    ensure!(whoami.trim() == DEPLOYER, "whoami: {whoami}");
+
+    let config_map = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: from-ci, namespace: {ns} }}\ndata: {{ greeting: hello }}\n"
+    );
+    ci.run_with_stdin(&["apply", "--server-side", "-f", "-"], Some(&config_map))?;
+    let greeting = scene.ns.kubectl().run(&[
+        "get",
+        "configmap",
+        "from-ci",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.data.greeting}",
+    ])?;
+    ensure!(greeting == "hello", "the ConfigMap greets {greeting:?}");
+    let manager = scene.ns.kubectl().run(&[
+        "get",
+        "configmap",
+        "from-ci",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.metadata.managedFields[0].manager}",
+    ])?;
+    ensure!(manager == "kubectl", "managed by {manager:?}");
+
+    // The API server itself refuses what RBAC does not grant the impersonated user.
+    let forbidden = ci.output(&["get", "configmaps", "-n", "kube-system"])?;
+    failed_with(&forbidden, "Forbidden")?;
+    failed_with(&forbidden, DEPLOYER)?;
+
+    // A watch streams a change made after it started.
+    let mut watch = Command::new(scene.binary("kubectl"));
+    watch.env("KUBECONFIG", &scene.kubeconfig).args([
+        "get",
+        "configmaps",
+        "-n",
+        ns,
+        "-w",
+        "--watch-only",
+        "-o",
+        "name",
+    ]);
+    let mut watch = Streaming::start(watch, &scene.dir.path().join("watch.err"))?;
+    // The watch is open once the hub relays it; a ConfigMap made before that would be missed.
+    wait_until("the watch in flight", SHOWS_WITHIN, || {
+        let streams = metric_value(&scene.hub_metrics()?, "tether_hub_tunnel_streams");
+        ensure!(streams >= Some(1.0), "streams in flight: {streams:?}");
+        Ok(())
+    })?;
+    // `kubectl wait` for an object that does not exist yet returns once it does.
+    let mut wait = Command::new(scene.binary("kubectl"));
+    wait.env("KUBECONFIG", &scene.kubeconfig).args([
+        "wait",
+        "--for=create",
+        "configmap/made-later",
+        "-n",
+        ns,
+        "--timeout=60s",
+    ]);
+    let mut wait = Streaming::start(wait, &scene.dir.path().join("wait.err"))?;
+    scene.ns.kubectl().apply(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: made-later, namespace: {ns} }}\n"
+    ))?;
+    watch.wait_for_line("configmap/made-later", SHOWS_WITHIN)?;
+    ensure!(
+        wait.wait_exit(SHOWS_WITHIN)?,
+        "kubectl wait failed: {}",
+        std::fs::read_to_string(scene.dir.path().join("wait.err")).unwrap_or_default()
+    );
+    drop(watch);
+
+    // helm installs a local chart and lists it, through the same kubeconfig.
+    let chart = scene.dir.path().join("chart");
+    std::fs::create_dir_all(chart.join("templates"))?;
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: ci-app\nversion: 0.1.0\n",
+    )?;
+    std::fs::write(
+        chart.join("templates/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-settings\ndata:\n  greeting: from-helm\n",
+    )?;
+    let helm = |args: &[&str]| {
+        let mut cmd = Command::new(scene.binary("helm"));
+        cmd.env("KUBECONFIG", &scene.kubeconfig)
+            .env("HELM_CACHE_HOME", scene.dir.path().join("helm-cache"))
+            .env("HELM_CONFIG_HOME", scene.dir.path().join("helm-config"))
+            .env("HELM_DATA_HOME", scene.dir.path().join("helm-data"))
+            .args(args);
+        tether_e2e::tool::run_command(&mut cmd, None)
+    };
+    let chart_dir = chart.display().to_string();
+    helm(&[
+        "upgrade",
+        "--install",
+        "ci-app",
+        &chart_dir,
+        "-n",
+        ns,
+        "--wait",
+        "--timeout",
+        "60s",
+    ])?;
+    let listed = helm(&["list", "-n", ns, "-q"])?;
+    ensure!(listed.trim() == "ci-app", "helm list: {listed:?}");
+    let from_helm = scene.ns.kubectl().run(&[
+        "get",
+        "configmap",
+        "ci-app-settings",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.data.greeting}",
+    ])?;
+    ensure!(from_helm == "from-helm", "{from_helm:?}");
+
+    // One audit line per request, with the identity and never the token.
+    let log = scene.operator.log();
+    ensure!(
+        log.contains("CI request") && log.contains("identity=\"deployer\"")
+            || log.contains("identity=deployer"),
+        "no audit line:\n{}",
+        scene.operator.log_tail()
+    );
+    ensure!(
+        !log.contains(&scene.deployer.token),
+        "the token reached the operator's log"
+    );
+    ensure!(
+        !scene.hub.log().contains(&scene.deployer.token),
+        "the token reached the hub's log"
+    );
+    Ok(())
+}
+
+/// A wrong token gets 401, an agent the hub does not know gets 404, and a client's own `--as` (an
+/// `Impersonate-User` header) is refused with 403 before anything reaches the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_unknown_agents_and_client_impersonation_are_refused() -> Result<()> {
+    let scene = Scene::start("ci-refused")?;
+    let ns = scene.ns.name();
+    let server = format!("{}/k8s-proxy/e2e", scene.hub.https_url());
+
+    let wrong = scene.ci_with("wrong.kubeconfig", &server, "not-a-ci-token")?;
+    // kubectl words a 401 as a request to log in.
+    failed_with(
+        &wrong.output(&["get", "configmaps", "-n", ns])?,
+        "You must be logged in to the server",
+    )?;
+
+    let elsewhere = format!("{}/k8s-proxy/no-such-agent", scene.hub.https_url());
+    let unknown = scene.ci_with("unknown.kubeconfig", &elsewhere, &scene.deployer.token)?;
+    let done = unknown.output(&["get", "configmaps", "-n", ns])?;
+    ensure!(!done.status.success(), "succeeded: {}", done.stdout);
+    // kubectl words a 404 in discovery its own way; the hub's answer names the agent.
+    let ca = scene.hub.ca_file().display().to_string();
+    let answer = tether_e2e::tool::run(
+        "curl",
+        &[
+            "-sS",
+            "-m",
+            "10",
+            "--cacert",
+            &ca,
+            "-w",
+            "\n%{http_code}",
+            &format!("{elsewhere}/api"),
+        ],
+        None,
+    )?;
+    ensure!(
+        answer.trim_end().ends_with("404")
+            && answer.contains(r#"this hub has no agent \"no-such-agent\""#),
+        "{answer}"
+    );
+
+    let ci = scene.ci();
+    // kubectl's discovery words the 403 without its message; the operator's answer has it.
+    let as_admin = ci.output(&["get", "configmaps", "-n", ns, "--as=admin"])?;
+    failed_with(&as_admin, "Forbidden")?;
+    let bearer = format!("Authorization: Bearer {}", scene.deployer.token);
+    let answer = tether_e2e::tool::run(
+        "curl",
+        &[
+            "-sS",
+            "-m",
+            "10",
+            "--cacert",
+            &ca,
+            "-H",
+            &bearer,
+            "-H",
+            "Impersonate-User: admin",
+            "-w",
+            "\n%{http_code}",
+            &format!("{server}/api/v1/namespaces/{ns}/configmaps"),
+        ],
+        None,
+    )?;
+    ensure!(
+        answer.trim_end().ends_with("403")
+            && answer.contains("the impersonate-user header is refused"),
+        "{answer}"
+    );
+    let as_group = ci.output(&[
+        "get",
+        "configmaps",
+        "-n",
+        ns,
+        "--as=x",
+        "--as-group=system:masters",
+    ])?;
+    failed_with(&as_group, "Forbidden")?;
+
+    // The same token without `--as` still works: the refusals were about the requests.
+    ci.run(&["get", "configmaps", "-n", ns])?;
+    Ok(())
+}
