@@ -155,6 +155,12 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub enum Command {
     /// Print the GitRepository CustomResourceDefinition as YAML.
     Crd,
+    /// Check a CI access file (the one `--ci-access` names) and print every problem in it, or a
+    /// summary of the identities it maps to; connects to nothing.
+    CheckCiAccess {
+        /// The access file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -208,9 +214,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         hub_keepalive,
         hub_dead_after,
     } = args;
-    if let Some(Command::Crd) = command {
-        print!("{}", crd_yaml());
-        return Ok(());
+    match command {
+        Some(Command::Crd) => {
+            print!("{}", crd_yaml());
+            return Ok(());
+        }
+        Some(Command::CheckCiAccess { file }) => {
+            let config = crate::ci::AccessConfig::load(&file)?;
+            let (users, groups) = config.subjects();
+            println!(
+                "{}: ok ({} token(s); impersonates users {users:?} and groups {groups:?})",
+                file.display(),
+                config.tokens.len(),
+            );
+            return Ok(());
+        }
+        None => {}
     }
     init_tracing(log_format);
     info!(

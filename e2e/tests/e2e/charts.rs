@@ -633,6 +633,45 @@ config:
 }
 
 /// Runs `tether-hub --check-config` on a config text, with every `secret: {env: NAME}` set.
+/// `tether-operator check-ci-access` accepts the file.
+fn check_ci_access(text: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("ci-access.yaml");
+    std::fs::write(&file, text)?;
+    let out = Command::new(binary("tether-operator")?)
+        .arg("check-ci-access")
+        .arg(&file)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "tether-operator check-ci-access refused:\n{text}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// kubectl reads the kubeconfig and finds its current context and an https server.
+fn check_kubeconfig(text: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("kubeconfig");
+    std::fs::write(&file, text)?;
+    let reader = Kubectl::new(shared().binaries().path("kubectl"), file);
+    let context = reader.run(&["config", "current-context"])?;
+    let server = reader.run(&[
+        "config",
+        "view",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ])?;
+    ensure!(
+        !context.trim().is_empty() && server.starts_with("https://"),
+        "the kubeconfig has no current context with an https server (context {context:?}, server {server:?})"
+    );
+    Ok(())
+}
+
 fn check_hub_config(config: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("hub.yaml");
@@ -724,6 +763,14 @@ async fn every_yaml_example_in_the_docs_is_valid() -> Result<()> {
                     check_hub_config(&block.text).with_context(|| origin.clone())?;
                     "hub config"
                 }
+                "# ci-access.yaml" => {
+                    check_ci_access(&block.text).with_context(|| origin.clone())?;
+                    "CI access file"
+                }
+                "# kubeconfig" => {
+                    check_kubeconfig(&block.text).with_context(|| origin.clone())?;
+                    "kubeconfig"
+                }
                 "# tether-operator values" | "# tether-hub values" => {
                     let chart_name = first.trim_start_matches("# ").trim_end_matches(" values");
                     template(chart_name, "docs", ns.name(), &block.text, &[])
@@ -739,7 +786,8 @@ async fn every_yaml_example_in_the_docs_is_valid() -> Result<()> {
                                 && doc["kind"].is_string()
                                 && doc["metadata"]["name"].is_string(),
                             "{origin}: neither a Kubernetes object (apiVersion, kind, metadata.name) \
-                             nor marked `# hub.yaml` or `# <chart> values`"
+                             nor marked `# hub.yaml`, `# ci-access.yaml`, `# kubeconfig` or \
+                             `# <chart> values`"
                         );
                         // The examples name namespaces of their own; try them in this test's.
                         doc["metadata"]["namespace"] = Value::from(ns.name());
@@ -757,7 +805,13 @@ async fn every_yaml_example_in_the_docs_is_valid() -> Result<()> {
         }
     }
     eprintln!("checked YAML blocks in the docs: {checked:?}");
-    for kind in ["hub config", "chart values", "Kubernetes objects"] {
+    for kind in [
+        "hub config",
+        "CI access file",
+        "kubeconfig",
+        "chart values",
+        "Kubernetes objects",
+    ] {
         ensure!(
             checked.contains_key(kind),
             "no {kind} example found: is the test still reading the docs?"
