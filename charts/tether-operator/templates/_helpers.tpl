@@ -41,6 +41,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not (has .Values.scope (list "cluster" "namespace")) -}}
 {{- fail (printf "scope must be cluster or namespace, not %q" .Values.scope) -}}
 {{- end -}}
+{{- if and .Values.ciAccess.enabled (not .Values.hub.url) -}}
+{{- fail "ciAccess.enabled needs hub.url: CI requests reach the operator through the hub's tunnel" -}}
+{{- end -}}
+{{- if and .Values.ciAccess.enabled (not (or .Values.ciAccess.tokens .Values.ciAccess.oidc)) -}}
+{{- fail "ciAccess.enabled needs at least one entry in ciAccess.tokens or ciAccess.oidc" -}}
+{{- end -}}
 {{- if and .Values.hub.url (not .Values.hub.tokenSecret.name) -}}
 {{- fail "hub.url needs hub.tokenSecret.name: the operator authenticates to the hub with that token" -}}
 {{- end -}}
@@ -57,4 +63,35 @@ The rules for applying and pruning the manifests of the repositories: rbac.apply
   resources: ["*"]
   verbs: [get, list, watch, create, update, patch, delete]
 {{- end -}}
+{{- end -}}
+
+{{/* The access file --ci-access reads: ciAccess without the chart's own keys. */}}
+{{- define "tether-operator.ciAccessFile" -}}
+{{- $file := dict "tokens" .Values.ciAccess.tokens -}}
+{{- with .Values.ciAccess.oidc }}{{ $_ := set $file "oidc" . }}{{ end -}}
+{{- with .Values.ciAccess.limits }}{{ $_ := set $file "limits" . }}{{ end -}}
+{{ toYaml $file }}
+{{- end -}}
+
+{{/*
+The users and groups CI access impersonates, as JSON {"users": [...], "groups": [...]}: the literal
+names in tokens and OIDC rules (a name with a {claim} template cannot be listed), and
+ciAccess.impersonate.
+*/}}
+{{- define "tether-operator.ciSubjects" -}}
+{{- $users := list -}}
+{{- $groups := list -}}
+{{- range .Values.ciAccess.tokens -}}
+{{- $users = append $users .user -}}
+{{- range .groups }}{{ $groups = append $groups . }}{{ end -}}
+{{- end -}}
+{{- range .Values.ciAccess.oidc -}}
+{{- range .rules -}}
+{{- if and .user (not (contains "{" .user)) }}{{ $users = append $users .user }}{{ end -}}
+{{- range .groups }}{{ if not (contains "{" .) }}{{ $groups = append $groups . }}{{ end }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- $users = concat $users .Values.ciAccess.impersonate.users | uniq | sortAlpha -}}
+{{- $groups = concat $groups .Values.ciAccess.impersonate.groups | uniq | sortAlpha -}}
+{{- dict "users" $users "groups" $groups | toJson -}}
 {{- end -}}

@@ -232,6 +232,14 @@ fn operator_chart_refuses_values_that_cannot_work() -> Result<()> {
             "hub: {url: wss://hub.example.com}\n",
             "hub.url needs hub.tokenSecret.name",
         ),
+        (
+            "ciAccess: {enabled: true}\n",
+            "ciAccess.enabled needs hub.url",
+        ),
+        (
+            "hub: {url: wss://h, tokenSecret: {name: t}}\nciAccess: {enabled: true}\n",
+            "ciAccess.enabled needs at least one entry",
+        ),
     ] {
         let err = template("tether-operator", "t", "default", values, &[])
             .err()
@@ -376,6 +384,81 @@ async fn operator_chart_with_default_values_applies_and_grants_what_the_operator
         find(&docs, "Role", "leader-election").is_err(),
         "one replica needs no leader election"
     );
+    Ok(())
+}
+
+const OPERATOR_VALUES_CI: &str = r#"
+hub:
+  url: wss://hub.example.com
+  tokenSecret: {name: hub-token}
+ciAccess:
+  enabled: true
+  tokens:
+    - name: deployer
+      sha256: "83be5447375907e352eccf262f47a288924102f4e031dc650e189322653103d4"
+      user: ci-deployer
+      groups: ["tether:ci", "tether:deployers"]
+    - name: reader
+      sha256: "0000000000000000000000000000000000000000000000000000000000000001"
+      user: ci-reader
+  limits: {max_requests_per_identity: 32}
+  impersonate:
+    users: ["github:acme/app"]
+"#;
+
+/// With CI access on, the chart renders the access file the operator accepts, mounts it, and lets
+/// the operator impersonate exactly the users and groups it names (and the listed extras), no other
+/// user or group, ServiceAccounts only as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_chart_with_ci_access_impersonates_exactly_the_named_identities() -> Result<()> {
+    let ns = TestNamespace::create("chart-ci").await?;
+    install_crds(ns.kubectl())?;
+    let release = ns.name();
+    let templates = template(
+        "tether-operator",
+        release,
+        ns.name(),
+        OPERATOR_VALUES_CI,
+        &[],
+    )?;
+    let _cleanup = cluster_scoped(&templates)?;
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&templates))?;
+
+    let docs = documents(&templates)?;
+    let file = find(&docs, "ConfigMap", "ci-access")?["data"]["ci-access.yaml"]
+        .as_str()
+        .context("the ConfigMap has no ci-access.yaml")?;
+    check_ci_access(file)?;
+    let deployment = find(&docs, "Deployment", "tether-operator")?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().context("env")?;
+    ensure!(
+        env.iter().any(|e| e["name"] == "TETHER_CI_ACCESS"
+            && e["value"] == "/etc/tether/ci-access/ci-access.yaml"),
+        "no TETHER_CI_ACCESS: {env:?}"
+    );
+    ensure!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["tether.dev/ci-access-checksum"]
+            .is_string(),
+        "a change to the access file would not roll the pods"
+    );
+
+    let sa = format!(
+        "system:serviceaccount:{}:{release}-tether-operator",
+        ns.name()
+    );
+    for user in ["ci-deployer", "ci-reader", "github:acme/app"] {
+        assert_can(&sa, "impersonate", &format!("users/{user}"), &[])?;
+    }
+    for group in ["tether:ci", "tether:deployers"] {
+        assert_can(&sa, "impersonate", &format!("groups/{group}"), &[])?;
+    }
+    assert_cannot(&sa, "impersonate", "users/admin", &[])?;
+    assert_cannot(&sa, "impersonate", "users", &[])?;
+    assert_cannot(&sa, "impersonate", "groups/system:masters", &[])?;
+    assert_cannot(&sa, "impersonate", "groups", &[])?;
+    assert_cannot(&sa, "impersonate", "uids", &[])?;
+    assert_cannot(&sa, "impersonate", "userextras/scopes", &[])?;
     Ok(())
 }
 
