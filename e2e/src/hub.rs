@@ -261,9 +261,19 @@ impl Hub {
         self.dir.path().join("ca.pem")
     }
 
-    /// `http://127.0.0.1:PORT/v1/webhooks/<provider>`.
+    /// `http://127.0.0.1:PORT/v1/webhooks/<provider>` (`https://` with TLS).
     pub fn webhook_url(&self, provider: &str) -> String {
-        format!("http://127.0.0.1:{}/v1/webhooks/{provider}", self.port)
+        let scheme = if self.options.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/v1/webhooks/{provider}", self.port)
+    }
+
+    /// curl's arguments for trusting a TLS hub's CA (none for plain HTTP).
+    fn curl_trust(&self) -> Vec<String> {
+        if self.options.tls {
+            vec!["--cacert".to_string(), self.ca_file().display().to_string()]
+        } else {
+            Vec::new()
+        }
     }
 
     /// The file holding the first agent's token, for `--hub-token-file`.
@@ -297,7 +307,15 @@ impl Hub {
 
     /// The hub's `/metrics` text.
     pub fn metrics(&self) -> Result<String> {
-        http::metrics(self.port).context("the hub's metrics")
+        if !self.options.tls {
+            return http::metrics(self.port).context("the hub's metrics");
+        }
+        let url = format!("{}/metrics", self.https_url());
+        let mut args = vec!["-sS".to_string(), "-m".to_string(), "5".to_string()];
+        args.extend(self.curl_trust());
+        args.push(url);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        tool::run("curl", &refs, None).context("the hub's metrics")
     }
 
     /// A `post-receive` hook that sends, for every ref pushed, a push webhook in `forge`'s format,
@@ -348,13 +366,19 @@ while read old new ref; do
   body=$(printf '{body}' {args})
   sig=$(printf %s "$body" | openssl dgst -sha256 -hmac "$secret" | sed 's/.* //')
   delivery=$(cat /proc/sys/kernel/random/uuid)
-  answer=$(curl -s -o /dev/null -m 5 -w '%{{http_code}} %{{time_total}}' -H 'Content-Type: application/json' {headers} --data-binary "$body" '{url}')
+  answer=$(curl -s -o /dev/null -m 5 {trust} -w '%{{http_code}} %{{time_total}}' -H 'Content-Type: application/json' {headers} --data-binary "$body" '{url}')
   echo "$ref $new $answer" >> '{log}'
 done
 exit 0
 "#,
             secret = secret_file.display(),
             url = self.webhook_url(forge.name()),
+            trust = self
+                .curl_trust()
+                .iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" "),
             log = self.hook_log().display(),
         ))
     }
@@ -380,6 +404,7 @@ exit 0
             "-H".to_string(),
             "Content-Type: application/json".to_string(),
         ];
+        args.extend(self.curl_trust());
         for h in headers {
             args.push("-H".to_string());
             args.push(h.clone());

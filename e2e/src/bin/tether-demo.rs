@@ -1,6 +1,7 @@
 //! `make run`: the whole loop on one machine. A real API server, an HTTPS git server holding a sample
-//! config repo, the hub with a generated config and a webhook hook on the repo, the operator connected
-//! to the hub, and a `GitRepository` syncing. Ctrl-C (or `make stop`) stops everything it started.
+//! config repo, the hub (HTTPS) with a generated config and a webhook hook on the repo, the operator
+//! connected to the hub with CI access on, a `GitRepository` syncing, and a CI job's kubeconfig that
+//! reaches the API server through the hub. Ctrl-C (or `make stop`) stops everything it started.
 //!
 //! Every process is started from the main thread through `setpriv --pdeathsig`, so they all end with
 //! this program, however it ends.
@@ -10,11 +11,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use tether_e2e::ci::{CiToken, write_access_file, write_kubeconfig};
 use tether_e2e::controlplane::{Binaries, ControlPlane};
 use tether_e2e::fixtures::{git_repository, https_secret};
 use tether_e2e::git_server::HttpsGitServer;
 use tether_e2e::gitrepo::{install_crds, wait_ready};
-use tether_e2e::hub::{Forge, Hub};
+use tether_e2e::hub::{Forge, Hub, HubOptions};
 use tether_e2e::kubectl::Kubectl;
 use tether_e2e::operator::Operator;
 use tether_e2e::process::Lifetime;
@@ -77,6 +79,7 @@ fn demo(state_dir: &Path) -> Result<()> {
         repo.write("deploy/namespace.yaml", SAMPLE_NAMESPACE)?;
         repo.write("deploy/config.yaml", &sample_config("hello from Tether"))?;
         repo.write("deploy/app.yaml", SAMPLE_APP)?;
+        repo.write("deploy/ci-access.yaml", SAMPLE_CI_RBAC)?;
         repo.commit("the demo app")?;
         repo.push()?;
         // A person commits here with their own identity, or this one when they have none.
@@ -84,21 +87,56 @@ fn demo(state_dir: &Path) -> Result<()> {
         repo.git(&["config", "user.email", "demo@tether.invalid"])?;
         Ok(repo)
     })?;
-    let hub = step("starting the hub", Hub::start)?;
+    let hub = step("starting the hub (HTTPS, its own test CA)", || {
+        Hub::start_with(HubOptions {
+            tls: true,
+            ..HubOptions::default()
+        })
+    })?;
     step("installing the webhook hook on the repo", || {
         let script = hub.post_receive_hook(Forge::Github, &[&git.url("demo-app")])?;
         repo.install_post_receive_hook(&script)?;
         Ok(())
     })?;
 
-    let operator = step("starting the operator, connected to the hub", || {
-        let token = hub.token_file().display().to_string();
-        Operator::start(
-            &plane.kubeconfig(),
-            "default",
-            &["--hub-url", &hub.ws_url(), "--hub-token-file", &token],
-        )
-    })?;
+    let ci_token = CiToken::new("demo-ci", CI_USER, &["tether:ci"]);
+    let ci_kubeconfig = step(
+        "writing the CI access file and a CI job's kubeconfig",
+        || {
+            write_access_file(
+                &state_dir.join("ci-access.yaml"),
+                std::slice::from_ref(&ci_token),
+            )?;
+            write_kubeconfig(
+                &state_dir.join("ci.kubeconfig"),
+                &format!("{}/k8s-proxy/e2e", hub.https_url()),
+                &hub.ca_file(),
+                &ci_token.token,
+            )
+        },
+    )?;
+    let operator = step(
+        "starting the operator, connected to the hub, with CI access",
+        || {
+            let token = hub.token_file().display().to_string();
+            let ca = hub.ca_file().display().to_string();
+            let access = state_dir.join("ci-access.yaml").display().to_string();
+            Operator::start(
+                &plane.kubeconfig(),
+                "default",
+                &[
+                    "--hub-url",
+                    &hub.ws_url(),
+                    "--hub-token-file",
+                    &token,
+                    "--hub-ca-file",
+                    &ca,
+                    "--ci-access",
+                    &access,
+                ],
+            )
+        },
+    )?;
     step("applying a GitRepository and waiting for Ready", || {
         kubectl.apply(&https_secret("default", "demo-git", &git))?;
         kubectl.apply(&git_repository(
@@ -118,7 +156,7 @@ Tether is running. Everything below stops with Ctrl-C here, or `make stop` from 
 
   API server  {api}
   git server  {git_url}  (user {user}; the work tree below pushes to it)
-  hub         {hub_url}  (webhooks at /v1/webhooks/github)
+  hub         {hub_url}  (webhooks at /v1/webhooks/github, CI access at /k8s-proxy/e2e)
   operator    {admin}/metrics   log: {log}
 
 In another shell:
@@ -132,11 +170,20 @@ Then change the app and push; the interval is 1h, so the hub's push notice is wh
   sed -i 's/hello from Tether/hello again/' deploy/config.yaml
   git commit -am 'a new greeting' && git push origin main
   kubectl get configmap greeting -n tether-demo -o jsonpath='{{.data.message}}'
+
+A CI job outside the cluster reaches the API server through the hub, as the user {ci_user} (the
+token in its kubeconfig maps to it; the RoleBinding in deploy/ci-access.yaml grants it edit in
+tether-demo, nothing else):
+
+  kubectl --kubeconfig {ci_kubeconfig} auth whoami
+  kubectl --kubeconfig {ci_kubeconfig} get configmaps -n tether-demo
 "#,
+        ci_user = CI_USER,
+        ci_kubeconfig = ci_kubeconfig.display(),
         api = plane.api_url(),
         git_url = git.url("demo-app"),
         user = git.username(),
-        hub_url = hub.ws_url(),
+        hub_url = hub.https_url(),
         admin = operator.admin_url(),
         log = state_dir.join("operator.log").display(),
         kubeconfig = plane.kubeconfig().display(),
@@ -171,6 +218,25 @@ fn wait_for_stop() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// The user the demo's CI token acts as.
+const CI_USER: &str = "ci-demo";
+
+/// Grants the CI user edit rights in the demo namespace, from the config repo like the rest.
+const SAMPLE_CI_RBAC: &str = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: ci-demo-edit
+  namespace: tether-demo
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: edit
+subjects:
+  - apiGroup: rbac.authorization.k8s.io
+    kind: User
+    name: ci-demo
+"#;
 
 const SAMPLE_NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tether-demo\n";
 

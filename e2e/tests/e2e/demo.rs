@@ -1,5 +1,6 @@
 //! `make run`'s demo, as a person uses it: start it, follow what it prints (edit, commit, push in the
-//! work tree it names), see the change land, stop it with SIGTERM (what `make stop` sends).
+//! work tree it names), see the change land, run the CI job's kubectl it prints through the hub, stop
+//! it with SIGTERM (what `make stop` sends).
 
 use std::time::Duration;
 
@@ -88,6 +89,23 @@ fn the_demo_applies_a_push_at_once_and_stops_cleanly() -> Result<()> {
         },
     )
     .with_context(|| format!("demo output:\n{}", read()))?;
+
+    // The CI job's commands it prints, through the hub, as the CI user.
+    let ci_kubeconfig =
+        printed(&out, "kubectl --kubeconfig ").context("no CI kubeconfig printed")?;
+    let ci = Kubectl::new(
+        tether_e2e::cluster::shared().binaries().path("kubectl"),
+        ci_kubeconfig.into(),
+    );
+    let whoami = ci.run(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ])?;
+    ensure!(whoami == "ci-demo", "the CI kubeconfig acts as {whoami:?}");
+    let names = ci.run(&["get", "configmaps", "-n", "tether-demo", "-o", "name"])?;
+    ensure!(names.contains("configmap/greeting"), "{names}");
 
     demo.stop(Duration::from_secs(30));
     let out = read();
