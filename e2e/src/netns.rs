@@ -47,6 +47,16 @@ fn ip(args: &[&str]) -> Result<()> {
 impl IsolatedNetns {
     /// Creates the namespace, its link and its firewall.
     pub fn create() -> Result<Self> {
+        Self::build(true)
+    }
+
+    /// A namespace like [`IsolatedNetns::create`]'s without the firewall: a test host that accepts
+    /// connections at [`IsolatedNetns::inner_addr`], for servers that stand in for pods.
+    pub fn open() -> Result<Self> {
+        Self::build(false)
+    }
+
+    fn build(firewall: bool) -> Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         // Interface names are at most 15 bytes; the pid keeps concurrent runs apart.
@@ -96,6 +106,9 @@ impl IsolatedNetns {
         ])?;
         inside(&["link", "set", &inner_if, "up"])?;
         inside(&["link", "set", "lo", "up"])?;
+        if !firewall {
+            return Ok(ns);
+        }
         let rules = "table inet tether {\n  chain input {\n    type filter hook input priority filter; policy accept;\n    iifname \"lo\" accept\n    ct state established,related accept\n    ct state new drop\n  }\n}\n";
         let rules_file = ns.dir.path().join("rules.nft");
         std::fs::write(&rules_file, rules)?;

@@ -4,11 +4,12 @@
 //! through the tunnel the operator opened, as the identity the operator's access file maps the
 //! token to (RBAC written here decides the rest).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use futures::{SinkExt as _, StreamExt as _};
 use tether_e2e::ci::{CiToken, Streaming, write_access_file, write_kubeconfig};
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::gitrepo::install_crds;
@@ -17,8 +18,11 @@ use tether_e2e::hub::{Hub, HubOptions};
 use tether_e2e::kubectl::Kubectl;
 use tether_e2e::netns::IsolatedNetns;
 use tether_e2e::operator::Operator;
+use tether_e2e::process::{Lifetime, Process};
 use tether_e2e::tool::Finished;
 use tether_e2e::wait::wait_until;
+use tether_e2e::workspace::binary;
+use tokio_tungstenite::tungstenite::Message;
 
 /// How long the tunnel may take to open once the operator starts.
 const TUNNEL_OPENS_WITHIN: Duration = Duration::from_secs(60);
@@ -399,5 +403,197 @@ async fn wrong_tokens_unknown_agents_and_client_impersonation_are_refused() -> R
 
     // The same token without `--as` still works: the refusals were about the requests.
     ci.run(&["get", "configmaps", "-n", ns])?;
+    Ok(())
+}
+
+/// The port the websocket echo server listens on, on its test host.
+const ECHO_PORT: u16 = 8080;
+
+/// A Service without selector, its one port named `ws`, pointed at `addr` (a test host standing in
+/// for a pod). The API server's service proxy reads the Service's Endpoints and goes only to an
+/// address that is a pod's IP, so there is a Pod object (never scheduled: no kubelet runs here)
+/// whose status carries `addr`, and the Endpoints name it; the EndpointSlice says the same for
+/// readers of slices.
+fn echo_service(ns: &str, addr: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{ name: echo, namespace: {ns} }}
+spec:
+  ports:
+    - {{ name: ws, port: {ECHO_PORT}, protocol: TCP }}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{ name: echo, namespace: {ns} }}
+spec:
+  containers:
+    - {{ name: echo, image: ws-echo.invalid/none }}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{ name: echo, namespace: {ns} }}
+subsets:
+  - addresses: [{{ ip: "{addr}", targetRef: {{ kind: Pod, name: echo, namespace: {ns} }} }}]
+    ports: [{{ name: ws, port: {ECHO_PORT}, protocol: TCP }}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-1
+  namespace: {ns}
+  labels: {{ kubernetes.io/service-name: echo }}
+addressType: IPv4
+ports:
+  - {{ name: ws, port: {ECHO_PORT}, protocol: TCP }}
+endpoints:
+  - addresses: ["{addr}"]
+    conditions: {{ ready: true }}
+    targetRef: {{ kind: Pod, name: echo, namespace: {ns} }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{ name: ci-deployer-proxy, namespace: {ns} }}
+rules:
+  - apiGroups: [""]
+    resources: [services/proxy]
+    resourceNames: ["echo:ws"]
+    verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{ name: ci-deployer-proxy, namespace: {ns} }}
+roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: Role, name: ci-deployer-proxy }}
+subjects:
+  - {{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {DEPLOYER} }}
+"#
+    )
+}
+
+type ClientSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a websocket to `url` (`wss://`), trusting only `ca_file`, with `token` as the bearer token.
+async fn websocket(url: &str, ca_file: &Path, token: &str) -> Result<ClientSocket> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let pem = std::fs::read(ca_file)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config));
+    let (socket, response) = match tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        false,
+        Some(connector),
+    )
+    .await
+    {
+        Ok(opened) => opened,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().map(String::from_utf8_lossy);
+            anyhow::bail!("{url} answered {}: {body:?}", response.status());
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening a websocket to {url}")),
+    };
+    ensure!(
+        response.status() == http::StatusCode::SWITCHING_PROTOCOLS,
+        "{url} answered {}",
+        response.status()
+    );
+    Ok(socket)
+}
+
+/// The next data message within [`SHOWS_WITHIN`].
+async fn next_message(socket: &mut ClientSocket) -> Result<Message> {
+    loop {
+        let next = tokio::time::timeout(SHOWS_WITHIN, socket.next())
+            .await
+            .context("no message came back in time")?
+            .context("the websocket ended")??;
+        if next.is_text() || next.is_binary() {
+            return Ok(next);
+        }
+    }
+}
+
+/// An upgraded connection, hub → tunnel → API server → a websocket server, carries bytes both
+/// ways. The API server's service proxy reaches the echo server on a test host in a network
+/// namespace, through a Service without selector and its EndpointSlice. (No kubelet runs here, so
+/// `exec`, `attach` and `port-forward` to a pod, which upgrade the same way, cannot be run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_through_the_api_servers_service_proxy_carries_bytes_both_ways() -> Result<()> {
+    let scene = Scene::start("ci-upgrade")?;
+    let ns = scene.ns.name();
+    let host = IsolatedNetns::open()?;
+    let listen = format!("{}:{ECHO_PORT}", host.inner_addr());
+    let _echo = Process::spawn(
+        "ws-echo",
+        Path::new("ip"),
+        &[
+            "netns".into(),
+            "exec".into(),
+            host.name().into(),
+            binary("ws-echo")?.display().to_string(),
+            "--listen".into(),
+            listen.clone(),
+        ],
+        &scene.dir.path().join("ws-echo.log"),
+        Lifetime::TiedToStarter,
+    )?;
+    let addr: std::net::SocketAddr = listen.parse()?;
+    wait_until("the echo server listening", Duration::from_secs(10), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        Ok(())
+    })?;
+    let admin = scene.ns.kubectl();
+    admin.apply(&echo_service(ns, host.inner_addr()))?;
+    let ip = host.inner_addr();
+    admin.run(&[
+        "patch",
+        "pod",
+        "echo",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#),
+    ])?;
+
+    let url = format!(
+        "wss://127.0.0.1:{}/k8s-proxy/e2e/api/v1/namespaces/{ns}/services/echo:ws/proxy/echo",
+        scene.hub.port()
+    );
+    let mut socket = websocket(&url, &scene.hub.ca_file(), &scene.deployer.token)
+        .await
+        .with_context(|| scene.logs())?;
+    socket
+        .send(Message::text("hello through the tunnel"))
+        .await?;
+    let big: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    socket.send(Message::binary(big.clone())).await?;
+    let first = next_message(&mut socket).await?;
+    ensure!(
+        first.to_text()? == "hello through the tunnel",
+        "the echo sent back {first:?}"
+    );
+    let second = next_message(&mut socket).await?;
+    ensure!(
+        second.into_data().as_ref() == big.as_slice(),
+        "256 KiB came back altered"
+    );
+    socket.close(None).await?;
     Ok(())
 }
