@@ -43,6 +43,7 @@ pub mod netns;
 pub mod operator;
 pub mod process;
 pub mod proxy;
+pub mod tampering_hub;
 pub mod tls;
 pub mod tool;
 pub mod wait;

@@ -597,3 +597,297 @@ async fn a_websocket_through_the_api_servers_service_proxy_carries_bytes_both_wa
     socket.close(None).await?;
     Ok(())
 }
+
+/// The hub restarts while `kubectl get -w` streams through it: the watch ends (kubectl exits rather
+/// than hanging on a dead stream), and once the operator's tunnel is back the next request works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_restart_ends_a_watch_and_the_next_request_works_once_the_tunnel_is_back()
+-> Result<()> {
+    let mut scene = Scene::start("ci-restart")?;
+    let ns = scene.ns.name().to_string();
+    let mut watch = Command::new(scene.binary("kubectl"));
+    watch.env("KUBECONFIG", &scene.kubeconfig).args([
+        "get",
+        "configmaps",
+        "-n",
+        &ns,
+        "-w",
+        "-o",
+        "name",
+    ]);
+    let mut watch = Streaming::start(watch, &scene.dir.path().join("watch.err"))?;
+    wait_until("the watch in flight", SHOWS_WITHIN, || {
+        let streams = metric_value(&scene.hub_metrics()?, "tether_hub_tunnel_streams");
+        ensure!(streams >= Some(1.0), "streams in flight: {streams:?}");
+        Ok(())
+    })?;
+
+    scene.hub.stop();
+    watch
+        .wait_exit(SHOWS_WITHIN)
+        .context("kubectl get -w kept running after the hub went away")?;
+    scene.hub.start_again()?;
+    scene.wait_tunnel()?;
+    let names = scene
+        .ci()
+        .run(&["get", "configmaps", "-n", &ns, "-o", "name"])
+        .with_context(|| scene.logs())?;
+    ensure!(names.contains("configmap/kube-root-ca.crt"), "{names}");
+    Ok(())
+}
+
+/// 200 requests at once through one agent's tunnel all get the API server's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_requests_through_one_tunnel_all_succeed() -> Result<()> {
+    let scene = Scene::start("ci-many")?;
+    let ns = scene.ns.name();
+    let ca = scene.hub.ca_file().display().to_string();
+    let bearer = format!("Authorization: Bearer {}", scene.deployer.token);
+    let url = format!(
+        "{}/k8s-proxy/e2e/api/v1/namespaces/{ns}/configmaps",
+        scene.hub.https_url()
+    );
+    let mut args: Vec<String> = [
+        "-sS",
+        "-m",
+        "60",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "200",
+        "--cacert",
+        &ca,
+        "-H",
+        &bearer,
+        "-w",
+        "%{http_code}\\n",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for _ in 0..200 {
+        args.extend(["-o".to_string(), "/dev/null".to_string(), url.clone()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let codes = tether_e2e::tool::run("curl", &refs, None).with_context(|| scene.logs())?;
+    let codes: Vec<&str> = codes.lines().collect();
+    ensure!(codes.len() == 200, "{} answers: {codes:?}", codes.len());
+    let failed: Vec<&&str> = codes.iter().filter(|c| **c != "200").collect();
+    ensure!(failed.is_empty(), "not 200: {failed:?}");
+    Ok(())
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// How many ConfigMaps the large LIST holds, and the size of each one's data.
+const LARGE_LIST_OBJECTS: usize = 96;
+const LARGE_OBJECT_BYTES: usize = 900 * 1024;
+
+/// How much a stalled response may grow the hub's or the operator's memory. The response is
+/// ~84 MiB; what the kernel's socket buffers along the way hold is not in either RSS.
+const STALLED_GROWTH_LIMIT: u64 = 24 * 1024 * 1024;
+
+/// A client that stops reading a large LIST (~84 MiB) stalls it: the hub's and the operator's RSS
+/// stay within a bound far below the response's size while it waits, and the whole response still
+/// arrives for a client that reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_large_list_leaves_hub_and_operator_memory_bounded()
+-> Result<()> {
+    let scene = Scene::start("ci-stall")?;
+    let ns = scene.ns.name();
+    let filler = "x".repeat(LARGE_OBJECT_BYTES);
+    let mut many = String::new();
+    for i in 0..LARGE_LIST_OBJECTS {
+        many.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: big-{i}, namespace: {ns} }}\ndata:\n  filler: {filler}\n"
+        ));
+    }
+    scene
+        .ns
+        .kubectl()
+        .run_with_stdin(&["create", "-f", "-", "-o", "name"], Some(&many))?;
+    drop(many);
+
+    let hub_pid = scene.hub.pid().context("the hub is not running")?;
+    let operator_pid = scene.operator.pid();
+    let (hub_before, operator_before) = (rss_bytes(hub_pid)?, rss_bytes(operator_pid)?);
+    let ca = scene.hub.ca_file().display().to_string();
+    let bearer = format!("Authorization: Bearer {}", scene.deployer.token);
+    let url = format!(
+        "{}/k8s-proxy/e2e/api/v1/namespaces/{ns}/configmaps",
+        scene.hub.https_url()
+    );
+    // A reader of 1 KiB/s: to the relay, a client that has stopped.
+    let mut slow = Command::new("curl");
+    slow.args([
+        "-sS",
+        "--limit-rate",
+        "1k",
+        "--cacert",
+        &ca,
+        "-H",
+        &bearer,
+        "-o",
+        "/dev/null",
+        &url,
+    ]);
+    let _slow = Streaming::start(slow, &scene.dir.path().join("slow.err"))?;
+    let from_cluster = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("tether_hub_tunnel_bytes_total{direction=\"from_cluster\"}"))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // Stalled: the bytes the hub relayed stop growing (less than 256 KiB in a second), well short
+    // of the response.
+    let mut last = -1.0;
+    wait_until(
+        "the large response stalled",
+        Duration::from_secs(60),
+        || {
+            let now = from_cluster(&scene.hub_metrics()?);
+            let grew = now - last;
+            last = now;
+            ensure!(
+                now > 0.0 && grew < 256.0 * 1024.0,
+                "relayed {now} bytes, {grew} since the last look"
+            );
+            Ok(())
+        },
+    )?;
+    let response = (LARGE_LIST_OBJECTS * LARGE_OBJECT_BYTES) as f64;
+    ensure!(
+        last < response / 2.0,
+        "the hub relayed {last} of ~{response} bytes to a client that reads nothing"
+    );
+    let (hub_during, operator_during) = (rss_bytes(hub_pid)?, rss_bytes(operator_pid)?);
+    eprintln!(
+        "stalled after {last} bytes relayed; RSS hub {hub_before} -> {hub_during}, operator {operator_before} -> {operator_during}"
+    );
+    ensure!(
+        hub_during.saturating_sub(hub_before) < STALLED_GROWTH_LIMIT,
+        "the hub grew by {} bytes holding a stalled response",
+        hub_during - hub_before
+    );
+    ensure!(
+        operator_during.saturating_sub(operator_before) < STALLED_GROWTH_LIMIT,
+        "the operator grew by {} bytes holding a stalled response",
+        operator_during - operator_before
+    );
+
+    // A client that reads gets all of it.
+    let size = tether_e2e::tool::run(
+        "curl",
+        &[
+            "-sS",
+            "--cacert",
+            &ca,
+            "-H",
+            &bearer,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &url,
+        ],
+        None,
+    )?;
+    let size: f64 = size.trim().parse()?;
+    ensure!(
+        size > response,
+        "a full read got {size} bytes, less than the ~{response} the objects hold"
+    );
+    Ok(())
+}
+
+/// A hub that tampers with requests gets nothing the token does not allow: added `Impersonate-*`
+/// headers get 403, an altered or missing token 401, all from the operator, before the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_adds_impersonation_or_alters_the_token_is_refused_by_the_operator() -> Result<()>
+{
+    let ns = TestNamespace::create("ci-tamper").await?;
+    ns.kubectl().apply(&deployer_rbac(ns.name()))?;
+    let hub = tether_e2e::tampering_hub::TamperingHub::start().await?;
+    let dir = tempfile::Builder::new().prefix("tether-ci-").tempdir()?;
+    let deployer = CiToken::new("deployer", DEPLOYER, &["tether:ci"]);
+    let access = dir.path().join("ci-access.yaml");
+    write_access_file(&access, std::slice::from_ref(&deployer))?;
+    let token_file = dir.path().join("agent.token");
+    std::fs::write(&token_file, "any-agent-token")?;
+    let flags = [
+        format!("--hub-url={}", hub.ws_url()),
+        format!("--hub-token-file={}", token_file.display()),
+        format!("--ci-access={}", access.display()),
+    ];
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let operator = Operator::start(ns.kubeconfig(), ns.name(), &refs)?;
+    tokio::task::block_in_place(|| hub.wait_tunnel(TUNNEL_OPENS_WITHIN))
+        .with_context(|| operator.log_tail())?;
+
+    let path = format!("/api/v1/namespaces/{}/configmaps", ns.name());
+    let good = format!("Bearer {}", deployer.token);
+    let altered = format!("Bearer {}x", deployer.token);
+    // Untampered, the same request is allowed: the refusals below are the tampering's.
+    let (status, body) = hub.get(&path, &[("authorization", &good)]).await?;
+    ensure!(status == 200, "untampered: {status} {body}");
+    for (what, headers, want) in [
+        (
+            "an added Impersonate-User",
+            vec![
+                ("authorization", good.as_str()),
+                ("impersonate-user", "admin"),
+            ],
+            403,
+        ),
+        (
+            "an added Impersonate-Group",
+            vec![
+                ("authorization", good.as_str()),
+                ("impersonate-group", "system:masters"),
+            ],
+            403,
+        ),
+        (
+            "an added Impersonate-Uid",
+            vec![("authorization", good.as_str()), ("impersonate-uid", "0")],
+            403,
+        ),
+        (
+            "an altered token",
+            vec![("authorization", altered.as_str())],
+            401,
+        ),
+        ("no token", vec![], 401),
+    ] {
+        let (status, body) = hub.get(&path, &headers).await?;
+        ensure!(status == want, "{what}: {status} {body}, not {want}");
+        ensure!(
+            !body.contains(&deployer.token),
+            "{what}: the answer repeats the token"
+        );
+    }
+    // Each refusal is the operator's own, in its audit log; none names the token.
+    let log = operator.log();
+    ensure!(
+        log.matches("status=403").count() >= 3 && log.matches("status=401").count() >= 2,
+        "{log}"
+    );
+    ensure!(
+        !log.contains(&deployer.token),
+        "the operator logged the token"
+    );
+    Ok(())
+}
