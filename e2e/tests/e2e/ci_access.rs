@@ -819,6 +819,7 @@ async fn a_client_that_stops_reading_a_large_list_leaves_hub_and_operator_memory
 async fn a_hub_that_adds_impersonation_or_alters_the_token_is_refused_by_the_operator() -> Result<()>
 {
     let ns = TestNamespace::create("ci-tamper").await?;
+    install_crds(ns.kubectl())?;
     ns.kubectl().apply(&deployer_rbac(ns.name()))?;
     let hub = tether_e2e::tampering_hub::TamperingHub::start().await?;
     let dir = tempfile::Builder::new().prefix("tether-ci-").tempdir()?;
