@@ -73,13 +73,16 @@ BENCH_AGENTS ?= 10000
 BENCH_AGENTS_PER_PROCESS ?= 5000
 # slow-loris connections, concurrent 1 MiB bad-signature posts, real pushes
 BENCH_HOSTILE ?= 1000 100 200
-bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, hub fan-out
-	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-push
+BENCH_CI ?= 2000 2000 1000
+bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, hub fan-out, CI access
+	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-push --example bench-ci
 	$(CARGO) build --release --locked -p tether-hub --example loadgen --example hostile
 	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/bench-sync $(BENCH_SIZES)
 	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/examples/bench-push $(BENCH_PUSHES)
+	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
+	  target/release/examples/bench-ci $(BENCH_CI)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/loadgen $(BENCH_AGENTS) $(BENCH_AGENTS_PER_PROCESS)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/hostile $(BENCH_HOSTILE)
 
