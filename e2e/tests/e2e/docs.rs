@@ -38,6 +38,13 @@ enum Use {
 /// Every shell block of the docs: its file, the start of its first line, and what is done with it.
 const BLOCKS: &[(&str, &str, Use)] = &[
     (
+        "docs/ci-access.md",
+        "# TETHER_HUB (https://hub.example.com)",
+        Use::Run {
+            by: "ci_access_doc_static_token_job_deploys_through_a_real_hub",
+        },
+    ),
+    (
         "README.md",
         "make run",
         Use::Skip {
@@ -1079,6 +1086,93 @@ fn hub_doc_post_receive_hook_notifies_the_hub_of_each_pushed_ref() -> Result<()>
     ensure!(
         said.contains("tether hub not notified for refs/heads/main"),
         "with the hub down, the push did not say the hub was not notified:\n{said}"
+    );
+    Ok(())
+}
+
+/// docs/ci-access.md's CI job with a static token, against a TLS hub and an operator with CI
+/// access: `kubectl auth whoami` names the mapped user, and the apply lands in the namespace
+/// (substituted for `apps`) from a folder of manifests (substituted for `deploy/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_access_doc_static_token_job_deploys_through_a_real_hub() -> Result<()> {
+    use tether_e2e::ci::{CiToken, write_access_file};
+    use tether_e2e::http::metric_value;
+    use tether_e2e::hub::HubOptions;
+
+    let ns = TestNamespace::create("doc-ci").await?;
+    install_crds(ns.kubectl())?;
+    let user = "ci-doc-deployer";
+    ns.kubectl().apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{ name: ci-doc, namespace: {ns} }}
+roleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit }}
+subjects:
+  - {{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}
+"#,
+        ns = ns.name()
+    ))?;
+    let hub = Hub::start_with(HubOptions {
+        tls: true,
+        ..HubOptions::default()
+    })?;
+    let dir = tempfile::tempdir()?;
+    let token = CiToken::new("doc", user, &[]);
+    let access = dir.path().join("ci-access.yaml");
+    write_access_file(&access, std::slice::from_ref(&token))?;
+    let flags = [
+        format!("--hub-url={}", hub.ws_url()),
+        format!("--hub-token-file={}", hub.token_file().display()),
+        format!("--hub-ca-file={}", hub.ca_file().display()),
+        format!("--ci-access={}", access.display()),
+    ];
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let operator = Operator::start(ns.kubeconfig(), ns.name(), &refs)?;
+    wait_until("the CI tunnel open", Duration::from_secs(60), || {
+        let open = metric_value(&hub.metrics()?, "tether_hub_tunnels_connected");
+        ensure!(open == Some(1.0), "tunnels: {open:?}");
+        Ok(())
+    })
+    .with_context(|| operator.log_tail())?;
+    let manifests = dir.path().join("deploy");
+    std::fs::create_dir(&manifests)?;
+    std::fs::write(
+        manifests.join("config.yaml"),
+        config_map(ns.name(), "from-ci", "deployed by a CI job"),
+    )?;
+
+    let block = doc_block(
+        "docs/ci-access.md",
+        "# TETHER_HUB (https://hub.example.com)",
+    )?
+    .replace("-n apps", &format!("-n {}", ns.name()), 1)?
+    .replace(" deploy/", &format!(" {}/", manifests.display()), 1)?;
+    let path = format!(
+        "{}:{}",
+        shared().binaries().dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let ran = Shell::new()
+        .env("PATH", &path)
+        .env("TETHER_HUB", &hub.https_url())
+        .env("TETHER_AGENT", "e2e")
+        .env("CI_TOKEN", &token.token)
+        .env("HUB_CA", &hub.ca_file().display().to_string())
+        .run(&block, Duration::from_secs(60))
+        .with_context(|| operator.log_tail())?;
+    ensure!(ran.stdout.contains(user), "whoami: {}", ran.stdout);
+    let message = ns.kubectl().run(&[
+        "get",
+        "configmap",
+        "from-ci",
+        "-n",
+        ns.name(),
+        "-o",
+        "jsonpath={.data.greeting}",
+    ])?;
+    ensure!(
+        message == "deployed by a CI job",
+        "the ConfigMap holds {message:?}"
     );
     Ok(())
 }
