@@ -1,4 +1,6 @@
 //! Globs over normalised repository ids, as the config gives them to agents and webhook secrets.
+//! They match in any letter case, as the hub's fan-out and store do (ids differing only in case
+//! name one repository: forges treat owner and repository names so).
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use tether_protocol::RepoId;
@@ -17,6 +19,7 @@ impl RepoGlobs {
         for p in patterns {
             let glob: Glob = GlobBuilder::new(p)
                 .literal_separator(true)
+                .case_insensitive(true)
                 .build()
                 .map_err(|e| (p.clone(), e))?;
             matchers.push(glob.compile_matcher());
@@ -58,6 +61,10 @@ mod tests {
         assert!(g.matches(&id("github.com/acme/app")));
         assert!(!g.matches(&id("github.com/acme/sub/app")));
         assert!(!g.matches(&id("github.com/other/app")));
+        // Letter case does not separate repositories.
+        assert!(g.matches(&id("https://GitHub.com/ACME/App")));
+        let upper = RepoGlobs::new(&["github.com/Acme/*".to_string()]).unwrap();
+        assert!(upper.matches(&id("github.com/acme/app")));
         let all = RepoGlobs::new(&["**".to_string()]).unwrap();
         assert!(all.matches(&id("gitlab.com:2222/group/name")));
     }

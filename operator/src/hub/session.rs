@@ -1,12 +1,12 @@
 //! One open connection to the hub: the watch set out, notices in, keepalive, and the catch-up
 //! that reports only the pushes missed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures::{Sink, SinkExt, StreamExt};
-use tether_protocol::{AgentMessage, HubMessage, Notice, RepoId, RepoState};
+use tether_protocol::{AgentMessage, HubMessage, Notice, RepoId, RepoKey, RepoState};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -30,22 +30,29 @@ pub(super) enum SessionEnd {
     Lost(HubClientError),
 }
 
-/// The pushes this client already forwarded, per repo, so a catch-up does not repeat them.
+/// The pushes this client already forwarded, per repo (in any letter case, as the hub matches
+/// them), so a catch-up does not repeat them.
 #[derive(Default)]
-pub(super) struct Forwarded(HashMap<RepoId, RepoState>);
+pub(super) struct Forwarded(HashMap<RepoKey, RepoState>);
 
 impl Forwarded {
-    /// Record `state`; whether it was new.
+    /// Record `state`; whether it was new. The same push spelled in other letter case is not.
     fn record(&mut self, state: RepoState) -> bool {
-        if self.0.get(&state.repo) == Some(&state) {
+        let key = state.repo.key();
+        if let Some(seen) = self.0.get(&key)
+            && (&seen.git_ref, &seen.sha, seen.received_at)
+                == (&state.git_ref, &state.sha, state.received_at)
+        {
             return false;
         }
-        self.0.insert(state.repo.clone(), state);
+        self.0.insert(key, state);
         true
     }
 
+    /// Forget the repositories no longer watched.
     fn retain(&mut self, watched: &BTreeSet<RepoId>) {
-        self.0.retain(|repo, _| watched.contains(repo));
+        let watched: HashSet<RepoKey> = watched.iter().map(RepoId::key).collect();
+        self.0.retain(|key, _| watched.contains(key));
     }
 }
 
@@ -234,6 +241,20 @@ mod tests {
             ..state.clone()
         };
         assert!(seen.record(newer.clone()));
+        // The same push, the repository spelled in other letter case: not new.
+        let shouted = RepoState {
+            repo: tether_protocol::normalize("https://git.example/A/B.git").unwrap(),
+            ..newer.clone()
+        };
+        assert!(!seen.record(shouted));
+        // Still watched when the watch set spells it otherwise.
+        let other_case: BTreeSet<RepoId> =
+            [tether_protocol::normalize("https://git.example/A/b").unwrap()].into();
+        seen.retain(&other_case);
+        assert!(
+            !seen.record(newer.clone()),
+            "kept while watched in any case"
+        );
         seen.retain(&BTreeSet::new());
         assert!(seen.record(newer), "forgotten once no longer watched");
     }
