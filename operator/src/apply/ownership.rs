@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use kube::api::{Api, DynamicObject};
 
 use super::{ApplyError, describe};
-use crate::crd::{GitRepository, LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE};
-use crate::plan::PlannedObject;
+use crate::crd::GitRepository;
+use crate::plan::{PlannedObject, owner_labels};
 
 /// An object of the revision that another `GitRepository` holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,27 +26,13 @@ fn other_owner(
     labels: Option<&BTreeMap<String, String>>,
     ours: (&str, &str),
 ) -> Option<(String, String)> {
-    let labels = labels?;
-    let name = labels.get(LABEL_OWNER_NAME);
-    let namespace = labels.get(LABEL_OWNER_NAMESPACE);
-    if name.is_none() && namespace.is_none() {
-        return None;
-    }
-    let name = name.map(String::as_str).unwrap_or_default();
-    let namespace = namespace.map(String::as_str).unwrap_or_default();
-    ((namespace, name) != ours).then(|| (namespace.to_owned(), name.to_owned()))
+    let theirs = owner_labels(labels)?;
+    (theirs != ours).then(|| (theirs.0.to_owned(), theirs.1.to_owned()))
 }
 
 /// The planned object's own owner labels, `(namespace, name)`, as the plan stamped them.
 fn planned_owner(object: &PlannedObject) -> (&str, &str) {
-    let labels = object.object.metadata.labels.as_ref();
-    let get = |key| {
-        labels
-            .and_then(|l| l.get(key))
-            .map(String::as_str)
-            .unwrap_or_default()
-    };
-    (get(LABEL_OWNER_NAMESPACE), get(LABEL_OWNER_NAME))
+    owner_labels(object.object.metadata.labels.as_ref()).unwrap_or_default()
 }
 
 /// Whether the live `object` belongs to another `GitRepository`: its labels name one that exists
@@ -126,7 +112,7 @@ pub(super) fn list_conflicts(conflicts: &[Conflict]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::reason;
+    use crate::crd::{LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE, reason};
     use crate::error::StageError;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

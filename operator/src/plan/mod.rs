@@ -357,6 +357,21 @@ pub fn is_owned_by(labels: Option<&BTreeMap<String, String>>, name: &str, namesp
     })
 }
 
+/// The `(namespace, name)` the owner labels name, either one empty when only the other is set;
+/// `None` when neither is.
+pub fn owner_labels(labels: Option<&BTreeMap<String, String>>) -> Option<(&str, &str)> {
+    let labels = labels?;
+    let name = labels.get(LABEL_OWNER_NAME);
+    let namespace = labels.get(LABEL_OWNER_NAMESPACE);
+    if name.is_none() && namespace.is_none() {
+        return None;
+    }
+    Some((
+        namespace.map(String::as_str).unwrap_or_default(),
+        name.map(String::as_str).unwrap_or_default(),
+    ))
+}
+
 /// Whether an object's annotations protect it from pruning (`tether.dev/prune: disabled`).
 pub fn is_prune_disabled(annotations: Option<&BTreeMap<String, String>>) -> bool {
     annotations
