@@ -132,6 +132,11 @@ pub struct Args {
     #[arg(long, env = "TETHER_MAX_CONCURRENT_GIT", default_value_t = DEFAULT_MAX_CONCURRENT_GIT)]
     pub max_concurrent_git: usize,
 
+    /// How long libgit2 waits to connect to a remote, and for each read or write on it, before it
+    /// fails the operation (`300s`): what ends a git thread stuck on a remote that says nothing.
+    #[arg(long, env = "TETHER_GIT_SOCKET_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub git_socket_timeout: Duration,
+
     /// Serve CI access through the hub (kubectl and helm from CI jobs, over a second outbound
     /// websocket): the file of accepted tokens and the identities they act as (docs/ci-access.md).
     /// Needs --hub-url.
@@ -210,6 +215,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_revision_bytes,
         max_objects,
         max_concurrent_git,
+        git_socket_timeout: _,
         ci_access,
         hub_keepalive,
         hub_dead_after,

@@ -180,6 +180,61 @@ async fn a_silent_remote_neither_starves_other_repositories_nor_piles_up_connect
     Ok(())
 }
 
+/// libgit2's socket timeout (`--git-socket-timeout`) ends the operation a silent remote holds: the
+/// operator closes the connection the remote never answers, and the next retry connects anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_remote_is_dropped_after_the_git_socket_timeout() -> Result<()> {
+    let ns = TestNamespace::create("silent-timeout").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (Arc::clone(&accepted), Arc::clone(&closed));
+    // Reads what the operator sends, answers nothing, and counts the connections the operator ends.
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = Arc::clone(&c);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+
+    let operator = Operator::start(ns.kubeconfig(), n, &["--git-socket-timeout=3s"])?;
+    kubectl.apply(&git_repository(
+        n,
+        "silent",
+        &format!("http://127.0.0.1:{port}/r.git"),
+        "  timeout: 2s\n",
+    ))?;
+    wait_until(
+        "the operator closing the silent connection, and connecting again",
+        Duration::from_secs(60),
+        || {
+            let (opened, ended) = (
+                accepted.load(Ordering::SeqCst),
+                closed.load(Ordering::SeqCst),
+            );
+            ensure!(
+                ended >= 1 && opened >= 2,
+                "{opened} connection(s), {ended} closed"
+            );
+            Ok(())
+        },
+    )
+    .with_context(|| operator.log_tail())?;
+    server.abort();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_to_another_host_never_carries_the_credentials() -> Result<()> {
     let ns = TestNamespace::create("redirect").await?;

@@ -11,6 +11,7 @@
 //! - `mirror`: the mirror cache, fetch and tree reading within the content limits; a mirror
 //!   left locked or broken by a kill is repaired on its next fetch.
 //! - `slots`: how many git operations run at once, and what one that overruns its timeout holds.
+//! - `socket`: libgit2's socket timeouts, which end a thread stuck on a remote that says nothing.
 //! - `credentials`, [`known_hosts`]: what a Secret gives, and the checks of the server's identity.
 
 mod credentials;
@@ -20,6 +21,7 @@ mod mirror;
 mod remote;
 mod resolve;
 mod slots;
+mod socket;
 
 pub use credentials::{Credentials, CredentialsError, HostKeyError};
 pub use error::GitError;
@@ -27,6 +29,7 @@ pub use mirror::{
     DEFAULT_MAX_CONCURRENT_GIT, FetchOutcome, MirrorCache, fetch_blocking, read_tree_blocking,
 };
 pub use resolve::{Resolved, highest_matching, ls_remote_blocking, pick, resolve_blocking};
+pub use socket::{DEFAULT_SOCKET_TIMEOUT, set_socket_timeouts};
 
 #[cfg(test)]
 mod repo_tests;

@@ -1,7 +1,8 @@
 //! Git work on blocking threads: a bounded number at once, each waited for until its timeout.
 //!
 //! libgit2 cannot always be stopped mid-call (while connecting, or on a connection the remote holds
-//! open without a word), so a thread may run on after its caller gave up. Such an operation gives
+//! open without a word), so a thread may run on after its caller gave up, until libgit2's socket
+//! timeout (`socket`) fails it. Such an operation gives
 //! its slot back, so that one silent remote cannot starve every other, but its repository stays
 //! marked until the thread really ends, and no new operation on that repository starts meanwhile:
 //! threads left running are at most one per repository, however often it is retried. A mirror's
