@@ -184,9 +184,14 @@ pub fn without_userinfo(url: &str) -> String {
 }
 
 /// The URL with the password of its user info masked, for messages that keep the user name:
-/// `ftp://user:pw@host/r` → `ftp://user:***@host/r`.
+/// `ftp://user:pw@host/r` → `ftp://user:***@host/r`. Only `scheme://` URLs carry a password: in the
+/// other forms a colon ends the host (`git@host:path`), so what stands before the `@` is a login,
+/// and the text is returned as it is (masking a "password" there could move where the host starts).
 pub fn mask_password(url: &str) -> String {
     let parts = Url::split(url);
+    if parts.syntax != Syntax::Url {
+        return url.to_owned();
+    }
     match parts.userinfo.and_then(|u| Some((u, u.split_once(':')?.0))) {
         Some((userinfo, user)) => parts.replace_userinfo(userinfo, Some(&format!("{user}:***"))),
         None => url.to_owned(),
@@ -365,6 +370,17 @@ mod tests {
             "https://u:***@h.io/r"
         );
         assert_eq!(mask_password("ssh://git@h.io/r"), "ssh://git@h.io/r");
+        // Not a scheme URL: a login before the host, never rewritten. This one, found by the
+        // fuzzer, once came back splitting its user info elsewhere.
+        for scp in [
+            "git@[~:vrs:]0.:ser:p?@[2001:db8::repo.g\0t",
+            "[a:b]@host:path",
+        ] {
+            assert_eq!(mask_password(scp), scp);
+        }
+        let masked = mask_password("https://u:p[w]@[::1]:8443/r");
+        assert_eq!(masked, "https://u:***@[::1]:8443/r");
+        assert_eq!(super::Url::split(&masked).authority, "[::1]:8443");
         assert_eq!(mask_password("https://h.io/r"), "https://h.io/r");
     }
 }
