@@ -188,6 +188,7 @@ metrics:
     labels: {release: prometheus, team: platform}
 podLabels: {team: platform, tier: control}
 podAnnotations: {a.example.com/one: "1", a.example.com/two: "2"}
+cache: {existingClaim: tether-mirrors}
 tolerations:
   - {key: dedicated, operator: Equal, value: gitops, effect: NoSchedule}
   - {key: spot, operator: Exists, effect: NoSchedule}
@@ -482,6 +483,15 @@ async fn operator_chart_in_namespace_scope_grants_nothing_beyond_its_namespaces(
     let pod = &deployment["spec"]["template"]["spec"];
     ensure!(pod["imagePullSecrets"].as_array().map(Vec::len) == Some(2));
     ensure!(pod["tolerations"].as_array().map(Vec::len) == Some(2));
+    let cache = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "cache"))
+        .context("no cache volume")?;
+    ensure!(
+        cache["persistentVolumeClaim"]["claimName"] == "tether-mirrors"
+            && cache["emptyDir"].is_null(),
+        "the cache is not the claim: {cache}"
+    );
     let env = pod["containers"][0]["env"].as_array().context("env")?;
     let value = |n: &str| {
         env.iter()
