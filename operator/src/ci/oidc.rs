@@ -1275,4 +1275,36 @@ mod tests {
         assert_eq!(skipped, 5);
         assert_eq!(keys[1].algorithms.len(), 6);
     }
+
+    /// docs/metrics.md lists both metrics with every reason, and docs/ci-access.md has a
+    /// troubleshooting row for each.
+    #[test]
+    fn every_reason_is_documented() {
+        let docs = |name: &str| {
+            std::fs::read_to_string(format!("{}/../docs/{name}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+        };
+        let (metrics, guide) = (docs("metrics.md"), docs("ci-access.md"));
+        let registry = prometheus::Registry::new();
+        let handles = OidcMetrics::register(&registry).unwrap();
+        handles.refused(None, Refusal::Expired);
+        handles.fetched("github", true);
+        let families = registry.gather();
+        assert_eq!(families.len(), 2);
+        for family in families {
+            let row = format!("| `{}` |", family.name());
+            assert!(metrics.contains(&row), "docs/metrics.md has no row {row}");
+        }
+        for refusal in Refusal::ALL {
+            let reason = refusal.reason();
+            assert!(
+                metrics.contains(&format!("`{reason}`")),
+                "docs/metrics.md lacks {reason}"
+            );
+            assert!(
+                guide.contains(&format!("| `{reason}` | {refusal} |")),
+                "docs/ci-access.md has no row for {reason} saying {refusal:?}"
+            );
+        }
+    }
 }
