@@ -19,6 +19,7 @@ use tether_e2e::kubectl::Kubectl;
 use tether_e2e::netns::IsolatedNetns;
 use tether_e2e::oidc::{SigningKey, TestIssuer, github_claims, gitlab_claims, mint_unsigned, now};
 use tether_e2e::operator::Operator;
+use tether_e2e::proxy::HttpProxy;
 use tether_e2e::wait::wait_until;
 
 /// How long the tunnel may take to open once the operator starts.
@@ -29,20 +30,25 @@ const AUDIENCE: &str = "tether";
 
 /// A namespace whose ConfigMaps the `deployers` group may read, the test issuer (`github` and
 /// `gitlab`, an RSA key published for each), a TLS hub, and the operator with an access file for
-/// both issuers, running as the audited user in a namespace that lets nothing in.
+/// both issuers, running as the audited user in a namespace that lets nothing in (or, with a
+/// proxy, on the host with `--https-proxy`).
 struct Scene {
     ns: TestNamespace,
     hub: Hub,
     issuer: TestIssuer,
     github: SigningKey,
     gitlab: SigningKey,
-    _netns: IsolatedNetns,
+    _netns: Option<IsolatedNetns>,
     operator: Operator,
     dir: tempfile::TempDir,
 }
 
 impl Scene {
     fn start(prefix: &str) -> Result<Self> {
+        Self::start_with(prefix, None)
+    }
+
+    fn start_with(prefix: &str, proxy: Option<&HttpProxy>) -> Result<Self> {
         let ns = block(TestNamespace::create(prefix))?;
         install_crds(ns.kubectl())?;
         ns.kubectl().apply(&reader_rbac(ns.name()))?;
@@ -55,26 +61,38 @@ impl Scene {
             tls: true,
             ..HubOptions::default()
         })?;
-        let mut netns = IsolatedNetns::create()?;
         let plane = tether_e2e::cluster::shared();
-        for port in [plane.api_port(), hub.port(), issuer.port()] {
-            netns.relay_out(port)?;
-        }
+        let netns = match proxy {
+            Some(_) => None,
+            None => {
+                let mut netns = IsolatedNetns::create()?;
+                for port in [plane.api_port(), hub.port(), issuer.port()] {
+                    netns.relay_out(port)?;
+                }
+                Some(netns)
+            }
+        };
         let dir = tempfile::Builder::new().prefix("tether-oidc-").tempdir()?;
         let access = dir.path().join("ci-access.yaml");
         std::fs::write(&access, access_file(&issuer))?;
-        let flags = [
+        let mut flags = vec![
             format!("--hub-url={}", hub.ws_url()),
             format!("--hub-token-file={}", hub.token_file().display()),
             format!("--hub-ca-file={}", hub.ca_file().display()),
             format!("--ci-access={}", access.display()),
         ];
+        // As flags, not the environment, which the API server's client would read too. The hub
+        // is reached directly: only the issuer goes through the proxy.
+        if let Some(proxy) = proxy {
+            flags.push(format!("--https-proxy={}", proxy.url()));
+            flags.push(format!("--no-proxy=127.0.0.1:{}", hub.port()));
+        }
         let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
         let operator = Operator::start_in(
             &plane.audited_kubeconfig(),
             ns.name(),
             &refs,
-            Some(netns.name()),
+            netns.as_ref().map(IsolatedNetns::name),
         )?;
         let scene = Self {
             ns,
@@ -432,5 +450,28 @@ async fn forged_expired_and_misdirected_oidc_tokens_never_reach_the_api_server()
         !log.contains(&good),
         "the good token reached the operator's log"
     );
+    Ok(())
+}
+
+/// With `--https-proxy`, the operator fetches the issuer's discovery document and keys through
+/// the proxy (a `CONNECT` to the issuer in its log), and the token it verifies with them maps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_keys_are_fetched_through_the_operators_proxy() -> Result<()> {
+    let proxy = HttpProxy::start()?;
+    let scene = Scene::start_with("ci-oidc-proxy", Some(&proxy))?;
+    let target = format!("127.0.0.1:{}", scene.issuer.port());
+    ensure!(proxy.tunnels_to(&target) == 0, "a tunnel before any token");
+    let github = scene.kubectl(
+        "github",
+        &scene.github_token("acme/app", "refs/heads/main")?,
+    )?;
+    let (user, _) = whoami(&github).with_context(|| scene.logs())?;
+    ensure!(user == "github:acme/app", "whoami: {user}");
+    ensure!(
+        proxy.tunnels_to(&target) >= 1,
+        "no CONNECT to the issuer {target}:\n{}",
+        proxy.log_tail()
+    );
+    ensure!(scene.issuer.jwks_fetches("github") == 1);
     Ok(())
 }
