@@ -1253,6 +1253,49 @@ mod tests {
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_issuer_delays_only_its_own_tokens_and_only_up_to_the_timeout() {
+        let (jwk, key) = ec_key("k1");
+        let jwks = json!({ "keys": [jwk] });
+        let answering: KeySource = Arc::new(move || {
+            let jwks = jwks.clone();
+            Box::pin(async move {
+                let (keys, _) = keys_from_jwks(&jwks)?;
+                Ok(KeySet::new(keys, Instant::now()))
+            })
+        });
+        let silent: KeySource = Arc::new(|| Box::pin(futures::future::pending()));
+        let mut quiet = issuer(MAIN_RULE);
+        quiet.issuer = "https://quiet.example.com".into();
+        quiet.name = "quiet".into();
+        let verifier = Arc::new(OidcVerifier::with_sources(
+            vec![quiet, issuer(MAIN_RULE)],
+            vec![silent, answering],
+            None,
+        ));
+
+        let began = tokio::time::Instant::now();
+        let mut quiet_claims = github_claims();
+        quiet_claims["iss"] = json!("https://quiet.example.com");
+        let quiet_token = sign(&quiet_claims, "k1", &key);
+        let waiting = {
+            let verifier = Arc::clone(&verifier);
+            tokio::spawn(async move { check(&verifier, &quiet_token).await })
+        };
+        tokio::task::yield_now().await;
+        // The other issuer's token is verified while the silent one's fetch hangs.
+        let good = sign(&github_claims(), "k1", &key);
+        assert!(check(&verifier, &good).await.is_ok());
+        assert!(began.elapsed() < Duration::from_secs(1));
+        // The silent issuer's request gives up at the fetch timeout.
+        assert_eq!(waiting.await.unwrap(), Err(Refusal::KeysUnavailable));
+        let waited = began.elapsed();
+        assert!(
+            waited >= FETCH_TIMEOUT && waited < FETCH_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
+
     #[test]
     fn symmetric_small_and_misfitting_keys_are_left_out() {
         let (ec, _) = ec_key("ec");
