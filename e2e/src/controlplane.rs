@@ -19,6 +19,12 @@ use crate::wait::{fatal, wait_until_every};
 /// How long the control plane may take to become ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(90);
 
+/// A user (in `system:masters`, by a static token) whose requests alone the API server writes to
+/// its audit log ([`ControlPlane::audit_log`]), at the Metadata level: a test that must prove what
+/// reached the API server runs its client as this user ([`ControlPlane::audited_kubeconfig`]).
+/// Nobody else is audited, so the other tests pay nothing for it.
+pub const AUDITED_USER: &str = "tether-audited";
+
 /// The folder holding kube-apiserver, kube-controller-manager, kubectl, etcd and helm.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -92,6 +98,21 @@ impl ControlPlane {
         let api_port = free_port()?;
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, pki.kubeconfig(api_port))?;
+        let audited_token = crate::fixtures::unguessable("audited");
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{audited_token},{AUDITED_USER},{AUDITED_USER},\"system:masters\"\n"),
+        )?;
+        std::fs::write(
+            dir.join("audit-policy.yaml"),
+            format!(
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n    users: [{AUDITED_USER}]\n  - level: None\n"
+            ),
+        )?;
+        std::fs::write(
+            dir.join("kubeconfig-audited"),
+            pki.token_kubeconfig(api_port, &audited_token),
+        )?;
 
         let mut plane = Self {
             dir: dir.to_path_buf(),
@@ -138,6 +159,11 @@ impl ControlPlane {
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
                 "--allow-privileged=true".into(),
                 "--profiling=false".into(),
+                format!("--token-auth-file={}", p("tokens.csv")),
+                format!("--audit-policy-file={}", p("audit-policy.yaml")),
+                format!("--audit-log-path={}", p("audit.log")),
+                // Written before the answer, so an answer means its event is in the file.
+                "--audit-log-mode=blocking".into(),
             ],
             lifetime,
         )?;
@@ -189,6 +215,16 @@ impl ControlPlane {
 
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")
+    }
+
+    /// A kubeconfig for [`AUDITED_USER`], whose every request the audit log records.
+    pub fn audited_kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig-audited")
+    }
+
+    /// The API server's audit log: one JSON event per line, for [`AUDITED_USER`]'s requests only.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
     }
 
     pub fn dir(&self) -> &Path {
@@ -300,6 +336,14 @@ impl Pki {
             admin_cert_pem: admin.cert_pem,
             admin_key_pem: admin.key_pem,
         })
+    }
+
+    /// A kubeconfig that authenticates with `token`.
+    fn token_kubeconfig(&self, port: u16, token: &str) -> String {
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: tether-local\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: audited\n  user:\n    token: {token}\ncontexts:\n- name: audited\n  context:\n    cluster: tether-local\n    user: audited\n    namespace: default\ncurrent-context: audited\n"
+        )
     }
 
     fn kubeconfig(&self, port: u16) -> String {

@@ -15,6 +15,8 @@
 //!
 //! - [`ci`]: CI access as a CI job meets it: the operator's access file, a kubeconfig for the hub's
 //!   `/k8s-proxy/<agent>`, a long-running kubectl read line by line.
+//! - [`oidc`]: a test OIDC issuer over HTTPS (discovery, a JWKS whose fetches it counts) and ID
+//!   tokens shaped like GitHub Actions' and GitLab CI's, signed or forged.
 //!
 //! Working with them:
 //! - [`kubectl`]: the real `kubectl`, pointed at a control plane; polling it for an expected output.
@@ -40,6 +42,7 @@ pub mod http;
 pub mod hub;
 pub mod kubectl;
 pub mod netns;
+pub mod oidc;
 pub mod operator;
 pub mod process;
 pub mod proxy;

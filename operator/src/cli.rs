@@ -229,9 +229,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let config = crate::ci::AccessConfig::load(&file)?;
             let (users, groups) = config.subjects();
             println!(
-                "{}: ok ({} token(s); impersonates users {users:?} and groups {groups:?})",
+                "{}: ok ({} token(s), {} OIDC issuer(s); impersonates users {users:?} and groups {groups:?})",
                 file.display(),
                 config.tokens.len(),
+                config.oidc.len(),
             );
             return Ok(());
         }
@@ -257,8 +258,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = crate::leader::client(config.clone(), guard.as_ref())?;
     let metrics = Metrics::new()?;
     // Read before anything waits, so that a bad access file stops the operator at once.
+    let proxy = ProxyConfig::new(https_proxy, no_proxy);
     let tunnel = ci_access
-        .map(|file| crate::ci::start(&file, &config, &metrics.registry))
+        .map(|file| crate::ci::start(&file, &config, &proxy, &metrics.registry))
         .transpose()?;
     let readiness = Readiness::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -317,7 +319,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         controller: "tether-operator".into(),
         instance: Some(identity),
     };
-    let proxy = ProxyConfig::new(https_proxy, no_proxy);
     let (triggers, notices) = Triggers::new();
     let ctx = Context::new(
         controller::ApiAccess {

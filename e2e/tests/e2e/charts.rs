@@ -744,6 +744,19 @@ fn check_ci_access(text: &str) -> Result<()> {
     Ok(())
 }
 
+/// A CI pipeline example (no CI system runs here): YAML that asks for an ID token with the
+/// audience the access file example expects and points kubectl at the hub.
+fn check_ci_pipeline(text: &str) -> Result<()> {
+    let parsed: Value = serde_yaml_ng::from_str(text)?;
+    ensure!(parsed.is_object(), "not a YAML mapping");
+    ensure!(
+        text.contains("audience=tether") || text.contains("aud: tether"),
+        "asks for no token with the audience tether"
+    );
+    ensure!(text.contains("/k8s-proxy/"), "points kubectl at no hub");
+    Ok(())
+}
+
 /// kubectl reads the kubeconfig and finds its current context and an https server.
 fn check_kubeconfig(text: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -864,6 +877,10 @@ async fn every_yaml_example_in_the_docs_is_valid() -> Result<()> {
                     check_kubeconfig(&block.text).with_context(|| origin.clone())?;
                     "kubeconfig"
                 }
+                "# .github/workflows/deploy.yml" | "# .gitlab-ci.yml" => {
+                    check_ci_pipeline(&block.text).with_context(|| origin.clone())?;
+                    "CI pipeline"
+                }
                 "# tether-operator values" | "# tether-hub values" => {
                     let chart_name = first.trim_start_matches("# ").trim_end_matches(" values");
                     template(chart_name, "docs", ns.name(), &block.text, &[])
@@ -879,7 +896,7 @@ async fn every_yaml_example_in_the_docs_is_valid() -> Result<()> {
                                 && doc["kind"].is_string()
                                 && doc["metadata"]["name"].is_string(),
                             "{origin}: neither a Kubernetes object (apiVersion, kind, metadata.name) \
-                             nor marked `# hub.yaml`, `# ci-access.yaml`, `# kubeconfig` or \
+                             nor marked `# hub.yaml`, `# ci-access.yaml`, `# kubeconfig`, a CI pipeline or \
                              `# <chart> values`"
                         );
                         // The examples name namespaces of their own; try them in this test's.

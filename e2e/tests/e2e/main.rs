@@ -3,6 +3,7 @@
 mod bad_input;
 mod charts;
 mod ci_access;
+mod ci_oidc;
 mod content_limits;
 mod credentials;
 mod demo;

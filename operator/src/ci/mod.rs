@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod oidc;
 pub mod serve;
 pub mod upstream;
 
@@ -25,24 +26,33 @@ pub use metrics::CiMetrics;
 pub use serve::CiProxy;
 pub use upstream::Upstream;
 
-/// Reads the access file and builds what serves the tunnel's streams.
+/// Reads the access file and builds what serves the tunnel's streams; OIDC issuers' keys are
+/// fetched through `proxy` where it applies.
 pub fn start(
     path: &Path,
     kube: &kube::Config,
+    proxy: &crate::net::ProxyConfig,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<crate::hub::TunnelHandler> {
     let config = AccessConfig::load(path)?;
     let upstream = Upstream::new(kube)?;
     let metrics = CiMetrics::register(registry).context("registering the CI access metrics")?;
+    let oidc_metrics =
+        oidc::OidcMetrics::register(registry).context("registering the OIDC metrics")?;
+    let verifier = oidc::OidcVerifier::new(config.oidc.clone(), proxy, Some(oidc_metrics))
+        .map_err(anyhow::Error::msg)?;
+    let auth = auth::Authenticator::new(config.tokens.clone(), verifier);
     let (users, groups) = config.subjects();
+    let issuers: Vec<&str> = config.oidc.iter().map(|i| i.issuer.as_str()).collect();
     info!(
         file = %path.display(),
         tokens = config.tokens.len(),
+        issuers = ?issuers,
         users = ?users,
         groups = ?groups,
         "CI access enabled: requests through the hub act as these users and groups"
     );
-    let proxy = Arc::new(CiProxy::new(config, upstream, metrics));
+    let proxy = Arc::new(CiProxy::new(config, auth, upstream, metrics));
     Ok(Arc::new(move |stream: tether_protocol::tunnel::Stream| {
         proxy.serve(stream);
     }))

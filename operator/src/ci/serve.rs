@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::BoxError;
 use tracing::{debug, info};
 
-use super::auth::{AuthError, authenticate};
+use super::auth::Authenticator;
 use super::config::{AccessConfig, Identity};
 use super::metrics::CiMetrics;
 use super::upstream::Upstream;
@@ -52,6 +52,7 @@ type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 #[derive(Debug)]
 pub struct CiProxy {
     config: AccessConfig,
+    auth: Authenticator,
     upstream: Upstream,
     metrics: CiMetrics,
     /// Requests in flight per identity name.
@@ -59,19 +60,24 @@ pub struct CiProxy {
 }
 
 impl CiProxy {
-    pub fn new(config: AccessConfig, upstream: Upstream, metrics: CiMetrics) -> Self {
+    pub fn new(
+        config: AccessConfig,
+        auth: Authenticator,
+        upstream: Upstream,
+        metrics: CiMetrics,
+    ) -> Self {
         let slots = config
-            .tokens
-            .iter()
-            .map(|t| {
+            .identity_names()
+            .map(|name| {
                 (
-                    t.identity.name.clone(),
+                    name.to_string(),
                     Arc::new(Semaphore::new(config.limits.max_requests_per_identity)),
                 )
             })
             .collect();
         Self {
             config,
+            auth,
             upstream,
             metrics,
             slots,
@@ -104,6 +110,7 @@ impl CiProxy {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let mut audit = Audit {
             identity: None,
+            refused: "",
             verb: verb(&request),
             path: request.uri().path().to_string(),
             status: 0,
@@ -112,14 +119,12 @@ impl CiProxy {
             bytes_out: 0,
             metrics: self.metrics.clone(),
         };
-        let identity = match authenticate(&self.config.tokens, request.headers()) {
-            Ok(identity) => identity.clone(),
-            Err(e @ (AuthError::Missing | AuthError::Unknown)) => {
-                return audit.finish_now(status(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    e.to_string(),
-                ));
+        let identity = match self.auth.authenticate(request.headers()).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                audit.refused = e.reason();
+                let (code, reason) = e.status();
+                return audit.finish_now(status(code, reason, e.to_string()));
             }
         };
         audit.identity = Some(identity.clone());
@@ -346,6 +351,8 @@ impl Drop for InFlight {
 /// upgraded connection) ends, however it ends.
 struct Audit {
     identity: Option<Identity>,
+    /// Why authentication failed, if it did.
+    refused: &'static str,
     verb: &'static str,
     path: String,
     status: u16,
@@ -373,6 +380,7 @@ impl Drop for Audit {
             target: "tether_operator::ci::audit",
             identity = name,
             user,
+            refused = self.refused,
             verb = self.verb,
             path = %self.path,
             status = self.status,

@@ -88,6 +88,8 @@ pub use error::HubClientError;
 pub use metrics::HubMetrics;
 pub use session::CATCHUP_DELIVERY;
 pub use start::{HubSettings, start};
+/// A `CONNECT` tunnel through the proxy, for the operator's other outbound HTTPS.
+pub(crate) use tunnel::connect as connect_through;
 
 use dial::Dialer;
 use session::{Forwarded, Session, SessionEnd};

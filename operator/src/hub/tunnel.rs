@@ -11,7 +11,7 @@ use crate::net::proxy::HttpProxy;
 const MAX_PROXY_RESPONSE: usize = 16 * 1024;
 
 /// Opens a TCP connection to the proxy and asks it for a tunnel to `target`.
-pub(super) async fn connect(
+pub(crate) async fn connect(
     proxy: &HttpProxy,
     target: &HostPort,
 ) -> Result<TcpStream, HubClientError> {
