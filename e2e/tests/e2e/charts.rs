@@ -402,9 +402,21 @@ ciAccess:
     - name: reader
       sha256: "0000000000000000000000000000000000000000000000000000000000000001"
       user: ci-reader
+  oidc:
+    - issuer: https://token.actions.githubusercontent.com
+      name: github
+      audience: tether
+      rules:
+        - claims: {repository: "acme/app", ref: "refs/heads/main"}
+          user: "github:{repository}"
+          groups: ["deployers", "repo:{repository}"]
+        - claims: {repository: "acme/ops"}
+          user: ci-ops
+          groups: ["operators"]
   limits: {max_requests_per_identity: 32}
   impersonate:
     users: ["github:acme/app"]
+    groups: ["repo:acme/app"]
 "#;
 
 /// With CI access on, the chart renders the access file the operator accepts, mounts it, and lets
@@ -448,13 +460,23 @@ async fn operator_chart_with_ci_access_impersonates_exactly_the_named_identities
         "system:serviceaccount:{}:{release}-tether-operator",
         ns.name()
     );
-    for user in ["ci-deployer", "ci-reader", "github:acme/app"] {
+    // Literal names from tokens and OIDC rules, and the listed renderings of templates.
+    for user in ["ci-deployer", "ci-reader", "ci-ops", "github:acme/app"] {
         assert_can(&sa, "impersonate", &format!("users/{user}"), &[])?;
     }
-    for group in ["tether:ci", "tether:deployers"] {
+    for group in [
+        "tether:ci",
+        "tether:deployers",
+        "deployers",
+        "operators",
+        "repo:acme/app",
+    ] {
         assert_can(&sa, "impersonate", &format!("groups/{group}"), &[])?;
     }
     assert_cannot(&sa, "impersonate", "users/admin", &[])?;
+    // A template is never granted as written, nor another rendering of it.
+    assert_cannot(&sa, "impersonate", "users/github:{repository}", &[])?;
+    assert_cannot(&sa, "impersonate", "users/github:acme/other", &[])?;
     assert_cannot(&sa, "impersonate", "users", &[])?;
     assert_cannot(&sa, "impersonate", "groups/system:masters", &[])?;
     assert_cannot(&sa, "impersonate", "groups", &[])?;
