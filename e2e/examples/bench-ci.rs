@@ -14,13 +14,14 @@ use anyhow::{Context, Result};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams, WatchParams};
-use tether_e2e::ci::{CiToken, write_kubeconfig};
+use tether_e2e::ci::{CiToken, operator_flags, wait_tunnel, write_kubeconfig};
 use tether_e2e::cluster::{TestNamespace, shared};
 use tether_e2e::controlplane::client_for;
 use tether_e2e::gitrepo::install_crds;
 use tether_e2e::http::metric_value;
 use tether_e2e::hub::{Hub, HubOptions, sha256_hex};
 use tether_e2e::operator::Operator;
+use tether_e2e::process::rss_bytes;
 use tether_e2e::wait::wait_until;
 
 /// The user the bench's CI token acts as.
@@ -59,19 +60,10 @@ async fn main() -> Result<()> {
             watches + 64
         ),
     )?;
-    let flags = [
-        format!("--hub-url={}", hub.ws_url()),
-        format!("--hub-token-file={}", hub.token_file().display()),
-        format!("--hub-ca-file={}", hub.ca_file().display()),
-        format!("--ci-access={}", access.display()),
-    ];
+    let flags = operator_flags(&hub, &access);
     let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let operator = Operator::start(ns.kubeconfig(), ns.name(), &refs)?;
-    wait_until("the CI tunnel open", Duration::from_secs(60), || {
-        let open = metric_value(&hub.metrics()?, "tether_hub_tunnels_connected");
-        anyhow::ensure!(open == Some(1.0), "tunnels: {open:?}");
-        Ok(())
-    })?;
+    wait_tunnel(&hub, Duration::from_secs(60))?;
     let ci_kubeconfig = write_kubeconfig(
         &dir.path().join("ci.kubeconfig"),
         &format!("{}/k8s-proxy/e2e", hub.https_url()),
@@ -258,14 +250,5 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kib / 1024.0)
+    Ok(rss_bytes(pid)? as f64 / 1048576.0)
 }

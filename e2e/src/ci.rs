@@ -144,3 +144,22 @@ impl Drop for Streaming {
         let _ = self.child.wait();
     }
 }
+
+/// The operator's flags for CI access through `hub` (a TLS hub) with the access file at `access`.
+pub fn operator_flags(hub: &crate::hub::Hub, access: &Path) -> Vec<String> {
+    vec![
+        format!("--hub-url={}", hub.ws_url()),
+        format!("--hub-token-file={}", hub.token_file().display()),
+        format!("--hub-ca-file={}", hub.ca_file().display()),
+        format!("--ci-access={}", access.display()),
+    ]
+}
+
+/// Waits until `hub` counts one CI tunnel as connected.
+pub fn wait_tunnel(hub: &crate::hub::Hub, within: Duration) -> Result<()> {
+    crate::wait::wait_until("the CI tunnel open at the hub", within, || {
+        let open = crate::http::metric_value(&hub.metrics()?, "tether_hub_tunnels_connected");
+        anyhow::ensure!(open == Some(1.0), "tunnels connected: {open:?}");
+        Ok(())
+    })
+}

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use futures::{SinkExt as _, StreamExt as _};
-use tether_e2e::ci::{CiToken, Streaming, write_access_file, write_kubeconfig};
+use tether_e2e::ci::{
+    CiToken, Streaming, operator_flags, wait_tunnel, write_access_file, write_kubeconfig,
+};
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::gitrepo::install_crds;
 use tether_e2e::http::metric_value;
@@ -18,7 +20,7 @@ use tether_e2e::hub::{Hub, HubOptions};
 use tether_e2e::kubectl::Kubectl;
 use tether_e2e::netns::IsolatedNetns;
 use tether_e2e::operator::Operator;
-use tether_e2e::process::{Lifetime, Process};
+use tether_e2e::process::{Lifetime, Process, rss_bytes};
 use tether_e2e::tool::Finished;
 use tether_e2e::wait::wait_until;
 use tether_e2e::workspace::binary;
@@ -63,12 +65,7 @@ impl Scene {
         let deployer = CiToken::new("deployer", DEPLOYER, &["tether:ci"]);
         let access = dir.path().join("ci-access.yaml");
         write_access_file(&access, std::slice::from_ref(&deployer))?;
-        let flags = [
-            format!("--hub-url={}", hub.ws_url()),
-            format!("--hub-token-file={}", hub.token_file().display()),
-            format!("--hub-ca-file={}", hub.ca_file().display()),
-            format!("--ci-access={}", access.display()),
-        ];
+        let flags = operator_flags(&hub, &access);
         let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
         let operator = Operator::start_in(ns.kubeconfig(), ns.name(), &refs, Some(netns.name()))?;
         let kubeconfig = write_kubeconfig(
@@ -92,12 +89,7 @@ impl Scene {
 
     /// Waits until the hub counts the operator's tunnel as connected.
     fn wait_tunnel(&self) -> Result<()> {
-        wait_until("the CI tunnel open at the hub", TUNNEL_OPENS_WITHIN, || {
-            let connected = metric_value(&self.hub_metrics()?, "tether_hub_tunnels_connected");
-            ensure!(connected == Some(1.0), "tunnels connected: {connected:?}");
-            Ok(())
-        })
-        .with_context(|| self.logs())
+        wait_tunnel(&self.hub, TUNNEL_OPENS_WITHIN).with_context(|| self.logs())
     }
 
     /// The hub's metrics, over HTTPS.
@@ -675,20 +667,6 @@ async fn two_hundred_concurrent_requests_through_one_tunnel_all_succeed() -> Res
     let failed: Vec<&&str> = codes.iter().filter(|c| **c != "200").collect();
     ensure!(failed.is_empty(), "not 200: {failed:?}");
     Ok(())
-}
-
-/// Resident memory of a process, in bytes.
-fn rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kib * 1024)
 }
 
 /// How many ConfigMaps the large LIST holds, and the size of each one's data.

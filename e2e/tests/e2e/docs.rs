@@ -1095,8 +1095,7 @@ fn hub_doc_post_receive_hook_notifies_the_hub_of_each_pushed_ref() -> Result<()>
 /// (substituted for `apps`) from a folder of manifests (substituted for `deploy/`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ci_access_doc_static_token_job_deploys_through_a_real_hub() -> Result<()> {
-    use tether_e2e::ci::{CiToken, write_access_file};
-    use tether_e2e::http::metric_value;
+    use tether_e2e::ci::{CiToken, operator_flags, wait_tunnel, write_access_file};
     use tether_e2e::hub::HubOptions;
 
     let ns = TestNamespace::create("doc-ci").await?;
@@ -1120,20 +1119,10 @@ subjects:
     let token = CiToken::new("doc", user, &[]);
     let access = dir.path().join("ci-access.yaml");
     write_access_file(&access, std::slice::from_ref(&token))?;
-    let flags = [
-        format!("--hub-url={}", hub.ws_url()),
-        format!("--hub-token-file={}", hub.token_file().display()),
-        format!("--hub-ca-file={}", hub.ca_file().display()),
-        format!("--ci-access={}", access.display()),
-    ];
+    let flags = operator_flags(&hub, &access);
     let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let operator = Operator::start(ns.kubeconfig(), ns.name(), &refs)?;
-    wait_until("the CI tunnel open", Duration::from_secs(60), || {
-        let open = metric_value(&hub.metrics()?, "tether_hub_tunnels_connected");
-        ensure!(open == Some(1.0), "tunnels: {open:?}");
-        Ok(())
-    })
-    .with_context(|| operator.log_tail())?;
+    wait_tunnel(&hub, Duration::from_secs(60)).with_context(|| operator.log_tail())?;
     let manifests = dir.path().join("deploy");
     std::fs::create_dir(&manifests)?;
     std::fs::write(
