@@ -40,6 +40,10 @@ pub const TUNNEL_DEAD_AFTER: Duration = Duration::from_secs(60);
 
 #[cfg(feature = "tunnel")]
 mod ends;
+#[cfg(feature = "tunnel")]
+mod headers;
 
 #[cfg(feature = "tunnel")]
 pub use ends::{BridgeEnd, Incoming, Keepalive, OpenError, Opener, Stream, accept, bridge, open};
+#[cfg(feature = "tunnel")]
+pub use headers::{end_to_end, wants_upgrade};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
+use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use tether_protocol::tunnel::K8S_PROXY_PREFIX;
@@ -16,20 +16,7 @@ use tracing::debug;
 use super::body::Counted;
 use super::{GaugeGuard, TunnelState};
 use crate::conn::LongLived;
-
-/// Headers that belong to one hop and never cross the relay (RFC 9110, 7.6.1), besides those the
-/// `Connection` header names. `upgrade` is put back for an upgrade.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+use tether_protocol::tunnel::{end_to_end, wants_upgrade};
 
 /// A Kubernetes `Status` object, so that kubectl and helm show the message.
 pub(super) fn status(code: StatusCode, reason: &str, message: String) -> Response {
@@ -66,41 +53,6 @@ fn split_target(request: &Request) -> (String, String) {
         None => rest,
     };
     (agent.to_string(), target)
-}
-
-/// Whether the client asks to switch protocols (`Connection: upgrade` with an `Upgrade` header).
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// The end-to-end headers of `headers`; for an upgrade, `Connection: upgrade` and its `Upgrade`.
-pub(super) fn end_to_end(headers: &HeaderMap, upgrading: bool) -> HeaderMap {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || named.iter().any(|c| c == n) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    if upgrading && let Some(upgrade) = headers.get(header::UPGRADE) {
-        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        out.insert(header::UPGRADE, upgrade.clone());
-    }
-    out
 }
 
 /// Relay one CI request.
@@ -272,7 +224,7 @@ fn bad_gateway(agent: &str, e: &hyper::Error) -> Response {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use axum::http::HeaderName;
+    use axum::http::{HeaderMap, HeaderName};
 
     fn h(name: &'static str) -> HeaderName {
         HeaderName::from_static(name)

@@ -20,6 +20,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tether_protocol::tunnel::{end_to_end, wants_upgrade};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::BoxError;
 use tracing::{debug, info};
@@ -31,20 +32,6 @@ use super::upstream::Upstream;
 
 /// How long the hub may take to send a request's head on a new stream.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Headers that belong to one hop and never cross (RFC 9110, 7.6.1), besides those `Connection`
-/// names. `upgrade` is put back for an upgrade.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -237,41 +224,6 @@ fn verb(request: &Request<Incoming>) -> &'static str {
         Method::DELETE => "delete",
         _ => "other",
     }
-}
-
-/// Whether the client asks to switch protocols (`Connection: upgrade` with an `Upgrade` header).
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// The end-to-end headers of `headers`; for an upgrade, `Connection: upgrade` and its `Upgrade`.
-fn end_to_end(headers: &HeaderMap, upgrading: bool) -> HeaderMap {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || named.iter().any(|c| c == n) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    if upgrading && let Some(upgrade) = headers.get(header::UPGRADE) {
-        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        out.insert(header::UPGRADE, upgrade.clone());
-    }
-    out
 }
 
 /// The headers sent to the API server: the client's end-to-end ones without its credentials, its
