@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let input = PlanInput {
         owner_name: "app",
         owner_namespace: "tenant",
-        filter,
+        filter: Some(filter),
         target_namespace: None,
         max_objects: ContentLimits::DEFAULT.max_objects,
     };

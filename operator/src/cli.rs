@@ -143,6 +143,32 @@ pub struct Args {
     #[arg(long, env = "TETHER_CI_ACCESS")]
     pub ci_access: Option<PathBuf>,
 
+    /// The kustomize executable that renders kustomizations: a path, or a name looked up on PATH
+    /// and then beside the operator's own executable.
+    #[arg(long, env = "TETHER_KUSTOMIZE", default_value = "kustomize")]
+    pub kustomize: String,
+
+    /// The helm executable that renders charts (`helm template`): a path or a name, as for
+    /// --kustomize.
+    #[arg(long, env = "TETHER_HELM", default_value = "helm")]
+    pub helm: String,
+
+    /// The sops executable that decrypts files for spec.decryption: a path or a name, as for
+    /// --kustomize.
+    #[arg(long, env = "TETHER_SOPS", default_value = "sops")]
+    pub sops: String,
+
+    /// The folder under which each render gets a private folder, removed when it ends (default:
+    /// `tether-render` in the system's temporary folder). Emptied at start-up.
+    #[arg(long, env = "TETHER_RENDER_DIR")]
+    pub render_dir: Option<PathBuf>,
+
+    /// Let kustomize fetch remote bases (`https://...`, `github.com/org/repo//path?ref=...`) with
+    /// the operator's PATH and proxy settings; refused otherwise, and every base must be in the
+    /// repository.
+    #[arg(long, env = "TETHER_ALLOW_REMOTE_BASES", default_value_t = false)]
+    pub allow_remote_bases: bool,
+
     /// How often to ping the hub (`20s`); for tests that cannot wait a minute.
     #[arg(long, env = "TETHER_HUB_KEEPALIVE", hide = true, value_parser = parse_duration)]
     pub hub_keepalive: Option<std::time::Duration>,
@@ -217,6 +243,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_concurrent_git,
         git_socket_timeout: _,
         ci_access,
+        kustomize,
+        helm,
+        sops,
+        render_dir,
+        allow_remote_bases,
         hub_keepalive,
         hub_dead_after,
     } = args;
@@ -319,8 +350,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         controller: "tether-operator".into(),
         instance: Some(identity),
     };
+    let tools = crate::render::Tools {
+        kustomize: crate::render::Tools::locate(&kustomize),
+        helm: crate::render::Tools::locate(&helm),
+        sops: crate::render::Tools::locate(&sops),
+        render_dir: render_dir.unwrap_or_else(|| std::env::temp_dir().join("tether-render")),
+        allow_remote_bases,
+    };
+    tools
+        .prepare()
+        .with_context(|| format!("preparing the render folder {}", tools.render_dir.display()))?;
+    info!(
+        kustomize = %tools.kustomize.display(),
+        helm = %tools.helm.display(),
+        sops = %tools.sops.display(),
+        "rendering tools"
+    );
     let (triggers, notices) = Triggers::new();
-    let ctx = Context::new(
+    let (ctx, wakes) = Context::new(
         controller::ApiAccess {
             client,
             config,
@@ -340,6 +387,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             allow_file_urls,
             allow_http_credentials,
         },
+        tools,
     );
     crate::hub::start(
         crate::hub::HubSettings {
@@ -368,11 +416,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match leadership {
         Some(leadership) => {
             tokio::select! {
-                () = controller::run(ctx, namespace, concurrency, notices, shutdown) => {}
+                () = controller::run(ctx, namespace, concurrency, notices, wakes, shutdown) => {}
                 () = leadership.lost() => anyhow::bail!("leader election: lost the lease; exiting so that another replica leads"),
             }
         }
-        None => controller::run(ctx, namespace, concurrency, notices, shutdown).await,
+        None => controller::run(ctx, namespace, concurrency, notices, wakes, shutdown).await,
     }
     info!("stopped");
     Ok(())

@@ -76,6 +76,14 @@ pub mod reason {
     pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
     /// Waiting for the applied objects to become ready.
     pub const WAITING_FOR_HEALTH: &str = "WaitingForHealth";
+    /// kustomize or helm refused the revision, or went past its time or output limit.
+    pub const RENDER_FAILED: &str = "RenderFailed";
+    /// A SOPS-encrypted file could not be decrypted with the keys given.
+    pub const DECRYPTION_FAILED: &str = "DecryptionFailed";
+    /// A `spec.dependsOn` entry is missing, or not Ready at its latest revision.
+    pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
+    /// `spec.dependsOn` entries lead back to this GitRepository.
+    pub const DEPENDENCY_CYCLE: &str = "DependencyCycle";
 }
 
 /// A pattern for the clone URLs Tether accepts: `https://`, `http://`, `ssh://`, `file://`,
@@ -185,6 +193,122 @@ pub struct GitRepositorySpec {
     /// (Deployments rolled out, Jobs complete...).
     #[serde(default)]
     pub wait: bool,
+
+    /// How the folder at `spec.path` becomes objects: `plain` (the manifests as they are),
+    /// `kustomize` (`kustomize build`) or `helm` (`helm template`). When unset it is detected: a
+    /// `kustomization.yaml`, `kustomization.yml` or `Kustomization` file there means kustomize, a
+    /// `Chart.yaml` means helm, anything else plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render: Option<RenderMode>,
+
+    /// How a Helm chart at `spec.path` is templated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<HelmSpec>,
+
+    /// Decrypt files encrypted with SOPS (manifests, and the files Kustomize or Helm read) before
+    /// rendering and applying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<Decryption>,
+
+    /// Other GitRepositories that must be Ready at their latest revision before this one is
+    /// applied (for example the one that installs the CRDs this one uses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub depends_on: Vec<DependencyRef>,
+}
+
+/// How the folder at `spec.path` becomes objects.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderMode {
+    /// The YAML and JSON files as they are.
+    Plain,
+    /// `kustomize build` of the folder.
+    Kustomize,
+    /// `helm template` of the chart in the folder.
+    Helm,
+}
+
+impl RenderMode {
+    /// The name used in `spec.render`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RenderMode::Plain => "plain",
+            RenderMode::Kustomize => "kustomize",
+            RenderMode::Helm => "helm",
+        }
+    }
+}
+
+/// A pattern for a Helm release name, as Helm itself accepts them (at most 53 characters).
+pub const RELEASE_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// How `helm template` renders the chart at `spec.path`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmSpec {
+    /// The release name the templates see as `.Release.Name`; defaults to this GitRepository's
+    /// name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = RELEASE_NAME_PATTERN), length(max = 53))]
+    pub release_name: Option<String>,
+
+    /// The namespace the templates see as `.Release.Namespace`; defaults to `targetNamespace`,
+    /// else this GitRepository's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+
+    /// Values files, relative to the chart's folder (`values-prod.yaml`,
+    /// `../../env/prod/values.yaml`), inside the repository; merged in order, after the chart's
+    /// own `values.yaml`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
+
+    /// Values merged last, over the chart's and the values files'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub values: Option<serde_json::Value>,
+}
+
+/// A schema for an object of any shape, kept whole by the API server.
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// Decryption of SOPS-encrypted files.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Decryption {
+    /// The decryption provider: `sops`.
+    pub provider: DecryptionProvider,
+    /// A Secret in this GitRepository's namespace whose `*.agekey` entries hold age private keys
+    /// (`AGE-SECRET-KEY-1...`); read as `serviceAccountName` when that is set.
+    pub secret_ref: SecretRef,
+}
+
+/// Which tool decrypts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecryptionProvider {
+    /// SOPS with age keys.
+    Sops,
+}
+
+/// Another GitRepository, by name.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub struct DependencyRef {
+    /// Its name.
+    pub name: String,
+    /// Its namespace; defaults to this GitRepository's. Another namespace's is read as
+    /// `serviceAccountName` when that is set, so the account needs `get` on it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 fn default_interval() -> String {

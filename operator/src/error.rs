@@ -12,6 +12,9 @@ pub enum ErrorClass {
     Revision,
     /// Anything else: try again soon, backing off.
     Transient,
+    /// Another `GitRepository` must become Ready first: try again when it does (it wakes this
+    /// one), and now and then meanwhile.
+    Waiting,
 }
 
 /// A stage's error, as the controller sorts it.

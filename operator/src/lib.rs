@@ -38,4 +38,5 @@ pub mod leader;
 pub mod metrics;
 pub mod net;
 pub mod plan;
+pub mod render;
 pub mod triggers;

@@ -9,12 +9,14 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef as Ref;
 use tether_protocol::Backoff;
 
+use super::deps::{Dependents, Wakes};
 use super::error::Error;
 use crate::crd::GitRepository;
 use crate::discovery::Catalog;
 use crate::git::MirrorCache;
 use crate::leader::Guard;
 use crate::metrics::Metrics;
+use crate::render::Tools;
 use crate::triggers::Triggers;
 
 /// The first retry after a transient failure, and the longest.
@@ -58,6 +60,12 @@ pub struct Context {
     impersonated: Mutex<HashMap<String, kube::Client>>,
     /// With leader election: what every client here checks before it writes.
     guard: Option<Guard>,
+    /// kustomize, helm and sops, and where renders happen.
+    pub(super) tools: Tools,
+    /// Who waits for which dependency.
+    pub(super) dependents: Dependents,
+    /// The API server's version, as helm is told it (read once).
+    kube_version: tokio::sync::OnceCell<Option<String>>,
 }
 
 impl std::fmt::Debug for ApiAccess {
@@ -82,13 +90,15 @@ impl Context {
         reporter: Reporter,
         triggers: Arc<Triggers>,
         policy: Policy,
-    ) -> Arc<Self> {
+        tools: Tools,
+    ) -> (Arc<Self>, Wakes) {
         let ApiAccess {
             client,
             config,
             guard,
         } = api;
-        Arc::new(Self {
+        let (dependents, wakes) = Dependents::new();
+        let ctx = Arc::new(Self {
             client,
             config,
             catalog: Catalog::default(),
@@ -100,7 +110,28 @@ impl Context {
             retries: Mutex::new(HashMap::new()),
             impersonated: Mutex::new(HashMap::new()),
             guard,
-        })
+            tools,
+            dependents,
+            kube_version: tokio::sync::OnceCell::new(),
+        });
+        (ctx, wakes)
+    }
+
+    /// The API server's version (`v1.36.3`), for `helm template --kube-version`; `None` when it
+    /// cannot be read, and helm keeps the version it was built for.
+    pub(super) async fn kube_version(&self) -> Option<String> {
+        self.kube_version
+            .get_or_init(|| async {
+                match self.client.apiserver_version().await {
+                    Ok(info) => Some(info.git_version),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the API server's version; helm templates for the version it was built for");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
     }
 
     /// The client that applies for a `GitRepository`: the operator's own, or one impersonating

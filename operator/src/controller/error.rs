@@ -6,6 +6,7 @@ use crate::error::{ErrorClass, StageError};
 use crate::git::GitError;
 use crate::health::HealthError;
 use crate::plan::PlanError;
+use crate::render::RenderError;
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,16 @@ pub enum Error {
     Git(#[from] GitError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// A `spec.dependsOn` entry is not Ready, or the entries form a cycle.
+    #[error("{message}")]
+    Dependency {
+        /// `DependencyNotReady` or `DependencyCycle`.
+        reason: &'static str,
+        /// Which dependency, and what it waits for.
+        message: String,
+    },
     #[error(transparent)]
     Apply(Box<ApplyError>),
     #[error(transparent)]
@@ -48,6 +59,8 @@ impl StageError for Error {
             Error::Secret { .. } => "secret",
             Error::Git(e) => e.category(),
             Error::Plan(e) => e.category(),
+            Error::Render(e) => e.category(),
+            Error::Dependency { .. } => "dependency_not_ready",
             Error::Apply(e) => e.category(),
             Error::Health(e) => e.category(),
             Error::Kube(_) => "api_error",
@@ -61,6 +74,8 @@ impl StageError for Error {
             Error::Secret { .. } | Error::Kube(_) | Error::Panicked(_) => ErrorClass::Transient,
             Error::Git(e) => e.class(),
             Error::Plan(e) => e.class(),
+            Error::Render(e) => e.class(),
+            Error::Dependency { .. } => ErrorClass::Waiting,
             Error::Apply(e) => e.class(),
             Error::Health(e) => e.class(),
         }
@@ -72,6 +87,8 @@ impl StageError for Error {
             Error::Secret { .. } => reason::AUTHENTICATION_FAILED,
             Error::Git(e) => e.reason(),
             Error::Plan(e) => e.reason(),
+            Error::Render(e) => e.reason(),
+            Error::Dependency { reason, .. } => reason,
             Error::Apply(e) => e.reason(),
             Error::Health(e) => e.reason(),
             Error::Kube(_) | Error::Panicked(_) => reason::FAILED,

@@ -1,7 +1,9 @@
 //! The controller: watches `GitRepository` objects and reconciles each through the pipeline.
 //!
 //! - [`spec`]: the spec checked once, as the stages consume it.
-//! - [`pipeline`]: resolve, fetch, plan, apply, prune, wait; returns an [`status::Attempt`].
+//! - [`deps`]: `spec.dependsOn`: the wait for dependencies, cycles, and waking dependents.
+//! - [`pipeline`]: resolve, fetch, render, plan, apply, prune, wait; returns an [`status::Attempt`].
+//! - [`render`]: the manifests of a revision: plain, or from kustomize or helm, decrypted.
 //! - [`status`]: pure: the next status and Event from an attempt.
 //! - [`writer`]: writes the status and publishes Events.
 //! - [`error`]: why a reconcile failed, sorted by [`crate::error::StageError`].
@@ -12,8 +14,10 @@
 //! else is transient and retried with a per-object backoff.
 
 mod context;
+mod deps;
 mod error;
 mod pipeline;
+mod render;
 mod spec;
 pub mod status;
 mod writer;
@@ -32,6 +36,7 @@ use kube::runtime::{Predicate as _, WatchStreamExt, predicates, watcher};
 use tracing::{debug, info, instrument, warn};
 
 pub use context::{ApiAccess, Context, MIRROR_SWEEP_INTERVAL, Policy, sweep_mirrors};
+pub use deps::Wakes;
 pub use error::Error;
 
 use self::spec::ValidSpec;
@@ -43,6 +48,10 @@ use crate::error::{ErrorClass, StageError as _};
 use crate::plan;
 use crate::triggers::Notices;
 
+/// How often a GitRepository waiting for its dependencies looks at them again, besides being
+/// woken when one of them becomes Ready.
+const DEPENDENCY_RECHECK: Duration = Duration::from_secs(30);
+
 /// The interval assumed for an object whose own does not parse.
 const FALLBACK_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -53,6 +62,7 @@ pub async fn run(
     namespace: Option<String>,
     concurrency: u16,
     notices: Notices,
+    wakes: Wakes,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<GitRepository> = match &namespace {
@@ -74,6 +84,7 @@ pub async fn run(
     Controller::for_stream(changes, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .reconcile_on(pushed)
+        .reconcile_on(wakes.into_stream())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -106,6 +117,7 @@ fn error_policy(obj: Arc<GitRepository>, err: &Error, ctx: Arc<Context>) -> Acti
         ErrorClass::Transient => {
             Action::requeue(ctx.next_retry(Ref::from_obj(&*obj)).min(interval))
         }
+        ErrorClass::Waiting => Action::requeue(DEPENDENCY_RECHECK.min(interval)),
     }
 }
 
@@ -178,7 +190,14 @@ async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Erro
     let (attempt, notice, interval) = match spec {
         Ok(spec) => {
             let notice = ctx.triggers.last_notice(&spec.repo);
-            let attempt = pipeline::attempt(&obj, &spec, ctx).await;
+            let attempt = match dependencies(&obj, ctx).await {
+                Ok(()) => pipeline::attempt(&obj, &spec, ctx).await,
+                Err(error) => Attempt::Failed {
+                    revision: None,
+                    recorded_inventory: None,
+                    error,
+                },
+            };
             (attempt, notice, spec.interval)
         }
         Err(error) => {
@@ -201,6 +220,7 @@ async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Erro
             revision, summary, ..
         } => {
             ctx.reset_retries(&oref);
+            ctx.dependents.ready(&oref);
             if let Some(event) = next.event {
                 info!(revision = %revision, summary = %summary, "applied");
                 publish(ctx, &obj, event).await;
@@ -220,6 +240,23 @@ async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Erro
             Err(error)
         }
     }
+}
+
+/// Waits for `spec.dependsOn`: while a dependency is not Ready, records that `obj` waits for it
+/// (to be woken when it is).
+async fn dependencies(obj: &GitRepository, ctx: &Context) -> Result<(), Error> {
+    let oref = Ref::from_obj(obj);
+    if obj.spec.depends_on.is_empty() {
+        ctx.dependents.wait(&oref, &[]);
+        return Ok(());
+    }
+    let namespace = obj.namespace().unwrap_or_default();
+    let client = ctx.apply_client(&namespace, obj.spec.service_account_name.as_deref())?;
+    // Recorded before the check, so that a dependency turning Ready meanwhile still wakes it.
+    ctx.dependents.wait(&oref, &deps::of(obj));
+    deps::check(obj, &ctx.client, &client).await?;
+    ctx.dependents.wait(&oref, &[]);
+    Ok(())
 }
 
 /// Finalizer cleanup: prune everything the repository applied when `prune` is on.

@@ -20,7 +20,7 @@ use crate::apply::{self, Action};
 use crate::crd::{GitRepository, ObjectRef};
 use crate::discovery::Kinds;
 use crate::git::{self, Credentials};
-use crate::plan::{self, PlanError, PlanInput};
+use crate::plan::{self, ManifestFilter, PlanError, PlanInput};
 
 /// What the stages learn as they go, kept for a failure's status.
 #[derive(Debug, Default)]
@@ -107,27 +107,29 @@ async fn stages(
         .with_label_values(&[outcome])
         .observe(started.elapsed().as_secs_f64());
 
-    // Plan, from the commit's tree.
+    // Render (or read the plain manifests), then plan.
     let started = Instant::now();
-    let filter = spec.filter.clone();
-    let files = ctx
-        .mirrors
-        .read_tree(
-            &key,
-            resolved.sha.clone(),
-            spec.path.clone(),
-            timeout,
-            move |p| filter.accepts(p),
-        )
-        .await?;
+    let keys = match &obj.spec.decryption {
+        Some(decryption) => {
+            let name = decryption.secret_ref.name.as_str();
+            let data = read_secret(&client, &namespace, name, account).await?;
+            let secret = format!("{namespace}/{name}");
+            let keys = crate::render::sops::age_keys(&secret, &data)?;
+            Some(super::render::Keys { secret, keys })
+        }
+        None => None,
+    };
+    let manifests = super::render::manifests(obj, spec, ctx, &resolved, keys).await?;
+    let filter = manifests.filter;
+    let files = manifests.files;
     let mut kinds = ctx.catalog.kinds(&ctx.client).await?;
     let files = Arc::new(files);
-    let planned = plan_off_runtime(obj, spec, ctx, Arc::clone(&files), kinds).await?;
+    let planned = plan_off_runtime(obj, ctx, filter.clone(), Arc::clone(&files), kinds).await?;
     let planned = match planned {
         Err(PlanError::UnknownKind { .. }) => {
             // A CRD may have been installed since the last discovery.
             kinds = ctx.catalog.refresh(&ctx.client, false).await?;
-            plan_off_runtime(obj, spec, ctx, files, kinds).await?
+            plan_off_runtime(obj, ctx, filter, files, kinds).await?
         }
         other => other,
     };
@@ -177,21 +179,20 @@ async fn stages(
 /// repository decides, which must not hold up the async workers that serve every other reconcile.
 async fn plan_off_runtime(
     obj: &GitRepository,
-    spec: &ValidSpec,
     ctx: &Context,
+    filter: Option<Arc<ManifestFilter>>,
     files: Arc<Vec<(String, Vec<u8>)>>,
     kinds: Arc<Kinds>,
 ) -> Result<Result<plan::Plan, PlanError>, Error> {
     let name = obj.name_any();
     let namespace = obj.namespace().unwrap_or_default();
     let target_namespace = obj.spec.target_namespace.clone();
-    let filter = Arc::clone(&spec.filter);
     let max_objects = ctx.mirrors.limits().max_objects;
     tokio::task::spawn_blocking(move || {
         let input = PlanInput {
             owner_name: &name,
             owner_namespace: &namespace,
-            filter: &filter,
+            filter: filter.as_deref(),
             target_namespace: target_namespace.as_deref(),
             max_objects,
         };
@@ -239,6 +240,22 @@ async fn credentials(
     let Some(name) = secret else {
         return Ok(Credentials::none());
     };
+    let data = read_secret(client, namespace, name, account).await?;
+    let full = format!("{namespace}/{name}");
+    Credentials::from_secret_data(&full, &data).map_err(|e| Error::Secret {
+        name: full,
+        message: e.to_string(),
+    })
+}
+
+/// The data of the Secret `name` in `namespace`, read with `client` (impersonating `account`,
+/// when set): a tenant's account cannot name a Secret it may not read itself.
+async fn read_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    account: Option<&str>,
+) -> Result<BTreeMap<String, Vec<u8>>, Error> {
     let full = format!("{namespace}/{name}");
     let secret = match Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(name)
@@ -260,14 +277,10 @@ async fn credentials(
         name: full.clone(),
         message: "not found; create it in the GitRepository's namespace".into(),
     })?;
-    let data: BTreeMap<String, Vec<u8>> = secret
+    Ok(secret
         .data
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, v.0))
-        .collect();
-    Credentials::from_secret_data(&full, &data).map_err(|e| Error::Secret {
-        name: full,
-        message: e.to_string(),
-    })
+        .collect())
 }

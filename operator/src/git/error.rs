@@ -104,6 +104,18 @@ pub enum GitError {
     /// The revision is over one of the operator's content limits.
     #[error(transparent)]
     Limit(#[from] LimitExceeded),
+    /// A symbolic link in the revision points outside the repository; the tools that render a
+    /// checkout would follow it.
+    #[error(
+        "{file} is a symbolic link to {target:?}, outside the repository: a rendered checkout \
+         holds only links that stay inside it"
+    )]
+    LinkOutside {
+        /// The link, from the repository root.
+        file: String,
+        /// Where it points.
+        target: String,
+    },
     /// The blocking task died (a panic in libgit2 glue).
     #[error("git task failed: {0}")]
     Task(String),
@@ -122,6 +134,7 @@ impl StageError for GitError {
             GitError::Timeout { .. } | GitError::StillRunning { .. } => "git_timeout",
             GitError::PathNotFound { .. } => "path_not_found",
             GitError::Limit(e) => e.category(),
+            GitError::LinkOutside { .. } => "render_failed",
             GitError::Cache { .. } | GitError::Task(_) => "git_internal",
         }
     }
@@ -132,6 +145,7 @@ impl StageError for GitError {
     fn class(&self) -> ErrorClass {
         match self {
             GitError::Limit(e) => e.class(),
+            GitError::LinkOutside { .. } => ErrorClass::Revision,
             _ => ErrorClass::Transient,
         }
     }
@@ -142,6 +156,7 @@ impl StageError for GitError {
                 reason::AUTHENTICATION_FAILED
             }
             GitError::Limit(e) => e.reason(),
+            GitError::LinkOutside { .. } => reason::RENDER_FAILED,
             _ => reason::GIT_OPERATION_FAILED,
         }
     }

@@ -188,6 +188,45 @@ impl MirrorCache {
     }
 }
 
+impl MirrorCache {
+    /// The names directly inside the folder `path` of commit `sha`.
+    pub async fn names_at(
+        &self,
+        key: &str,
+        sha: String,
+        path: String,
+        timeout: Duration,
+    ) -> Result<Vec<String>, GitError> {
+        let guard = self.lock_for(key).lock_owned().await;
+        let mirror = self.mirror_path(key);
+        self.slots
+            .run(key, key.to_owned(), timeout, Some(guard), move || {
+                super::names_at_blocking(&mirror, &sha, &path)
+            })
+            .await
+    }
+
+    /// Writes commit `sha` of the mirror for `key` out under `dest`, within the content limits,
+    /// leaving out what `skip` takes; returns the paths written.
+    pub async fn checkout(
+        &self,
+        key: &str,
+        sha: String,
+        dest: PathBuf,
+        timeout: Duration,
+        skip: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Vec<String>, GitError> {
+        let guard = self.lock_for(key).lock_owned().await;
+        let mirror = self.mirror_path(key);
+        let limits = self.limits;
+        self.slots
+            .run(key, key.to_owned(), timeout, Some(guard), move || {
+                super::checkout_blocking(&mirror, &sha, &dest, &limits, skip)
+            })
+            .await
+    }
+}
+
 /// Opens the mirror at `path`, creating it when missing. The caller holds the mirror's lock, and
 /// the cache belongs to this process alone, so a `*.lock` file found now was left by a process
 /// killed mid-write and is removed; a mirror that does not open is removed and created again (it

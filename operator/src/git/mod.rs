@@ -10,10 +10,12 @@
 //! - `resolve`: ls-remote and picking a branch, tag or semver range.
 //! - `mirror`: the mirror cache, fetch and tree reading within the content limits; a mirror
 //!   left locked or broken by a kill is repaired on its next fetch.
+//! - `checkout`: a commit written out as files for kustomize and helm, within the same limits.
 //! - `slots`: how many git operations run at once, and what one that overruns its timeout holds.
 //! - `socket`: libgit2's socket timeouts, which end a thread stuck on a remote that says nothing.
 //! - `credentials`, [`known_hosts`]: what a Secret gives, and the checks of the server's identity.
 
+mod checkout;
 mod credentials;
 mod error;
 pub mod known_hosts;
@@ -23,6 +25,7 @@ mod resolve;
 mod slots;
 mod socket;
 
+pub use checkout::{checkout_blocking, link_stays_inside, names_at_blocking};
 pub use credentials::{Credentials, CredentialsError, HostKeyError};
 pub use error::GitError;
 pub use mirror::{

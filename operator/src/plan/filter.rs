@@ -40,6 +40,15 @@ impl ManifestFilter {
         Ok(Self { prefix, ignore })
     }
 
+    /// Whether `spec.ignore` leaves out the file, or the folder (written with a trailing `/`),
+    /// at `path` from the repository root: what a checkout for kustomize or helm leaves out.
+    pub fn ignores(&self, path: &str) -> bool {
+        let is_dir = path.ends_with('/');
+        self.ignore
+            .matched_path_or_any_parents(Path::new(path.trim_end_matches('/')), is_dir)
+            .is_ignore()
+    }
+
     /// Whether the file at `path` (relative to the repository root) is a manifest to read.
     pub fn accepts(&self, path: &str) -> bool {
         if !path.starts_with(&self.prefix) {

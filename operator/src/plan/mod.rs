@@ -41,8 +41,9 @@ pub struct PlanInput<'a> {
     /// The namespace of the owning `GitRepository`; namespaced objects without a namespace land
     /// there unless `target_namespace` is set.
     pub owner_namespace: &'a str,
-    /// Which files are manifests: `spec.path` and `spec.ignore`.
-    pub filter: &'a ManifestFilter,
+    /// Which files are manifests: `spec.path` and `spec.ignore`; `None` when every file given is
+    /// one (the output of kustomize or helm).
+    pub filter: Option<&'a ManifestFilter>,
     /// `spec.targetNamespace`: overrides the namespace of every namespaced object.
     pub target_namespace: Option<&'a str>,
     /// The most objects the revision may define (`--max-objects`).
@@ -217,7 +218,7 @@ pub fn plan(
 ) -> Result<Plan, PlanError> {
     let mut sorted: Vec<&(String, Vec<u8>)> = files
         .iter()
-        .filter(|(path, _)| input.filter.accepts(path))
+        .filter(|(path, _)| input.filter.is_none_or(|f| f.accepts(path)))
         .collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
 

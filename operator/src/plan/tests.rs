@@ -13,7 +13,7 @@ fn owner() -> PlanInput<'static> {
     PlanInput {
         owner_name: "app",
         owner_namespace: "flux-free",
-        filter: &DEPLOY,
+        filter: Some(&DEPLOY),
         target_namespace: None,
         max_objects: ContentLimits::DEFAULT.max_objects,
     }
@@ -343,7 +343,7 @@ fn ignore_patterns_are_gitignore_style() {
     ];
     let filter = ManifestFilter::new("deploy", &ignore).unwrap();
     let input = PlanInput {
-        filter: &filter,
+        filter: Some(&filter),
         ..owner()
     };
     let plan = plan(
@@ -370,7 +370,7 @@ fn ignore_patterns_are_gitignore_style() {
 fn root_path_reads_everything() {
     let filter = ManifestFilter::new("", &[]).unwrap();
     let input = PlanInput {
-        filter: &filter,
+        filter: Some(&filter),
         ..owner()
     };
     let plan = plan(
