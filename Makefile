@@ -10,6 +10,11 @@ CLUSTER_DIR := $(RUN_DIR)/cluster
 # The control plane's binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm), built
 # once from their Go modules and cached by version.
 CONTROLPLANE_BIN = $(shell bash hack/controlplane-bin.sh)
+# kustomize and sops, which the operator renders and decrypts with (helm is in CONTROLPLANE_BIN),
+# built once from their Go modules and cached by version.
+RENDER_BIN = $(shell bash hack/render-tools-bin.sh)
+# Where the operator the tests, the demo and the benches start finds its tools.
+TOOLS_ENV = TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_RENDER_BIN="$(RENDER_BIN)"
 # The debug binaries the e2e tests, the demo and cluster-up use: always this one set of packages, so
 # that cargo resolves the same features and builds them once for all.
 BUILD_BINS = $(CARGO) build --locked -p tether-operator -p tether-hub -p tether-e2e --bins
@@ -22,8 +27,9 @@ help: ## List the targets
 deps: ## Install the Debian packages the tests and demo need (only the missing ones)
 	@bash hack/deps.sh
 
-controlplane: deps ## Build (or find cached) the control-plane binaries
+controlplane: deps ## Build (or find cached) the control-plane binaries and the rendering tools
 	@bash hack/controlplane-bin.sh
+	@bash hack/render-tools-bin.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -37,7 +43,7 @@ unit: ## Unit and component tests (no control plane)
 
 e2e: deps ## End-to-end tests against the local control plane
 	$(BUILD_BINS)
-	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" $(CARGO) test -p tether-e2e --locked -- --nocapture
+	$(TOOLS_ENV) $(CARGO) test -p tether-e2e --locked -- --nocapture
 	@bash hack/check-no-leftovers.sh "$(RUN_DIR)"
 
 test: deps lint unit e2e ## Everything CI checks: lint, unit tests, end-to-end tests
@@ -53,9 +59,11 @@ cluster-down: ## Stop the control plane started by cluster-up
 run: deps ## The local demo: control plane, git server, hub, operator and a GitRepository syncing
 	@echo "==> building the control-plane binaries (cached after the first build; the first takes ~20 min)"
 	@bash hack/controlplane-bin.sh >/dev/null
+	@echo "==> building kustomize and sops (cached after the first build; the first takes ~5 min)"
+	@bash hack/render-tools-bin.sh >/dev/null
 	@echo "==> building Tether"
 	$(BUILD_BINS)
-	@TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" target/debug/tether-demo --state-dir "$(RUN_DIR)/demo"
+	@$(TOOLS_ENV) target/debug/tether-demo --state-dir "$(RUN_DIR)/demo"
 
 stop: ## Stop everything `make run` (and `make cluster-up`) started
 	@if [[ -f "$(RUN_DIR)/demo/demo.pid" ]]; then \
@@ -74,15 +82,19 @@ BENCH_AGENTS_PER_PROCESS ?= 5000
 # slow-loris connections, concurrent 1 MiB bad-signature posts, real pushes
 BENCH_HOSTILE ?= 1000 100 200
 BENCH_CI ?= 2000 2000 1000
-bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, hub fan-out, CI access
-	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-push --example bench-ci
+# kustomize repositories of 200 ConfigMaps for the cold start, pushes per rendering mode
+BENCH_RENDER ?= 100 10
+bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, rendering, hub fan-out, CI access
+	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-push --example bench-ci \
+	  --example bench-render
 	$(CARGO) build --release --locked -p tether-hub --example loadgen --example hostile
-	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
+	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/bench-sync $(BENCH_SIZES)
-	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
+	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/examples/bench-push $(BENCH_PUSHES)
-	TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_BIN_DIR=$(CURDIR)/target/release \
+	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/examples/bench-ci $(BENCH_CI)
+	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release target/release/examples/bench-render $(BENCH_RENDER)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/loadgen $(BENCH_AGENTS) $(BENCH_AGENTS_PER_PROCESS)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/hostile $(BENCH_HOSTILE)
 

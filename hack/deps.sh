@@ -11,6 +11,7 @@ packages=(
   nftables iproute2 socat               # the network-namespace test with no inbound access
   util-linux procps                     # setpriv (child processes die with the tests), ps
   tinyproxy                             # an HTTP CONNECT proxy, for git through a proxy
+  age                                   # age-keygen: the keys SOPS-encrypted test secrets use
 )
 
 missing=()

@@ -10,6 +10,7 @@
 //! - [`hub`]: the real `tether-hub` with a generated config, stopped, restarted and frozen at will, and
 //!   `post-receive` hooks that send it signed GitHub, GitLab and Gitea push webhooks.
 //! - [`operator`]: the real `tether-operator` as a process: killed, restarted, its log and metrics read.
+//! - [`render_tools`]: the kustomize, helm and sops the operator renders with, and the tests too.
 //! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
 //! - [`netns`]: a network namespace that lets nothing in, with relays out to the host's services.
 //!
@@ -46,6 +47,7 @@ pub mod oidc;
 pub mod operator;
 pub mod process;
 pub mod proxy;
+pub mod render_tools;
 pub mod tampering_hub;
 pub mod tls;
 pub mod tool;

@@ -74,6 +74,7 @@ impl Operator {
         let mut args = vec![
             format!("--admin-addr={admin_host}:{admin_port}"),
             format!("--cache-dir={}", dir.path().join("cache").display()),
+            format!("--render-dir={}", dir.path().join("render").display()),
             format!("--namespace={namespace}"),
             "--concurrency=4".to_string(),
         ];
@@ -102,6 +103,11 @@ impl Operator {
     /// The folder of its mirror cache (`--cache-dir`), kept across restarts.
     pub fn cache_dir(&self) -> PathBuf {
         self._dir.path().join("cache")
+    }
+
+    /// The folder its renders happen in (`--render-dir`): empty whenever no render runs.
+    pub fn render_dir(&self) -> PathBuf {
+        self._dir.path().join("render")
     }
 
     /// The operator's log so far.
@@ -197,6 +203,7 @@ fn spawn(
             ("TETHER_ALLOW_FILE_URLS", "true".to_string()),
         ]
         .into_iter()
+        .chain(crate::render_tools::operator_env())
         .chain(env.iter().map(|(k, v)| (k.as_str(), v.clone())))
         .collect::<Vec<_>>(),
     )

@@ -440,9 +440,9 @@ fn every_shell_block_in_the_docs_is_run_or_skipped_for_a_reason() -> Result<()> 
 
 // --- README: the quick start ------------------------------------------------------------------------
 
-/// podinfo's `kustomize/` folder as Tether sees it: plain manifests, and a kustomization.yaml that is
-/// no Kubernetes object (applying it would fail the revision, so the quick start's `ignore` must skip
-/// it).
+/// podinfo's `kustomize/` folder: its manifests and the kustomization.yaml that lists them. Applied
+/// as plain files, the kustomization (no Kubernetes object) would fail the revision: the quick start
+/// passes only because Tether detects it and runs `kustomize build`.
 const PODINFO: &[(&str, &str)] = &[
     (
         "kustomize/deployment.yaml",
@@ -589,8 +589,8 @@ fn kubeconfig_in_namespace(dir: &Path, namespace: &str) -> Result<PathBuf> {
 
 /// README's quick start, from `helm install` to `kubectl get gitrepo -A`. Substituted: the release's
 /// namespace (`tether`) and the GitRepository's (`default`) by namespaces of this test's own, and
-/// podinfo on GitHub by a local repository of the same layout (branch `master`, plain manifests and a
-/// kustomization.yaml under `kustomize/`). No pod runs here (there is no kubelet): the chart's
+/// podinfo on GitHub by a local repository of the same layout (branch `master`, manifests and the
+/// kustomization.yaml under `kustomize/`, built by the real kustomize). No pod runs here (there is no kubelet): the chart's
 /// Deployment stays Pending, and the operator binary runs out of cluster in its place, so that
 /// `kubectl wait --for=condition=Ready` passes for real. Then troubleshooting.md's
 /// `kubectl logs -n tether deploy/tether-operator` against that release, and `helm uninstall`.
@@ -642,7 +642,7 @@ async fn readme_quick_start_installs_the_chart_and_syncs_a_repository() -> Resul
         "`kubectl get gitrepo -A` did not list {n}/podinfo as Ready:\n{}",
         ran.stdout
     );
-    // The plain manifests were applied, in the GitRepository's namespace; the kustomization was not.
+    // What kustomize built was applied, in the GitRepository's namespace.
     let applied = ns.kubectl().run(&[
         "get",
         "deployments,services,horizontalpodautoscalers",
