@@ -27,6 +27,9 @@ pub struct Metrics {
     pub resolve_duration: Histogram,
     /// Fetch durations, by whether anything was fetched (`fetched`, `cached`).
     pub fetch_duration: HistogramVec,
+    /// One run of kustomize or helm on a revision (`renderer`: `kustomize`, `helm`), checkout and
+    /// decryption included.
+    pub render_duration: HistogramVec,
     /// Plan, dry-run, apply, prune and (with `spec.wait`) the health wait of one revision.
     pub apply_duration: Histogram,
     /// Objects by what applying them did: created, configured, unchanged, pruned.
@@ -73,6 +76,14 @@ impl Metrics {
             .buckets(buckets.clone()),
             &["outcome"],
         )?;
+        let render_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tether_render_duration_seconds",
+                "Time to render a revision with kustomize or helm, its checkout and decryption included",
+            )
+            .buckets(buckets.clone()),
+            &["renderer"],
+        )?;
         let apply_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "tether_apply_duration_seconds",
@@ -98,6 +109,7 @@ impl Metrics {
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(resolve_duration.clone()))?;
         registry.register(Box::new(fetch_duration.clone()))?;
+        registry.register(Box::new(render_duration.clone()))?;
         registry.register(Box::new(apply_duration.clone()))?;
         registry.register(Box::new(objects.clone()))?;
         registry.register(Box::new(push_to_applied.clone()))?;
@@ -107,6 +119,7 @@ impl Metrics {
             reconciles,
             resolve_duration,
             fetch_duration,
+            render_duration,
             apply_duration,
             objects,
             push_to_applied,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use tether_e2e::cluster::{TestNamespace, shared};
-use tether_e2e::fixtures::config_map;
+use tether_e2e::fixtures::{config_map, git_repository, unguessable};
 use tether_e2e::git_server::Upstream;
 use tether_e2e::gitrepo::{field_args, install_crds, wait_for_output, wait_ready};
 use tether_e2e::hub::{Forge, Hub, sha256_hex};
@@ -94,6 +94,13 @@ const BLOCKS: &[(&str, &str, Use)] = &[
         Use::Run {
             // Its `kubectl logs` line needs the chart installed: the quick start test runs that line.
             by: "troubleshooting_doc_commands_show_the_status_and_request_a_reconcile",
+        },
+    ),
+    (
+        "docs/rendering.md",
+        "# 1. A key pair.",
+        Use::Run {
+            by: "rendering_doc_sops_steps_encrypt_what_a_gitrepository_decrypts",
         },
     ),
     (
@@ -1163,5 +1170,98 @@ subjects:
         message == "deployed by a CI job",
         "the ConfigMap holds {message:?}"
     );
+    Ok(())
+}
+
+// --- docs/rendering.md: SOPS with age ----------------------------------------------------------------
+
+/// docs/rendering.md's steps for SOPS with age, run as written in a folder holding the `secret.yaml`
+/// and `db.env` they name (the namespace swapped for this test's; the real age-keygen and sops): the
+/// key made, the key Secret created, a Secret and an env file encrypted. Committed with a
+/// kustomization that generates a Secret from the env file, a `GitRepository` with `decryption`
+/// applies both, decrypted; the committed files hold no plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendering_doc_sops_steps_encrypt_what_a_gitrepository_decrypts() -> Result<()> {
+    let ns = TestNamespace::create("docs-sops").await?;
+    install_crds(ns.kubectl())?;
+    let (n, kubectl) = (ns.name(), ns.kubectl());
+    let tools = tether_e2e::render_tools::locate()?;
+    let work = tempfile::tempdir()?;
+    let password = unguessable("password");
+    let dsn = unguessable("dsn");
+    std::fs::write(
+        work.path().join("secret.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db-password\nstringData:\n  password: {password}\n"
+        ),
+    )?;
+    std::fs::write(work.path().join("db.env"), format!("DSN={dsn}\n"))?;
+
+    let block = doc_block("docs/rendering.md", "# 1. A key pair.")?.replace(
+        "-n team-a ",
+        &format!("-n {n} "),
+        1,
+    )?;
+    let block = Block {
+        text: format!("cd '{}'\n{}", work.path().display(), block.text),
+        ..block
+    };
+    let sops_dir = tools.sops.parent().context("sops has a folder")?;
+    let path = format!(
+        "{}:{}:{}",
+        sops_dir.display(),
+        shared().binaries().dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Shell::for_cluster(ns.kubeconfig())
+        .env("PATH", &path)
+        .run(&block, Duration::from_secs(60))?;
+
+    let encrypted = std::fs::read_to_string(work.path().join("secret.enc.yaml"))?;
+    let env = std::fs::read_to_string(work.path().join("db.enc.env"))?;
+    ensure!(
+        !encrypted.contains(&password) && encrypted.contains("sops:"),
+        "secret.enc.yaml is not encrypted:\n{encrypted}"
+    );
+    ensure!(
+        !env.contains(&dsn) && env.contains("sops_mac="),
+        "db.enc.env is not encrypted:\n{env}"
+    );
+
+    let repo = Upstream::new("docs-sops")?;
+    repo.write("app/secret.enc.yaml", &encrypted)?;
+    repo.write("app/db.enc.env", &env)?;
+    repo.write(
+        "app/kustomization.yaml",
+        "resources: [secret.enc.yaml]\nsecretGenerator:\n- name: db\n  envs: [db.enc.env]\ngeneratorOptions:\n  disableNameSuffixHash: true\n",
+    )?;
+    repo.commit("encrypted secrets")?;
+    repo.push()?;
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "apps",
+        &repo.file_url(),
+        "  path: app\n  interval: 1h\n  decryption:\n    provider: sops\n    secretRef:\n      name: sops-age\n",
+    ))?;
+    wait_ready(kubectl, n, "apps", "120s", &operator)?;
+    for (secret, key, want) in [("db-password", "password", &password), ("db", "DSN", &dsn)] {
+        let data = kubectl.run(&[
+            "get",
+            "secret",
+            secret,
+            "-n",
+            n,
+            "-o",
+            &format!("jsonpath={{.data.{key}}}"),
+        ])?;
+        let value =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data.trim())?;
+        ensure!(
+            value == want.as_bytes(),
+            "Secret {secret} holds {:?} under {key}, want the decrypted value",
+            String::from_utf8_lossy(&value)
+        );
+    }
     Ok(())
 }

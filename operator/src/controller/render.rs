@@ -75,6 +75,7 @@ pub(super) async fn manifests(
         });
     }
 
+    let started = std::time::Instant::now();
     // Kustomize and helm: a checkout of the whole revision (bases and values files may live
     // anywhere in the repository), less what spec.ignore leaves out.
     let scratch = ctx.tools.scratch()?;
@@ -178,6 +179,10 @@ pub(super) async fn manifests(
         RenderMode::Plain => Vec::new(),
     };
     drop(scratch);
+    ctx.metrics
+        .render_duration
+        .with_label_values(&[mode.as_str()])
+        .observe(started.elapsed().as_secs_f64());
     Ok(Manifests {
         files,
         filter: None,
@@ -220,7 +225,7 @@ async fn decrypt_checkout(
     timeout: Duration,
     max: u64,
 ) -> Result<(), Error> {
-    for path in written {
+    for path in written.iter().filter(|p| sops::may_be_encrypted(p)) {
         let file = src.join(path);
         let is_file = std::fs::symlink_metadata(&file).is_ok_and(|m| m.is_file());
         if !is_file {

@@ -29,6 +29,14 @@ impl Format {
     }
 }
 
+/// Whether a file named `path` can be one sops encrypted (by its extension), before reading it.
+pub fn may_be_encrypted(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    [".yaml", ".yml", ".json", ".env", ".ini"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
+}
+
 /// The format of `path` when its content is SOPS-encrypted (it carries sops's metadata and
 /// message authentication code), else `None`.
 pub fn encrypted_format(path: &str, content: &[u8]) -> Option<Format> {
