@@ -65,7 +65,7 @@ pub struct Context {
     /// Who waits for which dependency.
     pub(super) dependents: Dependents,
     /// The API server's version, as helm is told it (read once).
-    kube_version: tokio::sync::OnceCell<Option<String>>,
+    kube_version: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for ApiAccess {
@@ -112,26 +112,24 @@ impl Context {
             guard,
             tools,
             dependents,
-            kube_version: tokio::sync::OnceCell::new(),
+            kube_version: std::sync::OnceLock::new(),
         });
         (ctx, wakes)
     }
 
-    /// The API server's version (`v1.36.3`), for `helm template --kube-version`; `None` when it
-    /// cannot be read, and helm keeps the version it was built for.
+    /// The API server's version (`v1.36.3`), for `helm template --kube-version`, read once it
+    /// answers; `None` while it cannot be read, and helm keeps the version it was built for.
     pub(super) async fn kube_version(&self) -> Option<String> {
-        self.kube_version
-            .get_or_init(|| async {
-                match self.client.apiserver_version().await {
-                    Ok(info) => Some(info.git_version),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the API server's version; helm templates for the version it was built for");
-                        None
-                    }
-                }
-            })
-            .await
-            .clone()
+        if let Some(known) = self.kube_version.get() {
+            return Some(known.clone());
+        }
+        match self.client.apiserver_version().await {
+            Ok(info) => Some(self.kube_version.get_or_init(|| info.git_version).clone()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the API server's version; helm templates for the version it was built for");
+                None
+            }
+        }
     }
 
     /// The client that applies for a `GitRepository`: the operator's own, or one impersonating
