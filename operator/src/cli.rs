@@ -169,6 +169,11 @@ pub struct Args {
     #[arg(long, env = "TETHER_ALLOW_REMOTE_BASES", default_value_t = false)]
     pub allow_remote_bases: bool,
 
+    /// How many renders (kustomize or helm, with their checkout) run at once over all
+    /// repositories; the others wait their turn. Each tool process holds some 20 MiB.
+    #[arg(long, env = "TETHER_MAX_CONCURRENT_RENDERS", default_value_t = crate::render::DEFAULT_MAX_CONCURRENT_RENDERS)]
+    pub max_concurrent_renders: usize,
+
     /// How often to ping the hub (`20s`); for tests that cannot wait a minute.
     #[arg(long, env = "TETHER_HUB_KEEPALIVE", hide = true, value_parser = parse_duration)]
     pub hub_keepalive: Option<std::time::Duration>,
@@ -248,6 +253,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sops,
         render_dir,
         allow_remote_bases,
+        max_concurrent_renders,
         hub_keepalive,
         hub_dead_after,
     } = args;
@@ -356,6 +362,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sops: crate::render::Tools::locate(&sops),
         render_dir: render_dir.unwrap_or_else(|| std::env::temp_dir().join("tether-render")),
         allow_remote_bases,
+        slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max_concurrent_renders.max(1))),
     };
     tools
         .prepare()

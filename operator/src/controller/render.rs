@@ -75,6 +75,13 @@ pub(super) async fn manifests(
         });
     }
 
+    // Bounded: each render holds a checkout on disk and a tool process in memory.
+    let _slot = ctx
+        .tools
+        .slots
+        .acquire()
+        .await
+        .map_err(|e| Error::Panicked(format!("the render slots: {e}")))?;
     let started = std::time::Instant::now();
     // Kustomize and helm: a checkout of the whole revision (bases and values files may live
     // anywhere in the repository), less what spec.ignore leaves out.

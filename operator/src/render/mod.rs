@@ -160,7 +160,13 @@ pub struct Tools {
     pub render_dir: PathBuf,
     /// Let kustomize fetch remote bases (with the operator's PATH, for git, and proxy).
     pub allow_remote_bases: bool,
+    /// How many renders (checkout, decryption and tool) run at once; the others wait their turn.
+    pub slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// How many renders run at once by default (`--max-concurrent-renders`): each kustomize or helm
+/// process holds some 20 MiB while it runs.
+pub const DEFAULT_MAX_CONCURRENT_RENDERS: usize = 4;
 
 impl Tools {
     /// `name` as given when it holds a `/`, else found on the operator's `PATH`, else beside the
