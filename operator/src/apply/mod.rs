@@ -329,12 +329,14 @@ pub async fn apply(
         }
     }
     let mut new_crds = Vec::new();
+    let mut crds_changed = false;
     for &i in &first {
         let object = &plan.objects[i];
         let action = apply_one(client, &kinds, object, &real, dry_rv.get(&i)).await?;
         applied.record(action, 1);
         if object.is_crd() {
             new_crds.push(object.id.name.clone());
+            crds_changed |= action != Action::Unchanged;
         }
     }
     if !new_crds.is_empty() {
@@ -359,9 +361,15 @@ pub async fn apply(
         }
     }
 
+    // A created or changed CRD serves kinds the shared snapshot may not know yet: reloaded now,
+    // so that neither the objects held back here nor another GitRepository using those kinds
+    // (one that dependsOn this one, woken as soon as it is Ready) plans against a stale snapshot.
+    if crds_changed || !held_back.is_empty() {
+        kinds = catalog.refresh(client, true).await?;
+    }
+
     // 4. Dry-run what was held back, now that its kinds and namespaces exist.
     if !held_back.is_empty() {
-        kinds = catalog.refresh(client, true).await?;
         for object in &held_back {
             let Some(resource) = kinds.resource(&object.id) else {
                 return Err(ApplyError::UnknownKind {
