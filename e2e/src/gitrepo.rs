@@ -211,3 +211,25 @@ pub fn wait_failed(
     wait_condition(kubectl, ns, name, "condition=Ready=False", "30s", operator)?;
     ready_condition(kubectl, ns, name)
 }
+
+/// Waits until the `Ready` condition's reason is `reason` (e.g. `DependencyNotReady`, whose failures
+/// carry no revision for [`wait_failed`]); returns the Ready condition.
+pub fn wait_reason(
+    kubectl: &Kubectl,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    operator: &Operator,
+) -> Result<(String, String, String)> {
+    wait_for_output(
+        kubectl,
+        &field_args(
+            ns,
+            name,
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}",
+        ),
+        reason,
+        operator,
+    )?;
+    ready_condition(kubectl, ns, name)
+}
