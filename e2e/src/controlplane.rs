@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use base64::Engine as _;
 
 use crate::process::{Lifetime, Process, free_port};
@@ -37,21 +37,7 @@ impl Binaries {
         if let Some(dir) = std::env::var_os("TETHER_CONTROLPLANE_BIN") {
             return Self::at(PathBuf::from(dir));
         }
-        let script = crate::workspace::root().join("hack/controlplane-bin.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .output()
-            .with_context(|| format!("running {}", script.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{} failed:\n{}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let dir = stdout.lines().last().unwrap_or_default().trim();
-        Self::at(PathBuf::from(dir))
+        Self::at(crate::workspace::built_by("controlplane-bin.sh")?)
     }
 
     fn at(dir: PathBuf) -> Result<Self> {

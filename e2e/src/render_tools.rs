@@ -4,7 +4,6 @@
 //! compute what the cluster must hold.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{Result, bail};
@@ -33,19 +32,7 @@ pub fn locate() -> Result<&'static RenderTools> {
 fn find() -> Result<RenderTools> {
     let dir = match std::env::var_os("TETHER_RENDER_BIN") {
         Some(dir) => PathBuf::from(dir),
-        None => {
-            let script = crate::workspace::root().join("hack/render-tools-bin.sh");
-            let out = Command::new("bash").arg(&script).output()?;
-            if !out.status.success() {
-                bail!(
-                    "{} failed:\n{}",
-                    script.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
-        }
+        None => crate::workspace::built_by("render-tools-bin.sh")?,
     };
     let tools = RenderTools {
         kustomize: dir.join("kustomize"),

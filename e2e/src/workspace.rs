@@ -34,3 +34,24 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// Runs the build script `hack/<name>` (which builds what is missing and caches it) and returns the
+/// folder it prints last: where its binaries are.
+pub fn built_by(name: &str) -> Result<PathBuf> {
+    let script = root().join("hack").join(name);
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(
+        stdout.lines().last().unwrap_or_default().trim(),
+    ))
+}

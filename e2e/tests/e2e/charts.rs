@@ -59,7 +59,7 @@ fn template(
 }
 
 /// The documents of a multi-document YAML text, as JSON values (empty documents dropped).
-fn documents(yaml: &str) -> Result<Vec<Value>> {
+pub(crate) fn documents(yaml: &str) -> Result<Vec<Value>> {
     let mut docs = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
         let value: Value = serde::Deserialize::deserialize(doc)?;

@@ -23,6 +23,8 @@ use tether_e2e::operator::Operator;
 use tether_e2e::render_tools::{self, RenderTools};
 use tether_e2e::tool;
 
+use crate::charts::documents;
+
 // ---------------------------------------------------------------------------------------------
 // What the tests compare with: the tools run on a clone, and the cluster read back.
 
@@ -102,18 +104,6 @@ fn helm_template(
         None,
     )?;
     documents(&out)
-}
-
-/// The documents of a multi-document YAML text, as JSON values (empty documents dropped).
-fn documents(yaml: &str) -> Result<Vec<Value>> {
-    let mut docs = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
-        let value: Value = serde::Deserialize::deserialize(doc)?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
 }
 
 /// `(kind, name)` of an object, rendered or from an inventory entry.

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use git2::Repository;
 
 use super::GitError;
-use crate::plan::{ContentLimits, LimitExceeded};
+use crate::plan::ContentLimits;
 
 /// The names directly inside the folder `path` of commit `sha` (files and folders alike), for
 /// telling what the folder holds; `PathNotFound` when it is not a folder.
@@ -78,28 +78,12 @@ pub fn checkout_blocking(
         }
     })?;
 
-    let odb = repo.odb().map_err(cache)?;
-    let mut total: u64 = 0;
-    for (file, id, _) in &blobs {
-        let (size, _) = odb.read_header(*id).map_err(cache)?;
-        let size = size as u64;
-        if size > limits.max_file_bytes {
-            return Err(LimitExceeded::File {
-                file: file.clone(),
-                size,
-                limit: limits.max_file_bytes,
-            }
-            .into());
-        }
-        total = total.saturating_add(size);
-        if total > limits.max_revision_bytes {
-            return Err(LimitExceeded::Revision {
-                file: file.clone(),
-                limit: limits.max_revision_bytes,
-            }
-            .into());
-        }
-    }
+    super::mirror::within_limits(
+        &repo,
+        mirror,
+        blobs.iter().map(|(f, id, _)| (f.as_str(), *id)),
+        limits,
+    )?;
 
     let mut written = Vec::with_capacity(blobs.len());
     for (file, id, executable) in blobs {

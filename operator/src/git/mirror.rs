@@ -299,6 +299,43 @@ fn has_commit(repo: &Repository, sha: &str) -> bool {
         .is_ok()
 }
 
+/// Checks the blobs `files` (`(path, id)`) of the repository at `mirror` against the size limits,
+/// from the objects' headers alone: nothing is loaded unless everything fits.
+pub(super) fn within_limits<'a>(
+    repo: &Repository,
+    mirror: &Path,
+    files: impl Iterator<Item = (&'a str, git2::Oid)>,
+    limits: &ContentLimits,
+) -> Result<(), GitError> {
+    let cache = |source| GitError::Cache {
+        path: mirror.to_owned(),
+        source,
+    };
+    let odb = repo.odb().map_err(cache)?;
+    let mut total: u64 = 0;
+    for (file, id) in files {
+        let (size, _) = odb.read_header(id).map_err(cache)?;
+        let size = size as u64;
+        if size > limits.max_file_bytes {
+            return Err(LimitExceeded::File {
+                file: file.to_owned(),
+                size,
+                limit: limits.max_file_bytes,
+            }
+            .into());
+        }
+        total = total.saturating_add(size);
+        if total > limits.max_revision_bytes {
+            return Err(LimitExceeded::Revision {
+                file: file.to_owned(),
+                limit: limits.max_revision_bytes,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// [`MirrorCache::fetch`] without the lock: fetches into the bare mirror at `mirror`.
 pub fn fetch_blocking(
     mirror: &Path,
@@ -456,28 +493,12 @@ pub fn read_tree_blocking(
         return Err(e);
     }
     // Sizes first, from the objects' headers: nothing is loaded unless everything fits.
-    let odb = repo.odb().map_err(cache)?;
-    let mut total: u64 = 0;
-    for (file, id) in &wanted {
-        let (size, _) = odb.read_header(*id).map_err(cache)?;
-        let size = size as u64;
-        if size > limits.max_file_bytes {
-            return Err(LimitExceeded::File {
-                file: file.clone(),
-                size,
-                limit: limits.max_file_bytes,
-            }
-            .into());
-        }
-        total = total.saturating_add(size);
-        if total > limits.max_revision_bytes {
-            return Err(LimitExceeded::Revision {
-                file: file.clone(),
-                limit: limits.max_revision_bytes,
-            }
-            .into());
-        }
-    }
+    within_limits(
+        &repo,
+        mirror,
+        wanted.iter().map(|(f, id)| (f.as_str(), *id)),
+        limits,
+    )?;
     wanted
         .into_iter()
         .map(|(p, id)| {
