@@ -58,9 +58,16 @@ async fn applied_crd_becomes_established_and_serves_objects() -> Result<()> {
     let mut widget = DynamicObject::new("small", &resource);
     widget.data = serde_json::json!({"spec": {"size": 3}});
     api.create(&PostParams::default(), &widget).await?;
-    let listed = ns
-        .kubectl()
-        .run(&["get", "widgets", "-n", ns.name(), "-o", "name"])?;
+    // By its full name: other tests install Widget kinds of their own groups at the same time, and
+    // a bare `widgets` means whichever group discovery ranks first.
+    let listed = ns.kubectl().run(&[
+        "get",
+        &format!("widgets.{group}"),
+        "-n",
+        ns.name(),
+        "-o",
+        "name",
+    ])?;
     assert_eq!(listed.trim(), format!("widget.{group}/small"));
     ns.kubectl()
         .run(&["delete", "crd", &format!("widgets.{group}"), "--wait=false"])?;
