@@ -419,6 +419,37 @@ exit 0
             .with_context(|| format!("curl printed {code:?} as the status"))
     }
 
+    /// The push webhook GitHub would send for `new` on `git_ref` (`refs/heads/main`) of the
+    /// repository cloned from `clone_url`, signed with the hub's GitHub secret: `(headers, body)` for
+    /// [`Hub::post_webhook`] with the provider `github`. Made before a push and posted once `git push`
+    /// returns, it is what a forge does once a push is done, so that a clock started when `git push`
+    /// returns counts the delivery too (a `post-receive` hook delivers before `git push` returns).
+    pub fn github_push_webhook(
+        &self,
+        clone_url: &str,
+        git_ref: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<(Vec<String>, String)> {
+        let body = serde_json::json!({
+            "ref": git_ref,
+            "before": old,
+            "after": new,
+            "repository": {"name": "app", "clone_url": clone_url, "ssh_url": clone_url},
+        })
+        .to_string();
+        let signature = hmac_sha256_hex(&self.secret(Forge::Github)?, &body)?;
+        let delivery = crate::fixtures::unguessable("delivery");
+        Ok((
+            vec![
+                "X-GitHub-Event: push".to_string(),
+                format!("X-GitHub-Delivery: {delivery}"),
+                format!("X-Hub-Signature-256: sha256={signature}"),
+            ],
+            body,
+        ))
+    }
+
     /// The hub's log since it was last started, without colour codes.
     pub fn log(&self) -> String {
         strip_ansi(&std::fs::read_to_string(self.log_path()).unwrap_or_default())
