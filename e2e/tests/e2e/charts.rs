@@ -268,6 +268,39 @@ fn operator_chart_crd_is_the_one_in_crds() -> Result<()> {
     Ok(())
 }
 
+/// The operator's image ships the rendering tools the tests run: the versions its Dockerfile builds
+/// are those hack/render-tools-bin.sh and hack/controlplane-bin.sh pin, and docs/rendering.md names.
+#[test]
+fn the_operator_image_renders_with_the_tool_versions_the_tests_use() -> Result<()> {
+    let root = workspace::root();
+    let read = |path: &str| {
+        std::fs::read_to_string(root.join(path)).with_context(|| format!("reading {path}"))
+    };
+    let dockerfile = read("operator/Dockerfile")?;
+    let scripts = read("hack/render-tools-bin.sh")? + &read("hack/controlplane-bin.sh")?;
+    let docs = read("docs/rendering.md")?;
+    for tool in ["KUSTOMIZE", "HELM", "SOPS"] {
+        let pinned = |text: &str, prefix: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+                .with_context(|| format!("no line starting {prefix:?}"))
+        };
+        let in_image = pinned(&dockerfile, &format!("ARG {tool}_VERSION="))?;
+        let in_script = pinned(&scripts, &format!("{tool}_VERSION=${{{tool}_VERSION:-"))?;
+        let in_script = in_script.trim_end_matches('}');
+        ensure!(
+            in_image == in_script,
+            "operator/Dockerfile builds {tool} {in_image}, the tests use {in_script}"
+        );
+        ensure!(
+            docs.contains(&format!("{} {in_image}", tool.to_lowercase())),
+            "docs/rendering.md does not name {} {in_image}",
+            tool.to_lowercase()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_chart_with_default_values_applies_and_grants_what_the_operator_needs()
 -> Result<()> {
