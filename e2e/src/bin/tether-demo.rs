@@ -80,6 +80,7 @@ fn demo(state_dir: &Path) -> Result<()> {
         repo.write("deploy/config.yaml", &sample_config("hello from Tether"))?;
         repo.write("deploy/app.yaml", SAMPLE_APP)?;
         repo.write("deploy/ci-access.yaml", SAMPLE_CI_RBAC)?;
+        repo.write("deploy/kustomization.yaml", SAMPLE_KUSTOMIZATION)?;
         repo.commit("the demo app")?;
         repo.push()?;
         // A person commits here with their own identity, or this one when they have none.
@@ -164,7 +165,9 @@ In another shell:
   export KUBECONFIG={kubeconfig} PATH={bin}:$PATH
   kubectl get gitrepo -w
 
-Then change the app and push; the interval is 1h, so the hub's push notice is what applies it:
+deploy/ holds a kustomization, so Tether applies what `kustomize build deploy` makes of it (every
+object labelled app.kubernetes.io/part-of=tether-demo). Change the app and push; the interval is 1h,
+so the hub's push notice is what applies it:
 
   cd {work}
   sed -i 's/hello from Tether/hello again/' deploy/config.yaml
@@ -237,6 +240,15 @@ subjects:
     kind: User
     name: ci-demo
 "#;
+
+/// The demo's kustomization: its files, and a label on every object (which plain files would not get).
+const SAMPLE_KUSTOMIZATION: &str = "apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [namespace.yaml, config.yaml, app.yaml, ci-access.yaml]
+labels:
+  - pairs:
+      app.kubernetes.io/part-of: tether-demo
+";
 
 const SAMPLE_NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: tether-demo\n";
 

@@ -89,6 +89,20 @@ fn the_demo_applies_a_push_at_once_and_stops_cleanly() -> Result<()> {
         },
     )
     .with_context(|| format!("demo output:\n{}", read()))?;
+    // Built by kustomize: the kustomization's label is on the object, which the file itself lacks.
+    let part_of = kubectl.run(&[
+        "get",
+        "configmap",
+        "greeting",
+        "-n",
+        "tether-demo",
+        "-o",
+        "jsonpath={.metadata.labels.app\\.kubernetes\\.io/part-of}",
+    ])?;
+    ensure!(
+        part_of == "tether-demo",
+        "the demo's ConfigMap lacks its kustomization's label: {part_of:?}"
+    );
 
     // The CI job's commands it prints, through the hub, as the CI user.
     let ci_kubeconfig =
