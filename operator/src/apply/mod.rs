@@ -9,6 +9,8 @@
 //! 4. the held-back objects are dry-run (a failure now leaves only those CRDs and Namespaces applied);
 //! 5. everything else is applied.
 //!
+//! Steps 1 and 5 work on [`PER_REVISION`] objects at a time.
+//!
 //! An object that exists already and is labelled as another `GitRepository`'s, which still lists it
 //! in its inventory, fails the revision at step 2 (`OwnershipConflict`): two repositories never take
 //! turns overwriting, and pruning, one object. An object whose labelled owner is gone, or no longer
@@ -17,6 +19,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
@@ -32,6 +36,19 @@ mod ownership;
 
 pub use ownership::Conflict;
 use ownership::{claimed_elsewhere, list_conflicts};
+
+/// How many objects of one revision are dry-run, or applied, at once: the API server answers each
+/// in a few milliseconds, so a revision of thousands is bound by round trips, not by the server.
+pub const PER_REVISION: usize = 8;
+
+/// What the dry run found for one object.
+enum DryRun {
+    /// Its kind or namespace comes with this revision: checked after they are applied.
+    HeldBack,
+    /// Accepted: its index, its resourceVersion (none: it does not exist yet), and the other
+    /// GitRepository that holds it, if one does.
+    Checked(usize, Option<String>, Option<Conflict>),
+}
 
 /// What happened to one object. The order is the summary's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -240,39 +257,27 @@ pub async fn dry_run<'p>(
         .collect();
     let dry = PatchParams::apply(FIELD_MANAGER).force().dry_run();
 
-    // 1. Dry-run what can be checked now.
+    // 1. Dry-run what can be checked now, [`PER_REVISION`] objects at a time.
+    let checks: Vec<_> = plan
+        .objects
+        .iter()
+        .enumerate()
+        .map(|(i, object)| dry_run_one(client, owners, &kinds, &dry, &new_namespaces, i, object))
+        .collect();
+    let outcomes: Vec<DryRun> = futures::stream::iter(checks)
+        .buffered(PER_REVISION)
+        .try_collect()
+        .await?;
     let mut held_back: Vec<&PlannedObject> = Vec::new();
     let mut dry_rv: HashMap<usize, Option<String>> = HashMap::new();
     let mut conflicts = Vec::new();
-    for (i, object) in plan.objects.iter().enumerate() {
-        let Some(resource) = kinds.resource(&object.id) else {
-            held_back.push(object);
-            continue;
-        };
-        let api = api_for(client, resource, &object.id);
-        match api
-            .patch(&object.id.name, &dry, &Patch::Apply(&object.object))
-            .await
-        {
-            Ok(result) => {
-                let exists = result.metadata.resource_version.is_some();
-                dry_rv.insert(i, result.metadata.resource_version);
-                // Only an object that exists can belong to another GitRepository.
-                if exists && let Some(c) = claimed_elsewhere(&api, owners, object).await? {
-                    conflicts.push(c);
-                }
+    for (object, outcome) in plan.objects.iter().zip(outcomes) {
+        match outcome {
+            DryRun::HeldBack => held_back.push(object),
+            DryRun::Checked(i, rv, conflict) => {
+                dry_rv.insert(i, rv);
+                conflicts.extend(conflict);
             }
-            Err(kube::Error::Api(status))
-                if status.code == 404
-                    && object
-                        .id
-                        .namespace
-                        .as_deref()
-                        .is_some_and(|ns| new_namespaces.contains(ns)) =>
-            {
-                held_back.push(object);
-            }
-            Err(e) => return Err(classify(object, e)),
         }
     }
     if !conflicts.is_empty() {
@@ -302,6 +307,47 @@ pub async fn dry_run<'p>(
         held_back,
         dry_rv,
     })
+}
+
+/// Step 1 for one object, the `i`th of the plan.
+async fn dry_run_one(
+    client: &kube::Client,
+    owners: &kube::Client,
+    kinds: &Kinds,
+    dry: &PatchParams,
+    new_namespaces: &HashSet<&str>,
+    i: usize,
+    object: &PlannedObject,
+) -> Result<DryRun, ApplyError> {
+    let Some(resource) = kinds.resource(&object.id) else {
+        return Ok(DryRun::HeldBack);
+    };
+    let api = api_for(client, resource, &object.id);
+    match api
+        .patch(&object.id.name, dry, &Patch::Apply(&object.object))
+        .await
+    {
+        Ok(result) => {
+            let rv = result.metadata.resource_version;
+            // Only an object that exists can belong to another GitRepository.
+            let conflict = match rv {
+                Some(_) => claimed_elsewhere(&api, owners, object).await?,
+                None => None,
+            };
+            Ok(DryRun::Checked(i, rv, conflict))
+        }
+        Err(kube::Error::Api(status))
+            if status.code == 404
+                && object
+                    .id
+                    .namespace
+                    .as_deref()
+                    .is_some_and(|ns| new_namespaces.contains(ns)) =>
+        {
+            Ok(DryRun::HeldBack)
+        }
+        Err(e) => Err(classify(object, e)),
+    }
 }
 
 /// Steps 3 to 5: applies a checked revision with the client that checked it.
@@ -384,13 +430,20 @@ pub async fn apply(
         }
     }
 
-    // 5. Everything else.
-    for (i, object) in plan.objects.iter().enumerate() {
-        if first.contains(&i) {
-            continue;
-        }
-        let before = dry_rv.get(&i);
-        let action = apply_one(client, &kinds, object, &real, before).await?;
+    // 5. Everything else, [`PER_REVISION`] objects at a time: nothing among them waits for
+    // another (the kinds and namespaces they need were applied above).
+    let applies: Vec<_> = plan
+        .objects
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !first.contains(i))
+        .map(|(i, object)| apply_one(client, &kinds, object, &real, dry_rv.get(&i)))
+        .collect();
+    let actions: Vec<Action> = futures::stream::iter(applies)
+        .buffer_unordered(PER_REVISION)
+        .try_collect()
+        .await?;
+    for action in actions {
         applied.record(action, 1);
     }
     Ok(applied)
