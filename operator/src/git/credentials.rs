@@ -149,11 +149,17 @@ impl Credentials {
         })
     }
 
-    /// The `Authorization` header to send over HTTP(S), if a bearer token is set.
-    pub(crate) fn bearer_header(&self) -> Option<String> {
-        self.bearer_token
-            .as_ref()
-            .map(|t| format!("Authorization: Bearer {t}"))
+    /// The `Authorization` header to send with every HTTP(S) request: the bearer token, or the
+    /// username and password as Basic credentials. Sent up front, so that no request first goes
+    /// without and comes back `401` (a round trip, and a second ref advertisement, per operation).
+    pub(crate) fn authorization_header(&self) -> Option<String> {
+        use base64::Engine as _;
+        if let Some(token) = &self.bearer_token {
+            return Some(format!("Authorization: Bearer {token}"));
+        }
+        let (user, password) = (self.username.as_ref()?, self.password.as_ref()?);
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Some(format!("Authorization: Basic {basic}"))
     }
 
     /// Checks an X.509 server certificate (DER) for `host` against `caFile`. `None` when there
@@ -322,10 +328,28 @@ mod tests {
     }
 
     #[test]
+    fn username_and_password_go_up_front_as_basic_credentials() {
+        let creds = Credentials::from_secret_data(
+            "ns/git",
+            &data(&[("username", "ci"), ("password", "s3cret")]),
+        )
+        .unwrap();
+        // base64("ci:s3cret")
+        assert_eq!(
+            creds.authorization_header().unwrap(),
+            "Authorization: Basic Y2k6czNjcmV0"
+        );
+        assert_eq!(Credentials::none().authorization_header(), None);
+    }
+
+    #[test]
     fn bearer_token_becomes_an_authorization_header() {
         let creds =
             Credentials::from_secret_data("ns/git", &data(&[("bearerToken", "abc\n")])).unwrap();
-        assert_eq!(creds.bearer_header().unwrap(), "Authorization: Bearer abc");
+        assert_eq!(
+            creds.authorization_header().unwrap(),
+            "Authorization: Bearer abc"
+        );
     }
 
     #[test]

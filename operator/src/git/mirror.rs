@@ -350,7 +350,7 @@ pub fn fetch_blocking(
         return Ok(FetchOutcome::AlreadyPresent);
     }
     let deadline = Instant::now() + timeout;
-    let headers: Vec<String> = creds.bearer_header().into_iter().collect();
+    let headers: Vec<String> = creds.authorization_header().into_iter().collect();
     // Depth 1 only for a ref new to the mirror: a known one is fetched incrementally, a round trip
     // less (see "Fetch latency" in docs/architecture.md).
     let known = resolved

@@ -72,8 +72,11 @@ fn callbacks<'a>(
             st.auth_failure = Some("the server asks for an unsupported kind of credential".into());
             return Err(git2::Error::from_str("unsupported credential type"));
         };
-        // libgit2 asks again after a refusal: the second time, the answer is final.
-        if st.tried.contains(&kind) {
+        // libgit2 asks again after a refusal: the second time, the answer is final. HTTP
+        // credentials went up front in an Authorization header: being asked means refused.
+        let sent_up_front =
+            kind == CredentialType::USER_PASS_PLAINTEXT && creds.authorization_header().is_some();
+        if sent_up_front || st.tried.contains(&kind) {
             st.auth_failure = Some(format!(
                 "the server refused the credentials of {}",
                 if creds.source.is_empty() {

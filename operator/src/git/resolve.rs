@@ -36,7 +36,7 @@ pub fn ls_remote_blocking(
 ) -> Result<Vec<(String, String)>, GitError> {
     let deadline = Instant::now() + timeout;
     let state = Mutex::new(CallbackState::default());
-    let headers: Vec<String> = creds.bearer_header().into_iter().collect();
+    let headers: Vec<String> = creds.authorization_header().into_iter().collect();
     // `Remote::connect_auth` cannot send custom headers, so the listing goes through a download
     // whose only refspec matches nothing: libgit2 connects, reads the advertisement, finds
     // nothing to want and transfers no objects. The repository behind the anonymous remote is
