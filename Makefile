@@ -19,7 +19,7 @@ TOOLS_ENV = TETHER_CONTROLPLANE_BIN="$(CONTROLPLANE_BIN)" TETHER_RENDER_BIN="$(R
 # that cargo resolves the same features and builds them once for all.
 BUILD_BINS = $(CARGO) build --locked -p tether-operator -p tether-hub -p tether-e2e --bins
 
-.PHONY: help deps controlplane fmt lint unit e2e test run stop cluster-up cluster-down crds bench fuzz clean
+.PHONY: help deps controlplane fmt lint unit e2e test run stop cluster-up cluster-down crds bench bench-vs-flux fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -97,6 +97,14 @@ bench: deps ## Benchmarks that print figures (release builds): sync cold start a
 	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release target/release/examples/bench-render $(BENCH_RENDER)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/loadgen $(BENCH_AGENTS) $(BENCH_AGENTS_PER_PROCESS)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/hostile $(BENCH_HOSTILE)
+
+# pushes, then repositories of 4 ConfigMaps for the cold start and idle phases (1000 in a full run)
+BENCH_VS_FLUX ?= 50 100
+bench-vs-flux: deps ## Tether and Flux side by side on one control plane (release builds); table in bench-results/
+	@bash hack/flux-bin.sh >/dev/null
+	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-vs-flux
+	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release TETHER_FLUX_BIN="$$(bash hack/flux-bin.sh)" \
+	  target/release/examples/bench-vs-flux $(BENCH_VS_FLUX)
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?=

@@ -13,6 +13,8 @@
 //! - [`render_tools`]: the kustomize, helm and sops the operator renders with, and the tests too.
 //! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
 //! - [`netns`]: a network namespace that lets nothing in, with relays out to the host's services.
+//! - [`flux`]: Flux's source-controller and kustomize-controller as local processes, for benchmarks
+//!   that set Tether beside them.
 //!
 //! - [`ci`]: CI access as a CI job meets it: the operator's access file, a kubeconfig for the hub's
 //!   `/k8s-proxy/<agent>`, a long-running kubectl read line by line.
@@ -37,6 +39,7 @@ pub mod ci;
 pub mod cluster;
 pub mod controlplane;
 pub mod fixtures;
+pub mod flux;
 pub mod git_server;
 pub mod gitrepo;
 pub mod http;
