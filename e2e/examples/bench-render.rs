@@ -21,20 +21,19 @@
 //! the cold start, and the pushes per mode. Binaries come from `TETHER_BIN_DIR` (release builds in
 //! `make bench`); kustomize and helm from `TETHER_RENDER_BIN` and `TETHER_CONTROLPLANE_BIN`.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use kube::api::{Api, ListParams};
-use tether_e2e::cluster::{TestNamespace, shared};
+use tether_e2e::cluster::TestNamespace;
 use tether_e2e::fixtures::git_repository;
 use tether_e2e::git_server::Upstream;
 use tether_e2e::gitrepo::{install_crds, request_reconcile, wait_ready};
 use tether_e2e::http::metric_value;
+use tether_e2e::kubectl::ValueWatch;
 use tether_e2e::operator::Operator;
 use tether_e2e::process::rss_bytes;
 use tether_e2e::render_tools::{self, RenderTools};
@@ -301,7 +300,7 @@ fn push_to_applied(ns: &TestNamespace, sources: &[(Mode, Upstream)], pushes: usi
     let mut watches = Vec::new();
     for (mode, _) in sources {
         wait_ready(kubectl, ns.name(), mode.name(), "180s", &operator)?;
-        let watch = Watch::start(ns.name(), &mode.watched())?;
+        let watch = ValueWatch::start(ns.name(), &mode.watched())?;
         watch
             .wait_for("v0", Duration::from_secs(60))
             .with_context(|| operator.log_tail())?;
@@ -405,65 +404,6 @@ fn push_to_applied(ns: &TestNamespace, sources: &[(Mode, Upstream)], pushes: usi
          and the tool's run, apply is plan, dry-run, apply and prune. reconciles: how many per push)"
     );
     Ok(())
-}
-
-/// A `kubectl get configmap --watch` printing `data.value` at each change, read by a thread; ended
-/// with the benchmark, however it ends.
-struct Watch {
-    child: Child,
-    events: mpsc::Receiver<(String, Instant)>,
-}
-
-impl Watch {
-    fn start(ns: &str, name: &str) -> Result<Self> {
-        let plane = shared();
-        let mut child = Command::new(plane.binaries().path("kubectl"))
-            .env("KUBECONFIG", plane.kubeconfig())
-            .args([
-                "get",
-                "configmap",
-                name,
-                "-n",
-                ns,
-                "--watch",
-                "-o",
-                "jsonpath={.data.value}{\"\\n\"}",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting kubectl --watch")?;
-        let stdout = child.stdout.take().context("no stdout from kubectl")?;
-        let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send((line.trim().to_string(), Instant::now())).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Self { child, events })
-    }
-
-    /// Takes events until one says `want`; returns when it arrived.
-    fn wait_for(&self, want: &str, within: Duration) -> Result<Instant> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok((value, at)) if value == want => return Ok(at),
-                Ok(_) => {}
-                Err(_) => bail!("the ConfigMap's value was not {want:?} within {within:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn count(metrics: &str, histogram: &str) -> f64 {

@@ -11,22 +11,20 @@
 //! Usage: `bench-vs-flux [PUSHES] [REPOS]` (default 50 and 100). Tether's binaries come from
 //! `TETHER_BIN_DIR`, Flux's from `TETHER_FLUX_BIN` (see `tether_e2e::flux`).
 
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use tether_e2e::cluster::{TestNamespace, shared};
 use tether_e2e::fixtures::{git_repository, https_secret, unguessable};
 use tether_e2e::flux::{self, Flux};
 use tether_e2e::git_server::{HttpsGitServer, Upstream};
 use tether_e2e::gitrepo::{install_crds, request_reconcile};
 use tether_e2e::hub::Hub;
-use tether_e2e::kubectl::Kubectl;
+use tether_e2e::kubectl::{Kubectl, ValueWatch};
 use tether_e2e::operator::Operator;
 use tether_e2e::process::rss_bytes;
 use tether_e2e::wait::wait_until_every;
@@ -210,7 +208,7 @@ async fn tether_pushes(
         .with_context(|| operator.log_tail())
     };
     applied("push", &repo.head()?, Duration::from_secs(120))?;
-    let watch = Watch::start(ns.name(), "cm-0")?;
+    let watch = ValueWatch::start(ns.name(), "cm-0")?;
     watch.wait_for("v0", PUSH_DEADLINE)?;
 
     let mut webhook = Vec::with_capacity(pushes);
@@ -260,7 +258,7 @@ async fn tether_pushes(
     ))?;
     applied("large", &large.head()?, COLD_DEADLINE)?;
     let large_cold = began.elapsed();
-    let watch = Watch::start(ns.name(), "big-0")?;
+    let watch = ValueWatch::start(ns.name(), "big-0")?;
     watch.wait_for("v0", PUSH_DEADLINE)?;
     let new = large.commit_file("deploy/big-0.yaml", &config_map("big-0", "v1"), "v1")?;
     large.push_to(&server.remote(large))?;
@@ -302,7 +300,7 @@ async fn flux_pushes(
         )
     };
     applied("push", &repo.head()?, Duration::from_secs(120))?;
-    let watch = Watch::start(ns.name(), "cm-0")?;
+    let watch = ValueWatch::start(ns.name(), "cm-0")?;
     watch.wait_for("v0", PUSH_DEADLINE)?;
 
     let mut annotation = Vec::with_capacity(pushes);
@@ -325,7 +323,7 @@ async fn flux_pushes(
     kubectl.apply(&flux_sync(ns.name(), "large", &server.url(large.name()), "1h").yaml())?;
     applied("large", &large.head()?, COLD_DEADLINE)?;
     let large_cold = began.elapsed();
-    let watch = Watch::start(ns.name(), "big-0")?;
+    let watch = ValueWatch::start(ns.name(), "big-0")?;
     watch.wait_for("v0", PUSH_DEADLINE)?;
     let new = large.commit_file("deploy/big-0.yaml", &config_map("big-0", "v1"), "v1")?;
     large.push_to(&server.remote(large))?;
@@ -537,64 +535,6 @@ fn count_applied(kubectl: &Kubectl, resource: &str, ns: &str) -> Result<usize> {
         .lines()
         .filter(|l| l.trim().starts_with("main@sha1:"))
         .count())
-}
-
-/// `kubectl get configmap --watch` of one ConfigMap's `data.value`, each value with its arrival.
-struct Watch {
-    child: Child,
-    rx: mpsc::Receiver<(String, Instant)>,
-}
-
-impl Watch {
-    fn start(ns: &str, name: &str) -> Result<Self> {
-        let plane = shared();
-        let mut child = Command::new(plane.binaries().path("kubectl"))
-            .env("KUBECONFIG", plane.kubeconfig())
-            .args([
-                "get",
-                "configmap",
-                name,
-                "-n",
-                ns,
-                "--watch",
-                "-o",
-                "jsonpath={.data.value}{\"\\n\"}",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting kubectl --watch")?;
-        let stdout = child.stdout.take().context("no stdout from kubectl")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send((line.trim().to_string(), Instant::now())).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Self { child, rx })
-    }
-
-    /// Takes watch events until one says `want`; returns when it arrived.
-    fn wait_for(&self, want: &str, within: Duration) -> Result<Instant> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok((value, at)) if value == want => return Ok(at),
-                Ok(_) => {}
-                Err(_) => bail!("the ConfigMap never said {want:?} within {within:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The peak of the summed RSS of some processes, sampled every 50 ms until dropped.

@@ -86,3 +86,71 @@ impl Kubectl {
         Ok(began.elapsed())
     }
 }
+
+/// `kubectl get configmap <name> --watch` printing `data.value` at each change, read by a thread of
+/// its own: the benches' clock for "the change is in the cluster". Stopped when dropped.
+#[derive(Debug)]
+pub struct ValueWatch {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<(String, Instant)>,
+}
+
+impl ValueWatch {
+    /// Watches the ConfigMap `name` in `ns` of the shared control plane.
+    pub fn start(ns: &str, name: &str) -> Result<Self> {
+        use std::io::BufRead as _;
+        let plane = crate::cluster::shared();
+        let mut child = Command::new(plane.binaries().path("kubectl"))
+            .env("KUBECONFIG", plane.kubeconfig())
+            .args([
+                "get",
+                "configmap",
+                name,
+                "-n",
+                ns,
+                "--watch",
+                "-o",
+                "jsonpath={.data.value}{\"\\n\"}",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting kubectl --watch: {e}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout from kubectl --watch"))?;
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send((line.trim().to_string(), Instant::now())).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { child, events })
+    }
+
+    /// Takes values until one is `want`; returns when it arrived.
+    pub fn wait_for(&self, want: &str, within: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok((value, at)) if value == want => return Ok(at),
+                Ok(_) => {}
+                Err(_) => anyhow::bail!("the ConfigMap's value was not {want:?} within {within:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for ValueWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
