@@ -411,7 +411,18 @@ pub async fn apply(
     // so that neither the objects held back here nor another GitRepository using those kinds
     // (one that dependsOn this one, woken as soon as it is Ready) plans against a stale snapshot.
     if crds_changed || !held_back.is_empty() {
-        kinds = catalog.refresh(client, true).await?;
+        let defined: Vec<ObjectRef> = first
+            .iter()
+            .filter_map(|&i| crd_kind(&plan.objects[i]))
+            .map(|(group, kind)| ObjectRef {
+                group,
+                version: String::new(),
+                kind,
+                namespace: None,
+                name: String::new(),
+            })
+            .collect();
+        kinds = served(client, catalog, &defined, timeout).await?;
     }
 
     // 4. Dry-run what was held back, now that its kinds and namespaces exist.
@@ -447,6 +458,28 @@ pub async fn apply(
         applied.record(action, 1);
     }
     Ok(applied)
+}
+
+/// The kinds snapshot reloaded until it serves every kind of `defined` (the CRDs just applied):
+/// the API server publishes a new kind in discovery a moment after its CRD is Established. Gives up
+/// waiting at `timeout` and returns what it has (a kind still missing then fails where it is used).
+async fn served(
+    client: &kube::Client,
+    catalog: &Catalog,
+    defined: &[ObjectRef],
+    timeout: Duration,
+) -> Result<Arc<Kinds>, ApplyError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let kinds = catalog.refresh(client, true).await?;
+        let all = defined
+            .iter()
+            .all(|id| kinds.resource_any_version(id).is_some());
+        if all || tokio::time::Instant::now() >= deadline {
+            return Ok(kinds);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The `(group, kind)` a planned CRD defines.
