@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::fixtures::git_repository;
 use tether_e2e::git_server::Upstream;
@@ -461,7 +461,7 @@ async fn cold_start(repos: usize) -> Result<()> {
         deadline,
         Duration::from_millis(200),
         || async move {
-            let ready = count_ready(listed).await?;
+            let ready = tether_e2e::gitrepo::count_ready(listed).await?;
             ensure!(ready == repos, "{ready}/{repos} Ready");
             Ok(())
         },
@@ -492,21 +492,6 @@ async fn cold_start(repos: usize) -> Result<()> {
     );
     drop(upstreams);
     Ok(())
-}
-
-async fn count_ready(api: &Api<GitRepository>) -> Result<usize> {
-    let list = api.list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|g| {
-            g.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        })
-        .count())
 }
 
 /// The highest figures a [`Sampler`] saw.

@@ -569,19 +569,11 @@ impl Drop for RssSampler {
     }
 }
 
-/// User plus system CPU time of processes, in seconds (`/proc/<pid>/stat`, 100 ticks a second).
+/// User plus system CPU time of processes together, in seconds.
 fn cpu_seconds(pids: &[u32]) -> Result<f64> {
-    let mut total = 0.0;
-    for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("reading /proc/{pid}/stat"))?;
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        ensure!(fields.len() > 13, "/proc/{pid}/stat is too short: {stat}");
-        // utime and stime are fields 14 and 15; after the command name, the 12th and 13th.
-        total += (fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) / 100.0;
-    }
-    Ok(total)
+    pids.iter()
+        .map(|pid| tether_e2e::process::cpu_seconds(*pid))
+        .sum()
 }
 
 /// Git traffic as the HTTPS server saw it: its nginx access log, and what nginx wrote.

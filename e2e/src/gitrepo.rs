@@ -233,3 +233,19 @@ pub fn wait_reason(
     )?;
     ready_condition(kubectl, ns, name)
 }
+
+/// How many of the `GitRepository` objects `api` lists are `Ready=True`.
+pub async fn count_ready(api: &kube::Api<tether_operator::crd::GitRepository>) -> Result<usize> {
+    let list = api.list(&kube::api::ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|g| {
+            g.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count())
+}

@@ -193,3 +193,14 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
         .parse()?;
     Ok(kib * 1024)
 }
+
+/// User plus system CPU time of a process so far, in seconds (`/proc/<pid>/stat`, 100 ticks a second).
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    ensure!(fields.len() > 13, "/proc/{pid}/stat is too short: {stat}");
+    // utime and stime are fields 14 and 15; after the command name, the 12th and 13th.
+    Ok((fields[11].parse::<f64>()? + fields[12].parse::<f64>()?) / 100.0)
+}

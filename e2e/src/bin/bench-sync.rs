@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use tether_e2e::cluster::shared;
 use tether_e2e::git_server::Upstream;
 use tether_e2e::gitrepo::install_crds;
@@ -88,7 +88,7 @@ async fn run(n: usize, kubeconfig: &std::path::Path, kubectl: &Kubectl) -> Resul
         Duration::from_secs(600),
         Duration::from_millis(200),
         || async move {
-            let ready = count_ready(listed).await?;
+            let ready = tether_e2e::gitrepo::count_ready(listed).await?;
             ensure!(ready == n, "{ready}/{n} Ready");
             Ok(())
         },
@@ -106,10 +106,10 @@ async fn run(n: usize, kubeconfig: &std::path::Path, kubectl: &Kubectl) -> Resul
 
     // Idle: nothing changes for a few intervals.
     let before = metrics(&operator)?;
-    let cpu_before = cpu_seconds(operator.pid())?;
+    let cpu_before = tether_e2e::process::cpu_seconds(operator.pid())?;
     let idle_began = Instant::now();
     tokio::time::sleep(IDLE_FOR).await;
-    let cpu = cpu_seconds(operator.pid())? - cpu_before;
+    let cpu = tether_e2e::process::cpu_seconds(operator.pid())? - cpu_before;
     let after = metrics(&operator)?;
     let rss = proc_status(operator.pid(), "VmRSS:")?;
     let delta = |name: &str| {
@@ -162,21 +162,6 @@ spec:
     )
 }
 
-async fn count_ready(api: &Api<GitRepository>) -> Result<usize> {
-    let list = api.list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|g| {
-            g.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        })
-        .count())
-}
-
 /// A `/proc/<pid>/status` field in KiB.
 fn proc_status(pid: u32, field: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -189,16 +174,6 @@ fn proc_status(pid: u32, field: &str) -> Result<f64> {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0))
-}
-
-/// User plus system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; after the command name they are 12th and 13th.
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
 }
 
 /// The operator's metrics as `name{labels}` → value.
