@@ -20,6 +20,8 @@
 //!   `/k8s-proxy/<agent>`, a long-running kubectl read line by line.
 //! - [`oidc`]: a test OIDC issuer over HTTPS (discovery, a JWKS whose fetches it counts) and ID
 //!   tokens shaped like GitHub Actions' and GitLab CI's, signed or forged.
+//! - [`browser`]: a real headless Chromium through its chromedriver (W3C WebDriver), for the tests
+//!   of the hub's web pages: elements found and clicked, console errors read, screenshots saved.
 //!
 //! Working with them:
 //! - [`kubectl`]: the real `kubectl`, pointed at a control plane; polling it for an expected output.
@@ -35,6 +37,7 @@
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
 //! - [`workspace`]: where the workspace is, and the binaries built from it.
 
+pub mod browser;
 pub mod ci;
 pub mod cluster;
 pub mod controlplane;
