@@ -78,6 +78,8 @@ pub struct HubOptions {
     /// Serve HTTPS and `wss://` with a certificate from a test CA of its own (for 127.0.0.1 and
     /// localhost), as CI access needs: kubectl sends a bearer token only over TLS.
     pub tls: bool,
+    /// Viewers of the fleet view: name and token.
+    pub viewers: Vec<(String, String)>,
 }
 
 impl Default for HubOptions {
@@ -86,6 +88,7 @@ impl Default for HubOptions {
             agents: vec![AgentSpec::new("e2e", &["**"])],
             max_body_bytes: 64 * 1024,
             tls: false,
+            viewers: Vec::new(),
         }
     }
 }
@@ -137,6 +140,16 @@ impl Hub {
                 config,
                 "  - name: {}\n    token_sha256: \"{hash}\"\n    repos: {:?}",
                 agent.name, agent.repos
+            );
+        }
+        if !options.viewers.is_empty() {
+            config.push_str("viewers:\n");
+        }
+        for (name, token) in &options.viewers {
+            let _ = writeln!(
+                config,
+                "  - name: {name}\n    token_sha256: \"{}\"",
+                sha256_hex(token)?
             );
         }
         config.push_str("webhooks:\n");
@@ -303,6 +316,34 @@ impl Hub {
     pub fn secret(&self, forge: Forge) -> Result<String> {
         let path = secret_path(self.dir.path(), forge);
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// `GET <path>` on the hub (HTTPS when it serves TLS), with `Authorization: Bearer <bearer>`
+    /// when given: the status and the body. Redirects are not followed.
+    pub fn get(&self, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+        let base = if self.options.tls {
+            self.https_url()
+        } else {
+            format!("http://127.0.0.1:{}", self.port)
+        };
+        let mut args = vec!["-sS", "-m", "10", "-w", "\n%{http_code}"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.extend(self.curl_trust());
+        if let Some(token) = bearer {
+            args.push("-H".into());
+            args.push(format!("Authorization: Bearer {token}"));
+        }
+        args.push(format!("{base}{path}"));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = tool::run("curl", &refs, None).with_context(|| format!("GET {path}"))?;
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
+        let status = status
+            .trim()
+            .parse()
+            .with_context(|| format!("GET {path}: no status in {out:?}"))?;
+        Ok((status, body.to_string()))
     }
 
     /// The hub's `/metrics` text.

@@ -1,5 +1,5 @@
 //! Agents: bearer-token authentication, and the websocket session of one connected operator
-//! (watch set, catch-up, push notices, keepalive).
+//! (watch set, catch-up, push notices, keepalive, and the status reports of the fleet view).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -166,6 +166,7 @@ async fn session(
 ) {
     shared.metrics.agents_connected.inc();
     let _connected = Connected(shared.metrics.agents_connected.clone());
+    shared.fleet.connected(&agent.name);
     info!(agent = %agent.name, "agent connected");
 
     let mut subscription = shared.fanout.subscribe();
@@ -191,9 +192,10 @@ async fn session(
                     Some(Ok(m)) => m,
                 };
                 last_heard = Instant::now();
+                shared.fleet.seen(&agent.name);
                 match message {
                     Message::Text(text) => {
-                        let repos = match read_watch(text.as_str(), &agent, &shared, &mut sink).await {
+                        let repos = match read_message(text.as_str(), &agent, &shared, &mut sink).await {
                             Ok(Some(repos)) => repos,
                             Ok(None) => continue,
                             Err(e) => break e,
@@ -245,11 +247,12 @@ async fn session(
             }
         }
     };
+    shared.fleet.disconnected(&agent.name);
     info!(agent = %agent.name, reason, "agent disconnected");
 }
 
-/// The watch set a text message carries, or `None` after answering one that is not a watch.
-async fn read_watch(
+/// The watch set a text message carries, or `None` after handling (or answering) any other.
+async fn read_message(
     text: &str,
     agent: &AgentConfig,
     shared: &Shared,
@@ -257,6 +260,33 @@ async fn read_watch(
 ) -> Result<Option<Vec<RepoId>>, &'static str> {
     match AgentMessage::from_json(text) {
         Ok(AgentMessage::Watch { repos }) => Ok(Some(repos)),
+        Ok(AgentMessage::Report {
+            reset,
+            operator_version,
+            records,
+            removed,
+        }) => {
+            if let Err(refused) =
+                shared
+                    .fleet
+                    .report(&agent.name, reset, operator_version, records, removed)
+            {
+                shared
+                    .metrics
+                    .agent_refusals
+                    .with_label_values(&["report_refused"])
+                    .inc();
+                warn!(agent = %agent.name, error = %refused, "status report partly refused");
+                send_hub(
+                    sink,
+                    &HubMessage::Error {
+                        message: refused.to_string(),
+                    },
+                )
+                .await?;
+            }
+            Ok(None)
+        }
         Err(e) => {
             // The parser's message may quote the input.
             let message = echo_text(&e.to_string(), shared.config.limits.max_echo_bytes);

@@ -37,8 +37,11 @@ struct RawConfig {
     idle_timeout: Option<String>,
     max_tunnel_streams_per_agent: Option<usize>,
     tunnel_wait: Option<String>,
+    max_fleet_records_per_agent: Option<usize>,
     #[serde(default)]
     agents: Vec<RawAgent>,
+    #[serde(default)]
+    viewers: Vec<RawViewer>,
     #[serde(default)]
     webhooks: Vec<RawWebhook>,
 }
@@ -57,6 +60,13 @@ struct RawAgent {
     token_sha256: String,
     #[serde(default)]
     repos: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawViewer {
+    name: String,
+    token_sha256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +131,8 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     /// The webhook secrets.
     pub webhooks: Vec<WebhookSecret>,
+    /// Who may read the fleet view.
+    pub(crate) viewers: Vec<crate::fleet::ViewerConfig>,
 }
 
 /// Why the configuration could not be used.
@@ -287,6 +299,11 @@ impl Config {
                 d.max_tunnel_streams_per_agent,
             ),
             tunnel_wait: f.duration("tunnel_wait", raw.tunnel_wait, d.tunnel_wait),
+            max_fleet_records_per_agent: f.positive(
+                "max_fleet_records_per_agent",
+                raw.max_fleet_records_per_agent,
+                d.max_fleet_records_per_agent,
+            ),
         };
         if limits.max_tunnel_streams_per_agent > MAX_TUNNEL_STREAMS_PER_AGENT {
             problems.push(format!(
@@ -345,6 +362,33 @@ impl Config {
                 name: a.name,
                 token_sha256,
                 repos,
+            });
+        }
+
+        let mut viewers: Vec<crate::fleet::ViewerConfig> = Vec::new();
+        for (i, v) in raw.viewers.into_iter().enumerate() {
+            let field = format!("viewers[{i}]");
+            if v.name.trim().is_empty() {
+                problems.push(format!("{field}.name: empty"));
+            }
+            if viewers.iter().any(|x| x.name == v.name) {
+                problems.push(format!("{field}.name: {:?} is used twice", v.name));
+            }
+            let Some(token_sha256) = parse_sha256(&v.token_sha256) else {
+                problems.push(format!(
+                    "{field}.token_sha256: expected 64 hex characters (sha256sum of the token), got {} characters",
+                    v.token_sha256.trim().len()
+                ));
+                continue;
+            };
+            if agents.iter().any(|a| a.token_sha256 == token_sha256) {
+                problems.push(format!(
+                    "{field}.token_sha256: the same token hash is an agent's; a viewer needs its own token"
+                ));
+            }
+            viewers.push(crate::fleet::ViewerConfig {
+                name: v.name,
+                token_sha256,
             });
         }
 
@@ -410,6 +454,7 @@ impl Config {
             limits,
             agents,
             webhooks,
+            viewers,
         })
     }
 }

@@ -288,10 +288,18 @@ pub(crate) async fn webhook(
         .filter_map(|r| notices.iter().rev().find(|n| &n.repo == r))
         .map(Notice::state)
         .collect();
-    let persisted =
-        tokio::task::spawn_blocking(move || states.iter().try_for_each(|s| store.put(s))).await;
+    let persisted = tokio::task::spawn_blocking(move || {
+        states
+            .iter()
+            .try_for_each(|s| store.put(s))
+            .map(|()| states)
+    })
+    .await;
     let failure = match persisted {
-        Ok(Ok(())) => None,
+        Ok(Ok(states)) => {
+            shared.fleet.pushed(&states);
+            None
+        }
         Ok(Err(e)) => Some(format!("{e} ({})", e.category())),
         Err(e) => Some(e.to_string()),
     };

@@ -5,7 +5,7 @@
 //! timeouts). A webhook goes to [`ingest`], which verifies and parses it with [`webhook`], records it
 //! in [`store`] and hands it to [`fanout`]; an agent's websocket goes to [`agents`], which subscribes
 //! it in [`fanout`] and writes its notices. What every connection shares is in [`state`]. Imports
-//! run one way: `server` → `conn`, `ingest`, `agents`, `tunnel` → `state` → the rest, and no two modules
+//! run one way: `server` → `conn`, `ingest`, `agents`, `tunnel`, `fleet` → `state` → the rest, and no two modules
 //! import each other.
 //!
 //! - [`config`]: the YAML config file and its validation; [`globs`]: the repository globs it grants.
@@ -18,7 +18,9 @@
 //! - `tunnel`: CI access: the tunnels operators open (`/v1/tunnel`) and the relay of CI requests
 //!   through them (`/k8s-proxy/<agent>/...`); the hub routes, the operator decides.
 //! - [`fanout`]: who watches what, and each agent's coalescing outbox.
-//! - [`store`]: the latest push per repository, persisted for catch-up.
+//! - [`store`]: the latest push per repository (and per ref), and the fleet records, persisted.
+//! - [`fleet`]: the fleet view: what each agent's cluster runs, from the status its operator
+//!   reports (`GET /v1/fleet`, the page at `/fleet`, viewer tokens and login).
 //! - [`state`]: the state shared by every connection.
 //! - [`server`]: the accept loop, TLS settings and routes; [`run`] is the entry point.
 //! - [`conn`]: one connection: TLS handshake, HTTP/1.1 with its timeouts, idle watchdog, drain.
@@ -30,6 +32,7 @@ pub mod agents;
 pub mod config;
 mod conn;
 pub mod fanout;
+pub mod fleet;
 pub mod globs;
 mod ingest;
 pub mod limits;

@@ -43,6 +43,8 @@ pub struct Limits {
     pub max_tunnel_streams_per_agent: usize,
     /// How long a CI request waits for its agent's tunnel to (re)connect before it gets 503.
     pub tunnel_wait: Duration,
+    /// `GitRepository` records the fleet view keeps per agent; more are refused, said back to it.
+    pub max_fleet_records_per_agent: usize,
 }
 
 /// The highest `max_tunnel_streams_per_agent`: below the tunnel's own stream limit, which the
@@ -71,6 +73,7 @@ impl Default for Limits {
             // 1,000 concurrent watches through one cluster, with room for the requests beside them.
             max_tunnel_streams_per_agent: 1024,
             tunnel_wait: Duration::from_secs(5),
+            max_fleet_records_per_agent: 10_000,
         }
     }
 }

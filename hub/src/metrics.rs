@@ -3,8 +3,8 @@
 //! Labels are bounded: provider and outcome names are fixed sets; no repository, agent or delivery id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Why the metrics could not be set up or rendered.
@@ -54,6 +54,11 @@ pub struct Metrics {
     pub tunnel_requests: IntCounterVec,
     /// CI requests (and upgraded connections) in flight through the tunnels.
     pub tunnel_streams: IntGauge,
+    /// Configured agents by `state`: connected or disconnected (fleet view).
+    pub fleet_clusters: IntGaugeVec,
+    /// `GitRepository` records across the fleet by `state`: current, behind, failing, progressing,
+    /// suspended.
+    pub fleet_repos: IntGaugeVec,
     /// Bytes relayed through the tunnels, by direction (`to_cluster`, `from_cluster`).
     pub tunnel_bytes: IntCounterVec,
 }
@@ -142,8 +147,26 @@ impl Metrics {
             &["direction"],
         )
         .map_err(MetricsError::Register)?;
+        let fleet_clusters = IntGaugeVec::new(
+            Opts::new(
+                "tether_hub_fleet_clusters",
+                "Configured agents in the fleet view, by state (connected, disconnected)",
+            ),
+            &["state"],
+        )
+        .map_err(MetricsError::Register)?;
+        let fleet_repos = IntGaugeVec::new(
+            Opts::new(
+                "tether_hub_fleet_repos",
+                "GitRepository records the fleet's operators report, by state (current, behind, failing, progressing, suspended)",
+            ),
+            &["state"],
+        )
+        .map_err(MetricsError::Register)?;
         for c in [
             Box::new(agents_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fleet_clusters.clone()),
+            Box::new(fleet_repos.clone()),
             Box::new(tunnels_connected.clone()),
             Box::new(tunnel_requests.clone()),
             Box::new(tunnel_streams.clone()),
@@ -172,6 +195,8 @@ impl Metrics {
             tunnel_requests,
             tunnel_streams,
             tunnel_bytes,
+            fleet_clusters,
+            fleet_repos,
         })
     }
 

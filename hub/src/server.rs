@@ -70,6 +70,10 @@ pub async fn run(
     let metrics = Metrics::new()?;
     let shared = Arc::new(Shared::new(config, store, metrics));
     let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    let flusher = tokio::spawn(crate::fleet::flusher(
+        Arc::clone(&shared.fleet),
+        shared.shutdown.clone(),
+    ));
     let serving = Serving {
         tls,
         app: router(Arc::clone(&shared)),
@@ -84,6 +88,7 @@ pub async fn run(
         tls = serving.tls.is_some(),
         agents = shared.config.agents.len(),
         webhook_secrets = shared.config.webhooks.len(),
+        viewers = shared.config.viewers.len(),
         data_dir = %shared.config.data_dir.display(),
         "tether-hub started"
     );
@@ -126,6 +131,7 @@ pub async fn run(
     {
         warn!("some connections did not close in time");
     }
+    let _ = flusher.await;
     info!("tether-hub stopped");
     Ok(())
 }
@@ -137,6 +143,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(CONNECT_PATH, get(crate::agents::connect))
         .route("/v1/webhooks/{provider}", post(crate::ingest::webhook))
         .with_state(Arc::clone(&shared))
+        .merge(crate::fleet::router(Arc::clone(&shared)))
         .merge(crate::tunnel::router(shared))
 }
 

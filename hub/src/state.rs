@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::fanout::Fanout;
+use crate::fleet::{Fleet, Sessions};
 use crate::limits::{Limits, TokenBucket};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -28,6 +29,10 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) store: Store,
     pub(crate) fanout: Arc<Fanout>,
+    /// The fleet view.
+    pub(crate) fleet: Arc<Fleet>,
+    /// Viewers' login sessions.
+    pub(crate) sessions: Sessions,
     pub(crate) metrics: Metrics,
     pub(crate) dedup: Mutex<Dedup>,
     pub(crate) agent_slots: Arc<Semaphore>,
@@ -53,8 +58,17 @@ impl Shared {
                 )
             })
             .collect();
+        let names: Vec<String> = config.agents.iter().map(|a| a.name.clone()).collect();
+        let fleet = Arc::new(Fleet::open(
+            store.clone(),
+            &names,
+            config.limits.max_fleet_records_per_agent,
+            metrics.clone(),
+        ));
         Shared {
             quotas,
+            fleet,
+            sessions: Sessions::default(),
             fanout: Fanout::new(metrics.clone()),
             agent_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             body_budget: Arc::new(Semaphore::new(config.limits.max_body_bytes_in_flight)),

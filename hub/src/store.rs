@@ -1,5 +1,6 @@
-//! The embedded store: the latest push per repository, kept in a `redb` file under the data dir so that
-//! catch-up survives a restart.
+//! The embedded store: the latest push per repository (and per repository and ref, for the fleet
+//! view), and the fleet view's record of each agent, kept in a `redb` file under the data dir so that
+//! catch-up and the fleet survive a restart.
 //!
 //! Records are keyed on the repository's [`RepoKey`] (letter case folded), so an agent watching
 //! `Ops/Config` catches up on a push recorded for `ops/config`; each record keeps the id as the
@@ -17,6 +18,12 @@ const LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("latest_push_v
 /// repo id as written → JSON of [`RepoState`]: what hubs before the folded key wrote. Moved into
 /// [`LATEST`] on open.
 const LATEST_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("latest_push_v1");
+
+/// repo key, a NUL, the ref → JSON of [`RepoState`]: the latest push per ref, which the fleet view
+/// compares each cluster's applied revision with.
+const LATEST_REF: TableDefinition<&str, &[u8]> = TableDefinition::new("latest_push_ref_v1");
+/// agent name → JSON of the fleet view's record of that agent.
+const FLEET: TableDefinition<&str, &[u8]> = TableDefinition::new("fleet_agents_v1");
 
 /// The file name under the data dir.
 pub const FILE_NAME: &str = "hub.redb";
@@ -107,6 +114,9 @@ impl Store {
             if has_v1 {
                 migrate_v1(&txn, &mut table)?;
             }
+            txn.open_table(LATEST_REF)
+                .map_err(|e| io("write")(e.into()))?;
+            txn.open_table(FLEET).map_err(|e| io("write")(e.into()))?;
         }
         if has_v1 {
             txn.delete_table(LATEST_V1)
@@ -121,7 +131,59 @@ impl Store {
         let txn = self.db.begin_write().map_err(|e| io("write")(e.into()))?;
         {
             let mut table = txn.open_table(LATEST).map_err(|e| io("write")(e.into()))?;
-            put_in(&mut table, state)?;
+            put_in(&mut table, state.repo.key().as_str(), state)?;
+            let mut by_ref = txn
+                .open_table(LATEST_REF)
+                .map_err(|e| io("write")(e.into()))?;
+            put_in(&mut by_ref, &ref_key(state), state)?;
+        }
+        txn.commit().map_err(|e| io("write")(e.into()))?;
+        Ok(())
+    }
+
+    /// The latest push recorded for every repository and ref.
+    pub fn latest_per_ref(&self) -> Result<Vec<RepoState>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| io("read")(e.into()))?;
+        let table = txn
+            .open_table(LATEST_REF)
+            .map_err(|e| io("read")(e.into()))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| io("read")(e.into()))? {
+            let (key, value) = entry.map_err(|e| io("read")(e.into()))?;
+            let state =
+                serde_json::from_slice(value.value()).map_err(|source| StoreError::Corrupt {
+                    repo: key.value().replace('\0', " "),
+                    source,
+                })?;
+            out.push(state);
+        }
+        Ok(out)
+    }
+
+    /// Every agent's fleet record as stored: name → JSON.
+    pub fn fleet_agents(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| io("read")(e.into()))?;
+        let table = txn.open_table(FLEET).map_err(|e| io("read")(e.into()))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| io("read")(e.into()))? {
+            let (key, value) = entry.map_err(|e| io("read")(e.into()))?;
+            out.push((key.value().to_string(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Write agents' fleet records (name → JSON) in one transaction; `None` deletes one.
+    pub fn put_fleet_agents(&self, agents: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| io("write")(e.into()))?;
+        {
+            let mut table = txn.open_table(FLEET).map_err(|e| io("write")(e.into()))?;
+            for (name, value) in agents {
+                match value {
+                    Some(bytes) => table.insert(name.as_str(), bytes.as_slice()),
+                    None => table.remove(name.as_str()).map(|_| None),
+                }
+                .map_err(|e| io("write")(e.into()))?;
+            }
         }
         txn.commit().map_err(|e| io("write")(e.into()))?;
         Ok(())
@@ -147,10 +209,18 @@ impl Store {
     }
 }
 
-/// Record `state` in `table` under its key, unless a later push is already recorded there.
-fn put_in(table: &mut Table<'_, &str, &[u8]>, state: &RepoState) -> Result<(), StoreError> {
-    let key = state.repo.key();
-    let newer_exists = match table.get(key.as_str()).map_err(|e| io("read")(e.into()))? {
+/// The key of a push in [`LATEST_REF`].
+fn ref_key(state: &RepoState) -> String {
+    format!("{}\0{}", state.repo.key().as_str(), state.git_ref)
+}
+
+/// Record `state` in `table` under `key`, unless a later push is already recorded there.
+fn put_in(
+    table: &mut Table<'_, &str, &[u8]>,
+    key: &str,
+    state: &RepoState,
+) -> Result<(), StoreError> {
+    let newer_exists = match table.get(key).map_err(|e| io("read")(e.into()))? {
         Some(old) => serde_json::from_slice::<RepoState>(old.value())
             .map(|old| old.received_at > state.received_at)
             .unwrap_or(false),
@@ -162,7 +232,7 @@ fn put_in(table: &mut Table<'_, &str, &[u8]>, state: &RepoState) -> Result<(), S
             source,
         })?;
         table
-            .insert(key.as_str(), bytes.as_slice())
+            .insert(key, bytes.as_slice())
             .map_err(|e| io("write")(e.into()))?;
     }
     Ok(())
@@ -185,7 +255,9 @@ fn migrate_v1(
             states.push(state);
         }
     }
-    states.iter().try_for_each(|s| put_in(into, s))
+    states
+        .iter()
+        .try_for_each(|s| put_in(into, s.repo.key().as_str(), s))
 }
 
 #[cfg(test)]
@@ -219,6 +291,38 @@ mod tests {
         ];
         let got = store.latest(&repos).unwrap();
         assert_eq!(got, vec![state("h/a", "a2", 20)]);
+    }
+
+    #[test]
+    fn the_latest_push_is_kept_per_ref_and_fleet_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut main = state("h/a", "m1", 10);
+        store.put(&main).unwrap();
+        let mut dev = state("h/a", "d1", 20);
+        dev.git_ref = "refs/heads/dev".into();
+        store.put(&dev).unwrap();
+        main.sha = "m0".into();
+        main.received_at = 5;
+        store.put(&main).unwrap();
+        let mut per_ref = store.latest_per_ref().unwrap();
+        per_ref.sort_by(|a, b| a.git_ref.cmp(&b.git_ref));
+        assert_eq!(per_ref, vec![dev.clone(), state("h/a", "m1", 10)]);
+        // The catch-up still knows one latest push per repository.
+        let repos = [tether_protocol::normalize("h/a").unwrap()];
+        assert_eq!(store.latest(&repos).unwrap(), vec![dev]);
+
+        store
+            .put_fleet_agents(&[
+                ("a".into(), Some(b"{}".to_vec())),
+                ("b".into(), Some(b"[]".to_vec())),
+            ])
+            .unwrap();
+        store.put_fleet_agents(&[("b".into(), None)]).unwrap();
+        assert_eq!(
+            store.fleet_agents().unwrap(),
+            vec![("a".to_string(), b"{}".to_vec())]
+        );
     }
 
     #[test]

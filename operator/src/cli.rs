@@ -96,6 +96,11 @@ pub struct Args {
     #[arg(long, env = "TETHER_HUB_CA_FILE")]
     pub hub_ca_file: Option<PathBuf>,
 
+    /// Report each GitRepository's status (revision, Ready, push → applied latency) to the hub for
+    /// its fleet view. Off by default: without it the hub learns nothing about this cluster.
+    #[arg(long, env = "TETHER_HUB_REPORT_STATUS")]
+    pub hub_report_status: bool,
+
     /// HTTP proxy (CONNECT) for the hub connection. Set as the HTTPS_PROXY environment variable it
     /// also carries git over HTTPS (and, out of cluster, the API server's connection).
     #[arg(long, env = "HTTPS_PROXY", hide_env_values = true)]
@@ -238,6 +243,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         hub_url,
         hub_token_file,
         hub_ca_file,
+        hub_report_status,
         https_proxy,
         no_proxy,
         allow_file_urls,
@@ -396,6 +402,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         tools,
     );
+    let reports = hub_report_status.then(|| {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(crate::fleet::watch_records(
+            ctx.client(),
+            namespace.clone(),
+            ctx.latencies(),
+            tx,
+            stopped(stop_rx.clone()),
+        ));
+        rx
+    });
     crate::hub::start(
         crate::hub::HubSettings {
             url: hub_url,
@@ -405,6 +422,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             keepalive: hub_keepalive,
             dead_after: hub_dead_after,
             tunnel,
+            reports,
         },
         &metrics,
         triggers.watch_set(),

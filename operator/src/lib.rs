@@ -19,6 +19,8 @@
 //! - [`crd`]: the `GitRepository` resource, its status, and the names stamped on managed objects.
 //! - [`duration`]: Kubernetes-style durations for `spec.interval` and `spec.timeout`.
 //! - [`error`]: how a stage's error is sorted (category, class, reason).
+//! - [`fleet`]: the per-`GitRepository` records reported to the hub's fleet view
+//!   (`--hub-report-status`), made from each object's status.
 //! - [`git`]: resolve a ref on a remote, fetch into a cache of bare mirrors, read a commit's tree
 //!   (errors, remote callbacks, resolve, mirror, credentials, known_hosts).
 //! - [`plan`]: pure: turn a commit's manifests into ordered, labelled objects and what to prune.
@@ -31,6 +33,7 @@ pub mod crd;
 pub mod discovery;
 pub mod duration;
 pub mod error;
+pub mod fleet;
 pub mod git;
 pub mod health;
 pub mod hub;

@@ -16,7 +16,8 @@ pub mod url;
 
 pub use backoff::Backoff;
 pub use message::{
-    AgentMessage, CONNECT_PATH, DEAD_AFTER, HubMessage, Notice, PING_INTERVAL, RepoState,
-    SUBPROTOCOL, unix_ms,
+    AgentMessage, CONNECT_PATH, DEAD_AFTER, FleetName, FleetRecord, HubMessage,
+    MAX_RECORD_FIELD_BYTES, MAX_RECORD_MESSAGE_BYTES, MAX_RECORDS_PER_REPORT, Notice,
+    PING_INTERVAL, RepoState, SUBPROTOCOL, cut, unix_ms,
 };
 pub use repo::{RepoError, RepoId, RepoKey, normalize};

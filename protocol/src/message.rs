@@ -11,6 +11,11 @@
 //! latest push it knows for each watched repository, so an agent learns what it missed while away. Then
 //! the hub sends [`HubMessage::Push`] for every accepted webhook that concerns a watched repository.
 //! Both sides send websocket pings every [`PING_INTERVAL`]; a peer silent for [`DEAD_AFTER`] is dead.
+//!
+//! An operator that reports its status for the hub's fleet view (`--hub-report-status`) also sends
+//! [`AgentMessage::Report`]: after each connect the full set of its `GitRepository` records (the first
+//! message with `reset: true`, the rest of a large set in further messages), then only what changed.
+//! A hub that keeps no fleet view answers it with an error and the connection stays open.
 
 use std::time::Duration;
 
@@ -39,6 +44,119 @@ pub enum AgentMessage {
         /// Normalised repository ids.
         repos: Vec<RepoId>,
     },
+    /// Some or all of the agent's `GitRepository` records, for the fleet view.
+    Report {
+        /// The records that follow replace every record the hub holds for this agent (the first
+        /// message after a connect, or after the operator's own view restarted).
+        #[serde(default)]
+        reset: bool,
+        /// The operator's version, sent with a reset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operator_version: Option<String>,
+        /// Records added or changed.
+        #[serde(default)]
+        records: Vec<FleetRecord>,
+        /// Records gone (the `GitRepository` was deleted).
+        #[serde(default)]
+        removed: Vec<FleetName>,
+    },
+}
+
+/// At most this many records travel in one [`AgentMessage::Report`]; a larger set is split.
+pub const MAX_RECORDS_PER_REPORT: usize = 500;
+
+/// A record's `message` is cut to this many bytes (at a character boundary).
+pub const MAX_RECORD_MESSAGE_BYTES: usize = 512;
+
+/// A record's other strings are cut to this many bytes.
+pub const MAX_RECORD_FIELD_BYTES: usize = 256;
+
+/// Which `GitRepository` a record is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FleetName {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// One `GitRepository` as its status reads in the cluster, for the hub's fleet view. Nothing in it
+/// is secret: the message is the status condition's, which never carries credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetRecord {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The repository it follows.
+    pub repo: RepoId,
+    /// What it follows: `refs/heads/<branch>`, `refs/tags/<tag>`, `semver:<range>` or `commit:<sha>`.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The commit last applied in full (`status.lastAppliedRevision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<String>,
+    /// The commit last tried (`status.lastAttemptedRevision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempted: Option<String>,
+    /// The `Ready` condition's status: `True`, `False` or `Unknown`.
+    pub ready: String,
+    /// The `Ready` condition's reason.
+    #[serde(default)]
+    pub reason: String,
+    /// The `Ready` condition's message, cut to [`MAX_RECORD_MESSAGE_BYTES`].
+    #[serde(default)]
+    pub message: String,
+    /// When `Ready` last changed, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<u64>,
+    /// How long the last push took from the hub's receipt to applied, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_latency_ms: Option<u64>,
+}
+
+impl FleetRecord {
+    /// Which `GitRepository` this is.
+    pub fn key(&self) -> FleetName {
+        FleetName {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The record with every string cut to its bound, so that no status can make a message large.
+    pub fn bounded(mut self) -> Self {
+        for field in [
+            &mut self.namespace,
+            &mut self.name,
+            &mut self.git_ref,
+            &mut self.ready,
+            &mut self.reason,
+        ] {
+            cut(field, MAX_RECORD_FIELD_BYTES);
+        }
+        for field in [&mut self.applied, &mut self.attempted]
+            .into_iter()
+            .flatten()
+        {
+            cut(field, MAX_RECORD_FIELD_BYTES);
+        }
+        cut(&mut self.message, MAX_RECORD_MESSAGE_BYTES);
+        self
+    }
+}
+
+/// Cut `text` to at most `max` bytes at a character boundary, marking the cut with `…`.
+pub fn cut(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
 }
 
 /// A message from the hub to the agent.
@@ -184,7 +302,9 @@ mod tests {
         let msg =
             AgentMessage::from_json(r#"{"type":"watch","repos":["git@github.com:Org/App.git"]}"#)
                 .unwrap();
-        let AgentMessage::Watch { repos } = msg;
+        let AgentMessage::Watch { repos } = msg else {
+            panic!("not a watch: {msg:?}");
+        };
         assert_eq!(repos[0].as_str(), "github.com/Org/App");
     }
 
@@ -213,6 +333,63 @@ mod tests {
             message: "no".into(),
         };
         assert_eq!(err.to_json(), r#"{"type":"error","message":"no"}"#);
+    }
+
+    #[test]
+    fn a_report_round_trips_and_its_records_are_bounded() {
+        let record = FleetRecord {
+            namespace: "apps".into(),
+            name: "web".into(),
+            repo: normalize("https://git.example/a/b.git").unwrap(),
+            git_ref: "refs/heads/main".into(),
+            applied: Some("a".repeat(40)),
+            attempted: None,
+            ready: "False".into(),
+            reason: "ApplyFailed".into(),
+            message: "é".repeat(1000),
+            changed_at: Some(1),
+            push_latency_ms: None,
+        };
+        let msg = AgentMessage::Report {
+            reset: true,
+            operator_version: Some("0.1.0".into()),
+            records: vec![record.clone().bounded()],
+            removed: vec![FleetName {
+                namespace: "apps".into(),
+                name: "old".into(),
+            }],
+        };
+        let text = msg.to_json();
+        assert!(
+            text.starts_with(r#"{"type":"report","reset":true"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("attempted"),
+            "absent fields stay out: {text}"
+        );
+        assert_eq!(AgentMessage::from_json(&text).unwrap(), msg);
+        let AgentMessage::Report { records, .. } = msg else {
+            panic!("not a report");
+        };
+        let message = &records[0].message;
+        assert!(
+            message.len() <= MAX_RECORD_MESSAGE_BYTES,
+            "{}",
+            message.len()
+        );
+        assert!(message.ends_with('…'));
+        assert_eq!(records[0].key().name, "web");
+        // A report with nothing but its type is an empty change.
+        assert_eq!(
+            AgentMessage::from_json(r#"{"type":"report"}"#).unwrap(),
+            AgentMessage::Report {
+                reset: false,
+                operator_version: None,
+                records: vec![],
+                removed: vec![]
+            }
+        );
     }
 
     #[test]

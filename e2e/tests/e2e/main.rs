@@ -9,6 +9,7 @@ mod credentials;
 mod demo;
 mod depends_on;
 mod docs;
+mod fleet;
 mod git_faults;
 mod harness;
 mod leader;

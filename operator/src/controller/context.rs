@@ -66,6 +66,8 @@ pub struct Context {
     pub(super) dependents: Dependents,
     /// The API server's version, as helm is told it (read once).
     kube_version: std::sync::OnceLock<String>,
+    /// The last push → applied latency per object, for the fleet report.
+    pub(super) latencies: crate::fleet::Latencies,
 }
 
 impl std::fmt::Debug for ApiAccess {
@@ -83,6 +85,16 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// The operator's own client (guarded with leader election).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The push → applied latencies the controller measures, for the fleet report.
+    pub fn latencies(&self) -> crate::fleet::Latencies {
+        self.latencies.clone()
+    }
+
     pub fn new(
         api: ApiAccess,
         mirrors: MirrorCache,
@@ -113,6 +125,7 @@ impl Context {
             tools,
             dependents,
             kube_version: std::sync::OnceLock::new(),
+            latencies: crate::fleet::Latencies::default(),
         });
         (ctx, wakes)
     }

@@ -214,6 +214,17 @@ async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Erro
         timer.fail(error.category());
         warn!(error = %error, category = error.category(), "reconcile failed");
     }
+    // Measured before the status is written, so that the fleet report made from the new status
+    // carries it.
+    let push_latency_ms = match (&attempt, notice, next.new_revision) {
+        (Attempt::Applied { .. }, Some(notice), true) => {
+            let ms = tether_protocol::unix_ms().saturating_sub(notice.pushed_at_ms);
+            ctx.latencies
+                .record(&oref.namespace.clone().unwrap_or_default(), &oref.name, ms);
+            Some(ms)
+        }
+        _ => None,
+    };
     write_status(ctx, &obj, next.status).await?;
     match attempt {
         Attempt::Applied {
@@ -225,11 +236,8 @@ async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Erro
                 info!(revision = %revision, summary = %summary, "applied");
                 publish(ctx, &obj, event).await;
             }
-            if let (Some(notice), true) = (notice, next.new_revision) {
-                let since_ms = tether_protocol::unix_ms().saturating_sub(notice.pushed_at_ms);
-                ctx.metrics
-                    .push_to_applied
-                    .observe(since_ms as f64 / 1000.0);
+            if let Some(ms) = push_latency_ms {
+                ctx.metrics.push_to_applied.observe(ms as f64 / 1000.0);
             }
             Ok(Action::requeue(jittered(interval)))
         }

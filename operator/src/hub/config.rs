@@ -33,6 +33,9 @@ pub struct HubClientConfig {
     pub connect_timeout: Duration,
     /// The reconnect policy (default: 0.5 s doubling to 30 s, full jitter, reset after 60 s connected).
     pub backoff: Backoff,
+    /// With `--hub-report-status`: the `GitRepository` records to report for the hub's fleet view
+    /// (`None` inside until the first full listing). Without it, nothing is reported.
+    pub reports: Option<tokio::sync::watch::Receiver<Option<crate::fleet::Records>>>,
 }
 
 impl HubClientConfig {
@@ -47,6 +50,7 @@ impl HubClientConfig {
             dead_after: DEAD_AFTER,
             connect_timeout: CONNECT_TIMEOUT,
             backoff: Backoff::default(),
+            reports: None,
         }
     }
 
@@ -72,6 +76,7 @@ impl fmt::Debug for HubClientConfig {
             .field("dead_after", &self.dead_after)
             .field("connect_timeout", &self.connect_timeout)
             .field("backoff", &self.backoff)
+            .field("reports", &self.reports.is_some())
             .finish()
     }
 }

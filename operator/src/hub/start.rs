@@ -27,6 +27,8 @@ pub struct HubSettings {
     /// With CI access: what serves each stream of the CI tunnel, which then opens beside the push
     /// channel.
     pub tunnel: Option<super::TunnelHandler>,
+    /// With `--hub-report-status`: the records to report for the fleet view.
+    pub reports: Option<watch::Receiver<Option<crate::fleet::Records>>>,
 }
 
 impl std::fmt::Debug for HubSettings {
@@ -39,6 +41,7 @@ impl std::fmt::Debug for HubSettings {
             .field("keepalive", &self.keepalive)
             .field("dead_after", &self.dead_after)
             .field("tunnel", &self.tunnel.is_some())
+            .field("reports", &self.reports.is_some())
             .finish()
     }
 }
@@ -60,12 +63,16 @@ pub fn start(
         keepalive,
         dead_after,
         tunnel,
+        reports,
     } = settings;
     let Some(url) = url else {
         if tunnel.is_some() {
             anyhow::bail!(
                 "--ci-access needs --hub-url: CI requests reach the operator only through the hub"
             );
+        }
+        if reports.is_some() {
+            anyhow::bail!("--hub-report-status needs --hub-url: the status goes to the hub");
         }
         info!("no hub configured (--hub-url): reconciles run on each GitRepository's interval");
         return Ok(());
@@ -89,6 +96,7 @@ pub fn start(
     if let Some(dead_after) = dead_after {
         config.dead_after = dead_after;
     }
+    config.reports = reports;
     config.validate()?;
     let hub_metrics = HubMetrics::register(&metrics.registry)?;
     info!(url = %config.url, proxy = config.proxy.is_set(), "connecting to the hub");
