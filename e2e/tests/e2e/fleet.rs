@@ -365,3 +365,114 @@ async fn two_clusters_show_behind_then_current_then_one_failing_then_one_gone() 
     ensure!(deployment(&json, "west")?["applied"] == v2.as_str());
     Ok(())
 }
+
+/// How long the page may take to follow a change.
+const PAGE_WITHIN: Duration = Duration::from_secs(30);
+
+/// How many elements match `css` now.
+fn count(browser: &Browser, css: &str) -> Result<usize> {
+    Ok(browser.find_all(css)?.len())
+}
+
+/// Waits until exactly `n` elements match `css`.
+fn wait_count(browser: &Browser, css: &str, n: usize) -> Result<()> {
+    wait_until_every(&format!("{n} of `{css}`"), PAGE_WITHIN, POLL, || {
+        let found = count(browser, css)?;
+        ensure!(found == n, "{found} match");
+        Ok(())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_a_viewer_logs_in_watches_a_push_land_without_reload_filters_and_follows_a_link()
+-> Result<()> {
+    let fleet = Fleet::start("fleet-page", true)?;
+    let v0 = fleet.head.clone();
+    fleet.wait_json("both clusters current on the first commit", |j| {
+        both(j, "current", &v0)
+    })?;
+    let browser = Browser::start(&artifacts_for("fleet-page"))?;
+    let base = fleet.hub.https_url();
+
+    // Without a session the page leads to the login form; a wrong token is refused there.
+    browser.goto(&format!("{base}/fleet"))?;
+    let token = browser.wait_for("input[name=token]", PAGE_WITHIN)?;
+    ensure!(browser.current_url()?.ends_with("/fleet/login"));
+    token.send_keys("not-a-viewer-token")?;
+    browser.find("form.card button[type=submit]")?.click()?;
+    browser.wait_for("p.error", PAGE_WITHIN)?;
+    browser.screenshot("login")?;
+    browser
+        .find("input[name=token]")?
+        .send_keys(&fleet.viewer)?;
+    browser.find("form.card button[type=submit]")?.click()?;
+
+    // Both clusters, connected; the session cookie is out of scripts' reach and same-site only.
+    browser.wait_for(
+        "tr.cluster[data-cluster=east][data-connected=true]",
+        PAGE_WITHIN,
+    )?;
+    browser.wait_for(
+        "tr.cluster[data-cluster=west][data-connected=true]",
+        PAGE_WITHIN,
+    )?;
+    let cookie = browser
+        .cookie("tether_fleet")?
+        .context("no session cookie after the login")?;
+    ensure!(
+        cookie.http_only && cookie.secure && cookie.same_site.as_deref() == Some("Strict"),
+        "cookie flags: {cookie:?}"
+    );
+    browser.wait_for("#live[data-state=live]", PAGE_WITHIN)?;
+    // A mark that a reload would wipe.
+    browser.execute("window.tetherMark = 'kept'; return true;", &[])?;
+
+    // The hub hears of v1 before the git server has it: both rows turn behind, live.
+    let v1 = fleet.commit("v1", None)?;
+    fleet.webhook(&v0, &v1)?;
+    wait_count(&browser, "tr.deployment[data-state=behind]", 2)?;
+    browser.screenshot("behind")?;
+
+    // The push lands: nothing needs attention any more, both count as current.
+    fleet.push()?;
+    fleet.webhook(&v0, &v1)?;
+    wait_count(&browser, "tr.deployment", 0)?;
+    browser.wait_until_text("tr.repo td.state-current", PAGE_WITHIN, |t| t.trim() == "2")?;
+    let mark = browser.execute("return window.tetherMark || null;", &[])?;
+    ensure!(
+        mark == "kept",
+        "the page reloaded to show the push (mark {mark})"
+    );
+    browser.screenshot("current")?;
+
+    // Filter to the repository: every deployment of it is listed.
+    let repo = browser.find("input[name=repo]")?;
+    repo.clear()?;
+    repo.send_keys("fleet")?;
+    browser.find("#filters button[type=submit]")?.click()?;
+    wait_count(&browser, "tr.deployment", 2)?;
+    ensure!(browser.current_url()?.contains("repo=fleet"));
+
+    // East's own link is shareable: it opens the page narrowed to it, its row marked.
+    let link = browser
+        .find("tr.deployment[data-cluster=east] a.self")?
+        .attr("href")?
+        .context("no link on east's row")?;
+    browser
+        .find("tr.deployment[data-cluster=east] a.self")?
+        .click()?;
+    browser.wait_for("tr.deployment.target[data-cluster=east]", PAGE_WITHIN)?;
+    let url = browser.current_url()?;
+    ensure!(url.ends_with(&link), "followed {link}, at {url}");
+    wait_count(&browser, "tr.cluster", 1)?;
+    browser.screenshot("followed")?;
+
+    // The one error allowed is the refused login's own 401, which the browser logs as such.
+    let errors = browser.console_errors()?;
+    let (refused, others): (Vec<String>, Vec<String>) = errors
+        .into_iter()
+        .partition(|e| e.contains("/fleet/login") && e.contains("401"));
+    ensure!(refused.len() == 1, "the refused login was not logged once: {refused:?}");
+    ensure!(others.is_empty(), "console errors: {others:#?}");
+    Ok(())
+}
