@@ -12,6 +12,8 @@ packages=(
   util-linux procps                     # setpriv (child processes die with the tests), ps
   tinyproxy                             # an HTTP CONNECT proxy, for git through a proxy
   age                                   # age-keygen: the keys SOPS-encrypted test secrets use
+  redis-server redis-tools              # the hub replicas' shared Redis (standalone and cluster)
+  haproxy                               # the load balancer in front of hub replicas
   chromium chromium-driver              # a headless browser and its WebDriver, for the web page tests
   fonts-dejavu-core                     # a font, so the browser's screenshots show text
 )

@@ -170,6 +170,7 @@ async fn session(
     info!(agent = %agent.name, "agent connected");
 
     let mut subscription = shared.fanout.subscribe();
+    let mut resyncs = shared.fanout.resyncs();
     let outbox = subscription.outbox_handle();
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
@@ -234,6 +235,13 @@ async fn session(
                 if let Some((repos, _)) = waiting.take()
                     && let Err(e) = watch_when_allowed(repos, &mut waiting, &agent, &quota, &shared, &mut subscription, &mut sink).await
                 {
+                    break e;
+                }
+            }
+            _ = resyncs.changed() => {
+                // Notices from other replicas may have been lost: say the latest again.
+                let repos = subscription.repos().to_vec();
+                if let Err(e) = catch_up(repos, &agent, &shared, &mut sink).await {
                     break e;
                 }
             }
@@ -370,9 +378,23 @@ async fn watch(
     // catch-up, as a notice, or both, but never in neither.
     subscription.set_watch(allowed.iter().cloned().collect());
     info!(agent = %agent.name, repos = allowed.len(), "watch set updated");
+    catch_up(allowed, agent, shared, sink).await
+}
 
+/// Send the latest push known for each of `allowed`: from this hub's store, and with replicas
+/// also from Redis (the later of the two per repository).
+async fn catch_up(
+    allowed: Vec<RepoId>,
+    agent: &AgentConfig,
+    shared: &Shared,
+    sink: &mut Sink,
+) -> Result<(), &'static str> {
+    let shared_latest = match &shared.replicas {
+        Some(r) => r.latest(&allowed).await,
+        None => None,
+    };
     let store = shared.store.clone();
-    let latest = match tokio::task::spawn_blocking(move || store.latest(&allowed)).await {
+    let local = match tokio::task::spawn_blocking(move || store.latest(&allowed)).await {
         Ok(Ok(latest)) => latest,
         Ok(Err(e)) => {
             warn!(agent = %agent.name, error = %e, category = e.category(), "catch-up read failed");
@@ -390,6 +412,18 @@ async fn watch(
             Vec::new()
         }
     };
+    let mut by_repo: std::collections::HashMap<_, tether_protocol::RepoState> =
+        std::collections::HashMap::new();
+    for state in local.into_iter().chain(shared_latest.into_iter().flatten()) {
+        let key = state.repo.key();
+        if by_repo
+            .get(&key)
+            .is_none_or(|old| old.received_at < state.received_at)
+        {
+            by_repo.insert(key, state);
+        }
+    }
+    let latest = by_repo.into_values().collect();
     send_hub(sink, &HubMessage::Catchup { latest }).await
 }
 

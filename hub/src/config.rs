@@ -42,6 +42,7 @@ struct RawConfig {
     agents: Vec<RawAgent>,
     #[serde(default)]
     viewers: Vec<RawViewer>,
+    redis: Option<RawRedis>,
     #[serde(default)]
     webhooks: Vec<RawWebhook>,
 }
@@ -60,6 +61,15 @@ struct RawAgent {
     token_sha256: String,
     #[serde(default)]
     repos: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: RawSecretSource,
+    #[serde(default)]
+    cluster: bool,
+    key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +117,42 @@ pub struct WebhookSecret {
     pub secret: Secret,
 }
 
+/// The Redis that several replicas share.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// The URL (`redis://`, `rediss://` for TLS, a password in its user info), or with `cluster` one
+    /// or more node URLs separated by spaces, commas or newlines. Secret: never printed.
+    url: Secret,
+    /// Redis Cluster rather than one server (or a primary behind one address).
+    pub cluster: bool,
+    /// Put before every key and channel name (`tether:`), so that hubs can share a Redis.
+    pub key_prefix: String,
+}
+
+impl RedisConfig {
+    /// The URLs.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        split_urls(&String::from_utf8_lossy(self.url.expose()))
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"<redacted>")
+            .field("cluster", &self.cluster)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+fn split_urls(text: &str) -> Vec<String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// TLS certificate and key files (PEM).
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -133,6 +179,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookSecret>,
     /// Who may read the fleet view.
     pub(crate) viewers: Vec<crate::fleet::ViewerConfig>,
+    /// The Redis shared with other replicas; without it, this hub is the only one.
+    pub redis: Option<RedisConfig>,
 }
 
 /// Why the configuration could not be used.
@@ -441,6 +489,53 @@ impl Config {
             }
         }
 
+        let redis = raw.redis.and_then(|r| {
+            let source = match (&r.url.file, &r.url.env) {
+                (Some(file), None) => SecretSource::File(relative_to(base, file)),
+                (None, Some(name)) => SecretSource::Env(name.clone()),
+                _ => {
+                    problems.push(
+                        "redis.url: give exactly one of `file` (a path) or `env` (a variable name); the URL may hold a password, so it is never written inline".into(),
+                    );
+                    return None;
+                }
+            };
+            let url = match source.read(env) {
+                Ok(url) => url,
+                Err(e) => {
+                    problems.push(format!("redis.url.{}: {e}", source.field()));
+                    return None;
+                }
+            };
+            let urls = split_urls(&String::from_utf8_lossy(url.expose()));
+            if urls.is_empty() {
+                problems.push("redis.url: empty; give a redis:// or rediss:// URL".into());
+            }
+            if urls.len() > 1 && !r.cluster {
+                problems.push(format!(
+                    "redis.url: {} URLs given; several are for a Redis Cluster (set redis.cluster: true), one otherwise",
+                    urls.len()
+                ));
+            }
+            for (i, u) in urls.iter().enumerate() {
+                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
+                    // The URL may hold a password: name it by position, not by text.
+                    problems.push(format!(
+                        "redis.url: URL {} of {} is not a redis:// or rediss:// URL ({:?})",
+                        i + 1,
+                        urls.len(),
+                        e.kind()
+                    ));
+                }
+            }
+            let key_prefix = r.key_prefix.unwrap_or_else(|| "tether:".into());
+            Some(RedisConfig {
+                url,
+                cluster: r.cluster,
+                key_prefix,
+            })
+        });
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -455,6 +550,7 @@ impl Config {
             agents,
             webhooks,
             viewers,
+            redis,
         })
     }
 }
@@ -610,6 +706,51 @@ webhooks:
         ] {
             assert!(msg.contains(needle), "missing {needle:?} in:\n{msg}");
         }
+    }
+
+    #[test]
+    fn redis_urls_come_from_a_secret_source_and_are_checked_without_being_echoed() {
+        let base = format!(
+            "data_dir: /tmp\nagents:\n  - name: a\n    token_sha256: {HASH}\n    repos: ['**']\n"
+        );
+        let load = |redis: &str, url: &str| {
+            let text = format!("{base}redis:\n{redis}");
+            Config::from_yaml(&text, Path::new("h.yaml"), &Env::new([("REDIS_URL", url)]))
+        };
+        let cfg = load(
+            "  url: { env: REDIS_URL }\n",
+            "redis://:pw@10.0.0.1:6379/0\n",
+        )
+        .unwrap();
+        let redis = cfg.redis.as_ref().unwrap();
+        assert_eq!(
+            redis.urls(),
+            vec!["redis://:pw@10.0.0.1:6379/0".to_string()]
+        );
+        assert_eq!(redis.key_prefix, "tether:");
+        assert!(
+            !format!("{cfg:?}").contains("pw@"),
+            "the password is never printed"
+        );
+
+        let cluster = load(
+            "  url: { env: REDIS_URL }\n  cluster: true\n  key_prefix: 'hub-a:'\n",
+            "redis://10.0.0.1:7000, redis://10.0.0.2:7000\nredis://10.0.0.3:7000",
+        )
+        .unwrap();
+        assert_eq!(cluster.redis.as_ref().unwrap().urls().len(), 3);
+
+        let problems = |redis: &str, url: &str| match load(redis, url) {
+            Err(ConfigError::Invalid { problems, .. }) => problems.join("\n"),
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let several = problems("  url: { env: REDIS_URL }\n", "redis://a:1 redis://b:2");
+        assert!(several.contains("redis.cluster: true"), "{several}");
+        let bad = problems("  url: { env: REDIS_URL }\n", "http://:secretpw@x");
+        assert!(bad.contains("URL 1 of 1"), "{bad}");
+        assert!(!bad.contains("secretpw"), "the URL is not echoed: {bad}");
+        let inline = problems("  url: {}\n", "");
+        assert!(inline.contains("redis.url: give exactly one"), "{inline}");
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct Fanout {
     index: RwLock<HashMap<RepoKey, HashMap<u64, Arc<Outbox>>>>,
     next_id: AtomicU64,
     metrics: Metrics,
+    /// Bumped when every agent should be sent a fresh catch-up (notices may have been lost).
+    resync: tokio::sync::watch::Sender<u64>,
 }
 
 /// One connected agent's place in the index; leaving it (drop) removes the agent everywhere.
@@ -85,6 +87,8 @@ pub struct Subscription {
     id: u64,
     outbox: Arc<Outbox>,
     watched: HashSet<RepoKey>,
+    /// The watch set as the agent spelled it.
+    repos: Vec<RepoId>,
 }
 
 impl Fanout {
@@ -94,7 +98,18 @@ impl Fanout {
             index: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             metrics,
+            resync: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Ask every connected agent's session to send a fresh catch-up.
+    pub fn resync(&self) {
+        self.resync.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever [`Fanout::resync`] is called.
+    pub fn resyncs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.resync.subscribe()
     }
 
     /// Register a connected agent with an empty watch set.
@@ -104,6 +119,7 @@ impl Fanout {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             outbox: Arc::new(Outbox::default()),
             watched: HashSet::new(),
+            repos: Vec::new(),
         }
     }
 
@@ -135,6 +151,7 @@ impl Fanout {
 impl Subscription {
     /// Replace the watch set.
     pub fn set_watch(&mut self, repos: HashSet<RepoId>) {
+        self.repos = repos.iter().cloned().collect();
         let repos: HashSet<RepoKey> = repos.iter().map(RepoId::key).collect();
         {
             let mut index = self.fanout.index.write().unwrap_or_else(|e| e.into_inner());
@@ -155,6 +172,11 @@ impl Subscription {
         }
         self.outbox.retain(&repos);
         self.watched = repos;
+    }
+
+    /// The watched repositories, as the agent spelled them.
+    pub fn repos(&self) -> &[RepoId] {
+        &self.repos
     }
 
     /// This agent's outbox.

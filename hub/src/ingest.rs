@@ -253,11 +253,16 @@ pub(crate) async fn webhook(
         );
     }
 
-    let first_time = shared
+    let here_first = shared
         .dedup
         .lock()
         .map(|mut d| d.first_time(&dedup_key, received))
         .unwrap_or(true);
+    // With replicas, a redelivery may reach another one: Redis decides while it answers.
+    let first_time = match &shared.replicas {
+        Some(r) => r.first_delivery(&dedup_key).await.unwrap_or(here_first),
+        None => here_first,
+    };
     if !first_time {
         shared.metrics.webhook(name, "duplicate");
         info!(provider = name, %delivery, "duplicate delivery dropped");
@@ -307,6 +312,9 @@ pub(crate) async fn webhook(
         if let Ok(mut d) = shared.dedup.lock() {
             d.forget(&dedup_key);
         }
+        if let Some(r) = &shared.replicas {
+            r.forget_delivery(&dedup_key).await;
+        }
         shared.metrics.webhook(name, "store_error");
         warn!(provider = name, %delivery, error = %reason, "could not record push");
         return reply(
@@ -318,6 +326,13 @@ pub(crate) async fn webhook(
     let mut agents = 0;
     for n in &notices {
         agents += shared.fanout.publish(n, received);
+    }
+    if let Some(r) = &shared.replicas {
+        r.share(crate::replicas::Batch {
+            origin: r.id.clone(),
+            notices: notices.clone(),
+        })
+        .await;
     }
     shared.metrics.webhook(name, "accepted");
     let repos: BTreeSet<&str> = covered.iter().map(RepoId::as_str).collect();

@@ -21,6 +21,8 @@
 //! - [`store`]: the latest push per repository (and per ref), and the fleet records, persisted.
 //! - [`fleet`]: the fleet view: what each agent's cluster runs, from the status its operator
 //!   reports (`GET /v1/fleet`, the page at `/fleet`, viewer tokens and login).
+//! - `replicas`: several replicas sharing a Redis: the latest pushes, delivery dedup, accepted
+//!   pushes published to every replica, and what a replica does while Redis is away.
 //! - [`state`]: the state shared by every connection.
 //! - [`server`]: the accept loop, TLS settings and routes; [`run`] is the entry point.
 //! - [`conn`]: one connection: TLS handshake, HTTP/1.1 with its timeouts, idle watchdog, drain.
@@ -37,6 +39,7 @@ pub mod globs;
 mod ingest;
 pub mod limits;
 pub mod metrics;
+mod replicas;
 pub mod secret;
 pub mod server;
 mod state;

@@ -54,6 +54,12 @@ pub struct Metrics {
     pub tunnel_requests: IntCounterVec,
     /// CI requests (and upgraded connections) in flight through the tunnels.
     pub tunnel_streams: IntGauge,
+    /// 1 while Redis answers (replicas only).
+    pub redis_up: IntGauge,
+    /// Accepted push batches waiting for Redis to share them.
+    pub redis_pending: IntGauge,
+    /// Redis calls that failed, by operation.
+    pub redis_errors: IntCounterVec,
     /// Configured agents by `state`: connected or disconnected (fleet view).
     pub fleet_clusters: IntGaugeVec,
     /// `GitRepository` records across the fleet by `state`: current, behind, failing, progressing,
@@ -163,8 +169,29 @@ impl Metrics {
             &["state"],
         )
         .map_err(MetricsError::Register)?;
+        let redis_up = IntGauge::new(
+            "tether_hub_redis_up",
+            "1 while the shared Redis answers, 0 while this replica relays to its own agents only",
+        )
+        .map_err(MetricsError::Register)?;
+        let redis_pending = IntGauge::new(
+            "tether_hub_redis_pending",
+            "Accepted push batches waiting for Redis to share them with the other replicas",
+        )
+        .map_err(MetricsError::Register)?;
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "tether_hub_redis_errors_total",
+                "Redis calls that failed or timed out, by operation (dedup, share, catchup, pending_dropped)",
+            ),
+            &["op"],
+        )
+        .map_err(MetricsError::Register)?;
         for c in [
             Box::new(agents_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(redis_up.clone()),
+            Box::new(redis_pending.clone()),
+            Box::new(redis_errors.clone()),
             Box::new(fleet_clusters.clone()),
             Box::new(fleet_repos.clone()),
             Box::new(tunnels_connected.clone()),
@@ -197,6 +224,9 @@ impl Metrics {
             tunnel_bytes,
             fleet_clusters,
             fleet_repos,
+            redis_up,
+            redis_pending,
+            redis_errors,
         })
     }
 

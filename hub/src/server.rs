@@ -74,6 +74,20 @@ pub async fn run(
         Arc::clone(&shared.fleet),
         shared.shutdown.clone(),
     ));
+    if let Some(replicas) = &shared.replicas {
+        info!(replica = %replicas.id, "sharing pushes with other replicas through Redis");
+        tokio::spawn(crate::replicas::maintain(
+            Arc::clone(replicas),
+            shared.shutdown.clone(),
+        ));
+        let (deliver_to, resync_to) = (Arc::clone(&shared), Arc::clone(&shared));
+        tokio::spawn(crate::replicas::subscribe(
+            Arc::clone(replicas),
+            move |batch| deliver(&deliver_to, batch),
+            move || resync_to.fanout.resync(),
+            shared.shutdown.clone(),
+        ));
+    }
     let serving = Serving {
         tls,
         app: router(Arc::clone(&shared)),
@@ -122,6 +136,9 @@ pub async fn run(
     }
 
     info!("tether-hub shutting down");
+    // Refuse new connections before telling agents to go: those that reconnect at once then
+    // reach another replica instead of this one's backlog.
+    drop(listener);
     shared.shutdown.cancel();
     shared.tracker.close();
     drop(serving);
@@ -136,9 +153,46 @@ pub async fn run(
     Ok(())
 }
 
+/// Tell this replica's agents about pushes another replica accepted, and keep them in this
+/// replica's store and fleet view too.
+fn deliver(shared: &Arc<Shared>, batch: crate::replicas::Batch) {
+    let received = std::time::Instant::now();
+    let mut agents = 0;
+    for n in &batch.notices {
+        agents += shared.fanout.publish(n, received);
+    }
+    let states: Vec<_> = batch
+        .notices
+        .iter()
+        .map(tether_protocol::Notice::state)
+        .collect();
+    shared.fleet.pushed(&states);
+    debug!(origin = %batch.origin, notices = batch.notices.len(), agents, "pushes from another replica relayed");
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = states.iter().try_for_each(|s| store.put(s)) {
+            warn!(error = %e, "could not keep another replica's push in this store");
+        }
+    });
+}
+
+/// `GET /readyz`: 200 unless this replica has never reached the Redis it shares; a replica that
+/// lost Redis later still answers 200, saying it is degraded (it keeps relaying to its agents).
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    use crate::replicas::Readiness;
+    match shared.replicas.as_ref().map(|r| r.readiness()) {
+        None | Some(Readiness::Ready) => (StatusCode::OK, "ok\n").into_response(),
+        Some(Readiness::Degraded(why)) => (StatusCode::OK, format!("{why}\n")).into_response(),
+        Some(Readiness::NotReady(why)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+        }
+    }
+}
+
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(CONNECT_PATH, get(crate::agents::connect))
         .route("/v1/webhooks/{provider}", post(crate::ingest::webhook))

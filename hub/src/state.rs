@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) fleet: Arc<Fleet>,
     /// Viewers' login sessions.
     pub(crate) sessions: Sessions,
+    /// The other replicas, through Redis, when configured.
+    pub(crate) replicas: Option<Arc<crate::replicas::Replicas>>,
     pub(crate) metrics: Metrics,
     pub(crate) dedup: Mutex<Dedup>,
     pub(crate) agent_slots: Arc<Semaphore>,
@@ -65,8 +67,13 @@ impl Shared {
             config.limits.max_fleet_records_per_agent,
             metrics.clone(),
         ));
+        let replicas = config
+            .redis
+            .clone()
+            .map(|r| Arc::new(crate::replicas::Replicas::new(r, metrics.clone())));
         Shared {
             quotas,
+            replicas,
             fleet,
             sessions: Sessions::default(),
             fanout: Fanout::new(metrics.clone()),

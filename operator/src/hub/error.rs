@@ -102,6 +102,13 @@ pub enum HubClientError {
         /// The close code and reason, if any.
         reason: String,
     },
+    /// The hub is shutting down (close code 1001, going away): another replica behind the same
+    /// address takes the connection, so it is dialled again at once rather than after backoff.
+    #[error("the hub is going away ({reason}); reconnecting at once")]
+    GoingAway {
+        /// The close reason.
+        reason: String,
+    },
 }
 
 impl HubClientError {
@@ -122,6 +129,7 @@ impl HubClientError {
             HubClientError::Dead { .. } => "dead",
             HubClientError::Connection { .. } => "connection",
             HubClientError::Closed { .. } => "closed",
+            HubClientError::GoingAway { .. } => "going_away",
         }
     }
 }

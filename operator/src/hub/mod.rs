@@ -147,7 +147,13 @@ pub async fn run(
             }
             Err(e) => e,
         };
-        let delay = backoff.next_delay(rand::random::<f64>());
+        // A hub replica that stops says so: another one behind the same address is there now. A
+        // spread of a quarter second keeps its agents from all arriving in the same instant.
+        let delay = if matches!(failure, HubClientError::GoingAway { .. }) {
+            std::time::Duration::from_millis(rand::random_range(0..250))
+        } else {
+            backoff.next_delay(rand::random::<f64>())
+        };
         warn!(
             hub = %dialer.url,
             error = %failure,

@@ -156,6 +156,12 @@ impl Session<'_> {
                     let text = match message {
                         Message::Text(text) => text,
                         Message::Close(frame) => {
+                            if let Some(f) = &frame
+                                && f.code == CloseCode::Away
+                            {
+                                let reason = f.reason.to_string();
+                                return SessionEnd::Lost(HubClientError::GoingAway { reason });
+                            }
                             let reason = match frame {
                                 Some(f) if f.reason.is_empty() => format!("code {}", u16::from(f.code)),
                                 Some(f) => format!("code {}: {}", u16::from(f.code), f.reason),

@@ -1,0 +1,461 @@
+//! Several hub replicas behind one load balancer, sharing a Redis (`redis:` in the config).
+//!
+//! What they share:
+//! - the latest push per repository (and per ref), read by every replica's catch-up: hashes
+//!   `<prefix>latest` (repo key → push) and `<prefix>latest_ref` (repo key, NUL, ref → push);
+//! - delivery dedup: `SET <prefix>delivery:<key> NX EX 3600`, so a redelivery that reaches another
+//!   replica is still a duplicate;
+//! - accepted pushes, published on the channel `<prefix>pushes`: every replica tells its own
+//!   agents about pushes any replica accepted.
+//!
+//! Redis is a shared index, not the only copy. Each replica still keeps its embedded store and tells
+//! its own agents at once; what it could not write to Redis waits in memory ([`Replicas::pending`])
+//! and goes out, in order, as soon as Redis answers again. Meanwhile the replica reports itself
+//! degraded (`/readyz` says so, `tether_hub_redis_up` is 0) but keeps serving: taking every replica
+//! out of the load balancer because the shared index is away would stop all relaying instead of
+//! some. A replica that has never reached Redis is not ready. After its subscription to the
+//! channel was interrupted, a replica asks each of its agents' sessions to send a fresh catch-up,
+//! which heals any notice the interruption lost.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::FromRedisValue;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use serde::{Deserialize, Serialize};
+use tether_protocol::{Notice, RepoId, RepoState};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::RedisConfig;
+use crate::metrics::Metrics;
+
+/// Every Redis call is bounded by this; past it Redis counts as unreachable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a delivery id is remembered across replicas.
+const DEDUP_TTL_SECONDS: u64 = 3600;
+/// How often Redis is checked while it answers, and retried while it does not.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// At most this many accepted batches wait for Redis; older ones are dropped past it (counted).
+const MAX_PENDING: usize = 100_000;
+
+/// Pushes accepted by one replica, as published to the others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Batch {
+    /// The replica that accepted them.
+    pub(crate) origin: String,
+    /// One notice per repository and ref.
+    pub(crate) notices: Vec<Notice>,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+
+    async fn pipe(&self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
+        }
+    }
+}
+
+/// Why a Redis call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RedisUnavailable {
+    #[error("not connected to Redis yet")]
+    NotConnected,
+    #[error("Redis did not answer within {CALL_TIMEOUT:?}")]
+    Timeout,
+    #[error("Redis: {0}")]
+    Failed(#[from] redis::RedisError),
+}
+
+/// This replica's link to the others.
+pub(crate) struct Replicas {
+    /// This replica's id, on what it publishes.
+    pub(crate) id: String,
+    config: RedisConfig,
+    conn: RwLock<Option<Conn>>,
+    up: AtomicBool,
+    ever_up: AtomicBool,
+    pending: Mutex<VecDeque<Batch>>,
+    wake: Notify,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicas")
+            .field("id", &self.id)
+            .field("up", &self.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/readyz` says.
+pub(crate) enum Readiness {
+    Ready,
+    Degraded(String),
+    NotReady(String),
+}
+
+impl Replicas {
+    /// The link for `config`; it connects in [`Replicas::maintain`].
+    pub(crate) fn new(config: RedisConfig, metrics: Metrics) -> Replicas {
+        let id = replica_id();
+        Replicas {
+            id,
+            config,
+            conn: RwLock::new(None),
+            up: AtomicBool::new(false),
+            ever_up: AtomicBool::new(false),
+            pending: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            metrics,
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.config.key_prefix)
+    }
+
+    fn conn(&self) -> Result<Conn, RedisUnavailable> {
+        self.conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(RedisUnavailable::NotConnected)
+    }
+
+    async fn call<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisUnavailable> {
+        let conn = self.conn()?;
+        match tokio::time::timeout(CALL_TIMEOUT, conn.query(cmd)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.down(&e.to_string());
+                Err(e.into())
+            }
+            Err(_) => {
+                self.down("timeout");
+                Err(RedisUnavailable::Timeout)
+            }
+        }
+    }
+
+    fn down(&self, why: &str) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            warn!(error = %why, "Redis unreachable: relaying to this replica's agents only until it answers");
+        }
+        self.metrics.redis_up.set(0);
+    }
+
+    /// What `/readyz` answers.
+    pub(crate) fn readiness(&self) -> Readiness {
+        let pending = self.pending.lock().map(|p| p.len()).unwrap_or(0);
+        if !self.ever_up.load(Ordering::Relaxed) {
+            Readiness::NotReady("waiting for Redis (never reached since start)".into())
+        } else if !self.up.load(Ordering::Relaxed) {
+            Readiness::Degraded(format!(
+                "degraded: Redis unreachable; relaying to this replica's agents only, {pending} accepted push batch(es) waiting to be shared"
+            ))
+        } else {
+            Readiness::Ready
+        }
+    }
+
+    /// Whether this delivery is seen for the first time by any replica; `None` when Redis cannot
+    /// say (the caller falls back to its own memory).
+    pub(crate) async fn first_delivery(&self, key: &str) -> Option<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(&format!("delivery:{key}")))
+            .arg(&self.id)
+            .arg("NX")
+            .arg("EX")
+            .arg(DEDUP_TTL_SECONDS);
+        match self.call::<Option<String>>(&cmd).await {
+            Ok(set) => Some(set.is_some()),
+            Err(e) => {
+                self.metrics
+                    .redis_errors
+                    .with_label_values(&["dedup"])
+                    .inc();
+                warn!(error = %e, "delivery dedup could not ask Redis; this replica's memory decides");
+                None
+            }
+        }
+    }
+
+    /// Forget a delivery (its recording failed, so a redelivery must be accepted).
+    pub(crate) async fn forget_delivery(&self, key: &str) {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(&format!("delivery:{key}")));
+        let _ = self.call::<i64>(&cmd).await;
+    }
+
+    /// Share pushes this replica accepted (and already told its own agents about): record them as
+    /// the latest and publish them. What cannot go out now waits, in order, for Redis.
+    pub(crate) async fn share(&self, batch: Batch) {
+        let queued = {
+            let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            !p.is_empty()
+        };
+        // While Redis is away (or older batches still wait), a webhook does not wait on it.
+        if queued || !self.up.load(Ordering::Relaxed) || self.send(&batch).await.is_err() {
+            self.hold(batch);
+        }
+    }
+
+    fn hold(&self, batch: Batch) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() >= MAX_PENDING {
+            p.pop_front();
+            self.metrics
+                .redis_errors
+                .with_label_values(&["pending_dropped"])
+                .inc();
+        }
+        p.push_back(batch);
+        self.metrics.redis_pending.set(p.len() as i64);
+        drop(p);
+        self.wake.notify_one();
+    }
+
+    async fn send(&self, batch: &Batch) -> Result<(), RedisUnavailable> {
+        let conn = self.conn()?;
+        let mut pipe = redis::pipe();
+        for n in &batch.notices {
+            let state = serde_json::to_string(&n.state()).unwrap_or_default();
+            pipe.hset(self.key("latest"), n.repo.key().as_str(), &state)
+                .ignore();
+            pipe.hset(
+                self.key("latest_ref"),
+                format!("{}\0{}", n.repo.key().as_str(), n.git_ref),
+                &state,
+            )
+            .ignore();
+        }
+        let sent = async {
+            // A cluster keeps each hash on one node and publishes on all of them.
+            conn.pipe(&pipe).await?;
+            let mut publish = redis::cmd("PUBLISH");
+            publish
+                .arg(self.key("pushes"))
+                .arg(serde_json::to_string(batch).unwrap_or_default());
+            conn.query::<i64>(&publish).await.map(|_| ())
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, sent).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.metrics
+                    .redis_errors
+                    .with_label_values(&["share"])
+                    .inc();
+                self.down(&e.to_string());
+                Err(e.into())
+            }
+            Err(_) => {
+                self.metrics
+                    .redis_errors
+                    .with_label_values(&["share"])
+                    .inc();
+                self.down("timeout");
+                Err(RedisUnavailable::Timeout)
+            }
+        }
+    }
+
+    /// Send what waits, oldest first, until it is all out or Redis fails again.
+    async fn flush_pending(&self) {
+        loop {
+            let next = {
+                let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                p.front().cloned()
+            };
+            let Some(batch) = next else { return };
+            if self.send(&batch).await.is_err() {
+                return;
+            }
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.pop_front();
+            self.metrics.redis_pending.set(p.len() as i64);
+        }
+    }
+
+    /// The latest push recorded in Redis for each of `repos`; `None` when Redis cannot say.
+    pub(crate) async fn latest(&self, repos: &[RepoId]) -> Option<Vec<RepoState>> {
+        if repos.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut keys: Vec<String> = repos.iter().map(|r| r.key().as_str().to_string()).collect();
+        keys.sort();
+        keys.dedup();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.key("latest")).arg(&keys);
+        match self.call::<Vec<Option<String>>>(&cmd).await {
+            Ok(values) => Some(
+                values
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| serde_json::from_str(&v).ok())
+                    .collect(),
+            ),
+            Err(e) => {
+                self.metrics
+                    .redis_errors
+                    .with_label_values(&["catchup"])
+                    .inc();
+                warn!(error = %e, "catch-up could not read Redis; this replica's store answers");
+                None
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, redis::RedisError> {
+        let urls = self.config.urls();
+        if self.config.cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(urls)
+                .connection_timeout(CALL_TIMEOUT)
+                .response_timeout(CALL_TIMEOUT)
+                .build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        } else {
+            let client = redis::Client::open(urls.first().map(String::as_str).unwrap_or(""))?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CALL_TIMEOUT))
+                .set_response_timeout(Some(CALL_TIMEOUT))
+                .set_max_delay(Duration::from_secs(2));
+            Ok(Conn::Single(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
+        }
+    }
+}
+
+/// A name for this replica: the pod's name when the chart sets it, else the host's, with the pid.
+fn replica_id() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| "hub".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Keep the link to Redis: connect (retrying), check it every second, and send what waits
+/// whenever it answers, until `shutdown`.
+pub(crate) async fn maintain(replicas: Arc<Replicas>, shutdown: CancellationToken) {
+    loop {
+        let connected = replicas
+            .conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !connected {
+            match tokio::time::timeout(CALL_TIMEOUT * 3, replicas.connect()).await {
+                Ok(Ok(conn)) => {
+                    *replicas.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                }
+                Ok(Err(e)) => replicas.down(&e.to_string()),
+                Err(_) => replicas.down("connect timeout"),
+            }
+        }
+        if replicas.conn().is_ok() {
+            let ping = replicas.call::<String>(&redis::cmd("PING")).await;
+            if ping.is_ok() {
+                if !replicas.up.swap(true, Ordering::Relaxed) {
+                    info!(replica = %replicas.id, "Redis reachable: sharing pushes with the other replicas");
+                }
+                replicas.ever_up.store(true, Ordering::Relaxed);
+                replicas.metrics.redis_up.set(1);
+                replicas.flush_pending().await;
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_EVERY) => {}
+            () = replicas.wake.notified() => {}
+        }
+    }
+}
+
+/// Hear the pushes other replicas accepted and hand each to `deliver`; after any interruption of
+/// the subscription, call `resync` so that agents catch up on what it lost. Until `shutdown`.
+pub(crate) async fn subscribe(
+    replicas: Arc<Replicas>,
+    deliver: impl Fn(Batch) + Send + Sync,
+    resync: impl Fn() + Send + Sync,
+    shutdown: CancellationToken,
+) {
+    let channel = replicas.key("pushes");
+    let urls = replicas.config.urls();
+    let mut attempt: usize = 0;
+    let mut interrupted = false;
+    loop {
+        let url = urls[attempt % urls.len().max(1)].clone();
+        attempt += 1;
+        let subscribed = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(CALL_TIMEOUT * 3, subscribed).await {
+            Ok(Ok(p)) => Some(p),
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not subscribe to the other replicas' pushes; retrying");
+                None
+            }
+            Err(_) => None,
+        };
+        if let Some(pubsub) = pubsub {
+            if interrupted {
+                info!(
+                    "subscribed again to the other replicas' pushes; agents catch up on what was missed"
+                );
+                resync();
+            }
+            interrupted = true;
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let Ok(payload) = message.get_payload::<String>() else { continue };
+                        match serde_json::from_str::<Batch>(&payload) {
+                            Ok(batch) if batch.origin != replicas.id => deliver(batch),
+                            Ok(_) => {}
+                            Err(e) => warn!(error = %e, "an unreadable push batch from another replica was ignored"),
+                        }
+                    }
+                }
+            }
+            warn!("the subscription to the other replicas' pushes ended; reconnecting");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_EVERY) => {}
+        }
+    }
+}
