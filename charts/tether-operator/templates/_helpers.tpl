@@ -47,6 +47,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and .Values.ciAccess.enabled (not (or .Values.ciAccess.tokens .Values.ciAccess.oidc)) -}}
 {{- fail "ciAccess.enabled needs at least one entry in ciAccess.tokens or ciAccess.oidc" -}}
 {{- end -}}
+{{- if and .Values.hub.reportStatus (not .Values.hub.url) -}}
+{{- fail "hub.reportStatus needs hub.url: the status is reported to the hub" -}}
+{{- end -}}
 {{- if and .Values.hub.url (not .Values.hub.tokenSecret.name) -}}
 {{- fail "hub.url needs hub.tokenSecret.name: the operator authenticates to the hub with that token" -}}
 {{- end -}}

@@ -170,6 +170,7 @@ hub:
   url: wss://hub.example.com
   tokenSecret: {name: hub-token, key: agent-token}
   caSecret: {name: hub-ca, key: ca.pem}
+  reportStatus: true
 proxy:
   httpsProxy: http://proxy.example.com:3128
   noProxy: .cluster.local,10.0.0.0/8
@@ -236,6 +237,10 @@ fn operator_chart_refuses_values_that_cannot_work() -> Result<()> {
         (
             "ciAccess: {enabled: true}\n",
             "ciAccess.enabled needs hub.url",
+        ),
+        (
+            "hub: {reportStatus: true}\n",
+            "hub.reportStatus needs hub.url",
         ),
         (
             "hub: {url: wss://h, tokenSecret: {name: t}}\nciAccess: {enabled: true}\n",
@@ -344,6 +349,10 @@ async fn operator_chart_with_default_values_applies_and_grants_what_the_operator
     ensure!(
         named("TETHER_LEADER_ELECTION").is_none(),
         "one replica needs no leader election"
+    );
+    ensure!(
+        named("TETHER_HUB_REPORT_STATUS").is_none(),
+        "no status is reported without hub.reportStatus"
     );
     ensure!(
         named("TETHER_IDENTITY").context("TETHER_IDENTITY")?["valueFrom"]["fieldRef"]["fieldPath"]
@@ -559,6 +568,7 @@ async fn operator_chart_in_namespace_scope_grants_nothing_beyond_its_namespaces(
     ensure!(value("TETHER_HUB_URL") == "wss://hub.example.com");
     ensure!(value("TETHER_HUB_TOKEN_FILE") == "/etc/tether/hub-token/agent-token");
     ensure!(value("TETHER_HUB_CA_FILE") == "/etc/tether/hub-ca/ca.pem");
+    ensure!(value("TETHER_HUB_REPORT_STATUS") == "true");
     ensure!(value("HTTPS_PROXY") == "http://proxy.example.com:3128");
     ensure!(value("NO_PROXY") == ".cluster.local,10.0.0.0/8");
     ensure!(value("EXTRA_ONE") == "1" && value("EXTRA_TWO") == "2");

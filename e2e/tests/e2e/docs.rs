@@ -110,6 +110,27 @@ const BLOCKS: &[(&str, &str, Use)] = &[
             by: "troubleshooting_doc_commands_show_the_status_and_request_a_reconcile",
         },
     ),
+    (
+        "docs/fleet.md",
+        "TOKEN=$(openssl rand -hex 32)",
+        Use::Run {
+            by: "fleet_doc_token_requests_and_example_answer_match_a_real_hub",
+        },
+    ),
+    (
+        "docs/fleet.md",
+        "curl -sf -H \"Authorization: Bearer $TOKEN\" https://hub.example.com/v1/fleet",
+        Use::Run {
+            by: "fleet_doc_token_requests_and_example_answer_match_a_real_hub",
+        },
+    ),
+    (
+        "docs/fleet.md",
+        "curl -sN",
+        Use::Run {
+            by: "fleet_doc_token_requests_and_example_answer_match_a_real_hub",
+        },
+    ),
 ];
 
 /// The fence languages that hold shell commands. Each counts, so that a new block cannot slip past
@@ -1094,6 +1115,310 @@ fn hub_doc_post_receive_hook_notifies_the_hub_of_each_pushed_ref() -> Result<()>
         said.contains("tether hub not notified for refs/heads/main"),
         "with the hub down, the push did not say the hub was not notified:\n{said}"
     );
+    Ok(())
+}
+
+// --- docs/fleet.md ------------------------------------------------------------------------------------
+
+/// The keys of the fleet JSON whose values the hub takes from its own clock.
+const FLEET_CLOCK_TIMES: &[&str] = &["generated_at", "since", "last_seen", "received_at"];
+
+/// `value` with every clock time (a number under one of [`FLEET_CLOCK_TIMES`]) replaced by
+/// `"<time>"`, so that a real answer compares with the doc's example; `null` stays `null`.
+fn without_clock_times(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, v)| {
+                    let v = if FLEET_CLOCK_TIMES.contains(&key.as_str()) && v.is_u64() {
+                        Value::from("<time>")
+                    } else {
+                        without_clock_times(v)
+                    };
+                    (key.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_clock_times).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Every object key anywhere in `value`.
+fn json_keys(value: &Value, keys: &mut std::collections::BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                keys.insert(key.clone());
+                json_keys(v, keys);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| json_keys(v, keys)),
+        _ => {}
+    }
+}
+
+/// The records behind docs/fleet.md's example answer, per cluster, as an operator reports them:
+/// each deployment with its repository and ref, without what the hub works out (`cluster`,
+/// `state`, `behind`).
+fn fleet_example_records(
+    example: &Value,
+) -> Result<std::collections::BTreeMap<String, Vec<Value>>> {
+    let mut records = std::collections::BTreeMap::<String, Vec<Value>>::new();
+    for repo in example["repos"]
+        .as_array()
+        .context("the example has no repos")?
+    {
+        for d in repo["deployments"]
+            .as_array()
+            .context("a repo of the example has no deployments")?
+        {
+            let mut record = d.clone();
+            let fields = record
+                .as_object_mut()
+                .context("a deployment of the example is not an object")?;
+            let cluster = fields
+                .remove("cluster")
+                .and_then(|c| c.as_str().map(str::to_string))
+                .context("a deployment of the example names no cluster")?;
+            fields.remove("state");
+            fields.remove("behind");
+            fields.insert("repo".into(), repo["repo"].clone());
+            fields.insert("ref".into(), repo["ref"].clone());
+            records.entry(cluster).or_default().push(record);
+        }
+    }
+    Ok(records)
+}
+
+type AgentSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// An agent connected to `hub` as `name` (with its token from the hub's files), having sent `report`.
+async fn reporting_agent(hub: &Hub, name: &str, report: &Value) -> Result<AgentSocket> {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let token = std::fs::read_to_string(hub.token_file_of(name))?;
+    let mut request =
+        format!("{}{}", hub.ws_url(), tether_protocol::CONNECT_PATH).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        tether_protocol::SUBPROTOCOL.parse()?,
+    );
+    let (mut socket, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .with_context(|| format!("agent {name}: connecting to the hub timed out"))?
+    .with_context(|| format!("agent {name}: connecting to the hub"))?;
+    socket
+        .send(Message::Text(report.to_string().into()))
+        .await
+        .with_context(|| format!("agent {name}: sending its report"))?;
+    Ok(socket)
+}
+
+/// docs/fleet.md against a real hub. The token block prints a token and its hash as `sha256sum`
+/// makes it, and the hub names that token as a viewer. Agents report the records behind the doc's
+/// example answer, the webhook of its latest push arrives, the cluster the example shows away
+/// connects and goes, the one it shows never connected never does: the doc's `curl` lines, with
+/// the token, then get the example back (the hub's clock times aside), and its filter keeps the one
+/// behind deployment; without the token they fail. The event stream's block gets a `fleet` event
+/// with the view's version. Every field of the answer has its row in the doc's tables.
+#[test]
+fn fleet_doc_token_requests_and_example_answer_match_a_real_hub() -> Result<()> {
+    use tether_e2e::hub::{AgentSpec, HubOptions, hmac_sha256_hex};
+    use tether_e2e::wait::wait_until_every;
+
+    let ran = Shell::new().run(
+        &doc_block("docs/fleet.md", "TOKEN=$(openssl rand -hex 32)")?,
+        Duration::from_secs(30),
+    )?;
+    let printed = |label: &str| {
+        ran.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("the token block printed no {label:?}:\n{}", ran.stdout))
+    };
+    let token = printed("viewer token (give it to the viewer):")?;
+    let hash = printed("token_sha256 (for the hub config):")?;
+    ensure!(
+        token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "the token block made {token:?}, not 64 hex characters"
+    );
+    ensure!(
+        hash == sha256_hex(&token)?,
+        "the token block printed {hash:?} as the token's SHA-256"
+    );
+
+    let json_blocks = fenced_blocks("docs/fleet.md", &["json"])?;
+    ensure!(
+        json_blocks.len() == 1,
+        "docs/fleet.md has {} JSON blocks, the test expects the one example answer",
+        json_blocks.len()
+    );
+    let example: Value = serde_json::from_str(&json_blocks[0].text)
+        .with_context(|| format!("{}: the example answer is not JSON", json_blocks[0].origin))?;
+    let clusters = example["clusters"]
+        .as_array()
+        .context("the example has no clusters")?;
+    let names: Vec<&str> = clusters.iter().filter_map(|c| c["name"].as_str()).collect();
+    let hub = Hub::start_with(HubOptions {
+        agents: names.iter().map(|n| AgentSpec::new(n, &["**"])).collect(),
+        viewers: vec![("platform-team".into(), token.clone())],
+        ..HubOptions::default()
+    })?;
+
+    for repo in example["repos"].as_array().into_iter().flatten() {
+        let Some(sha) = repo["latest_push"]["sha"].as_str() else {
+            continue;
+        };
+        let body = serde_json::json!({
+            "repo_urls": [format!("https://{}.git", repo["repo"].as_str().unwrap_or_default())],
+            "ref": repo["ref"],
+            "sha": sha,
+        })
+        .to_string();
+        let signature = hmac_sha256_hex(&hub.secret(Forge::Generic)?, &body)?;
+        let status = hub.post_webhook(
+            "generic",
+            &[format!("X-Tether-Signature: sha256={signature}")],
+            body.as_bytes(),
+        )?;
+        ensure!(status == 202, "the push of {sha} answered {status}");
+    }
+
+    let records = fleet_example_records(&example)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut connected = Vec::new();
+    for cluster in clusters {
+        let name = cluster["name"]
+            .as_str()
+            .context("a cluster without a name")?;
+        if cluster["since"].is_null() {
+            continue;
+        }
+        let report = serde_json::json!({
+            "type": "report",
+            "reset": true,
+            "operator_version": cluster["operator_version"],
+            "records": records.get(name).cloned().unwrap_or_default(),
+        });
+        let mut socket = runtime.block_on(reporting_agent(&hub, name, &report))?;
+        if cluster["connected"] == true {
+            connected.push(socket);
+        } else {
+            runtime
+                .block_on(socket.close(None))
+                .with_context(|| format!("agent {name}: closing"))?;
+        }
+    }
+
+    let requests = doc_block(
+        "docs/fleet.md",
+        "curl -sf -H \"Authorization: Bearer $TOKEN\" https://hub.example.com/v1/fleet",
+    )?
+    .replace("https://hub.example.com", &hub_url(&hub), 2)?;
+    let answers = wait_until_every(
+        "the doc's requests to get the doc's example answer",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let ran = Shell::new()
+                .env("TOKEN", &token)
+                .run(&requests, Duration::from_secs(30))?;
+            let answers = serde_json::Deserializer::from_str(&ran.stdout)
+                .into_iter::<Value>()
+                .collect::<Result<Vec<Value>, _>>()
+                .with_context(|| format!("the answers are not JSON: {}", ran.stdout))?;
+            ensure!(
+                answers.len() == 2,
+                "{} answers to two requests",
+                answers.len()
+            );
+            let (got, want) = (
+                without_clock_times(&answers[0]),
+                without_clock_times(&example),
+            );
+            ensure!(
+                got == want,
+                "the hub answered\n{got:#}\nthe doc's example is\n{want:#}"
+            );
+            Ok(answers)
+        },
+    )
+    .with_context(|| format!("the hub's log:\n{}", hub.log()))?;
+    let filtered = &answers[1];
+    let kept: Vec<(String, String)> = filtered["repos"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["deployments"].as_array().into_iter().flatten())
+        .map(|d| (d["cluster"].to_string(), d["state"].to_string()))
+        .collect();
+    ensure!(
+        kept == vec![("\"prod-us\"".to_string(), "\"behind\"".to_string())],
+        "state=behind&repo=platform/config kept {kept:?}: {filtered:#}"
+    );
+    ensure!(
+        Shell::new()
+            .env("TOKEN", "not-a-viewer-token")
+            .run(&requests, Duration::from_secs(30))
+            .is_err(),
+        "the doc's requests succeeded without a viewer token"
+    );
+
+    let events = doc_block("docs/fleet.md", "curl -sN")?
+        .replace("https://hub.example.com", &hub_url(&hub), 1)?
+        .replace("curl -sN ", "curl -sN --max-time 2 ", 1)?;
+    // The stream never ends by itself: curl stops it at --max-time and says so with exit code 28.
+    let events = Block {
+        text: format!("{} || test $? -eq 28\n", events.text.trim_end()),
+        ..events
+    };
+    let ran = Shell::new()
+        .env("TOKEN", &token)
+        .run(&events, Duration::from_secs(30))?;
+    let version = ran
+        .stdout
+        .strip_prefix("event: fleet\ndata: ")
+        .and_then(|rest| rest.lines().next())
+        .map(str::parse::<u64>);
+    ensure!(
+        matches!(version, Some(Ok(_))),
+        "the event stream began {:?}, not with a fleet event and a version",
+        ran.stdout
+    );
+
+    let doc = std::fs::read_to_string(workspace::root().join("docs/fleet.md"))?;
+    let mut keys = std::collections::BTreeSet::new();
+    json_keys(&answers[0], &mut keys);
+    let undocumented: Vec<&String> = keys
+        .iter()
+        .filter(|key| {
+            !doc.lines().any(|line| {
+                line.starts_with("| `")
+                    && line
+                        .split('|')
+                        .nth(1)
+                        .is_some_and(|cell| cell.contains(&format!("`{key}`")))
+            })
+        })
+        .collect();
+    ensure!(
+        undocumented.is_empty(),
+        "docs/fleet.md's tables have no row for {undocumented:?}"
+    );
+    drop(connected);
     Ok(())
 }
 

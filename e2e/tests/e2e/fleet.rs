@@ -472,7 +472,10 @@ async fn in_a_browser_a_viewer_logs_in_watches_a_push_land_without_reload_filter
     let (refused, others): (Vec<String>, Vec<String>) = errors
         .into_iter()
         .partition(|e| e.contains("/fleet/login") && e.contains("401"));
-    ensure!(refused.len() == 1, "the refused login was not logged once: {refused:?}");
+    ensure!(
+        refused.len() == 1,
+        "the refused login was not logged once: {refused:?}"
+    );
     ensure!(others.is_empty(), "console errors: {others:#?}");
     Ok(())
 }
