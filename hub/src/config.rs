@@ -43,6 +43,7 @@ struct RawConfig {
     #[serde(default)]
     viewers: Vec<RawViewer>,
     redis: Option<RawRedis>,
+    peers: Option<RawPeers>,
     #[serde(default)]
     webhooks: Vec<RawWebhook>,
 }
@@ -70,6 +71,14 @@ struct RawRedis {
     #[serde(default)]
     cluster: bool,
     key_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeers {
+    listen: String,
+    advertise: Option<String>,
+    secret: RawSecretSource,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +162,18 @@ fn split_urls(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The private listener replicas forward CI requests to each other on.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Where this replica listens for the others (plain HTTP; keep it inside the cluster network).
+    pub listen: SocketAddr,
+    /// The `host:port` the others reach it at (env `TETHER_HUB_PEER_ADVERTISE` overrides, e.g.
+    /// `$(POD_IP):8444` in a pod); `listen` when not given.
+    pub advertise: String,
+    /// The secret every replica's forwarded requests carry.
+    pub secret: Secret,
+}
+
 /// TLS certificate and key files (PEM).
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -181,6 +202,8 @@ pub struct Config {
     pub(crate) viewers: Vec<crate::fleet::ViewerConfig>,
     /// The Redis shared with other replicas; without it, this hub is the only one.
     pub redis: Option<RedisConfig>,
+    /// The peer listener, for CI requests that reach a replica without the agent's tunnel.
+    pub peers: Option<PeerConfig>,
 }
 
 /// Why the configuration could not be used.
@@ -536,6 +559,61 @@ impl Config {
             })
         });
 
+        let peers = raw.peers.and_then(|p| {
+            if redis.is_none() {
+                problems.push(
+                    "peers: needs redis: replicas find which one holds an agent's tunnel there".into(),
+                );
+            }
+            let listen = match p.listen.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    problems.push(format!(
+                        "peers.listen: {:?} is not an address like 0.0.0.0:8444",
+                        p.listen
+                    ));
+                    return None;
+                }
+            };
+            let advertise = env
+                .var("TETHER_HUB_PEER_ADVERTISE")
+                .filter(|a| !a.trim().is_empty())
+                .or(p.advertise)
+                .unwrap_or_else(|| listen.to_string());
+            if listen.ip().is_unspecified() && advertise == listen.to_string() {
+                problems.push(format!(
+                    "peers.advertise: missing; the others cannot reach {listen}: give this replica's own address (or set TETHER_HUB_PEER_ADVERTISE)"
+                ));
+            }
+            let source = match (&p.secret.file, &p.secret.env) {
+                (Some(file), None) => SecretSource::File(relative_to(base, file)),
+                (None, Some(name)) => SecretSource::Env(name.clone()),
+                _ => {
+                    problems.push(
+                        "peers.secret: give exactly one of `file` (a path) or `env` (a variable name)".into(),
+                    );
+                    return None;
+                }
+            };
+            match source.read(env) {
+                Ok(secret) if secret.expose().len() >= 16 => Some(PeerConfig {
+                    listen,
+                    advertise,
+                    secret,
+                }),
+                Ok(_) => {
+                    problems.push(
+                        "peers.secret: shorter than 16 bytes; use e.g. `openssl rand -hex 32`".into(),
+                    );
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("peers.secret.{}: {e}", source.field()));
+                    None
+                }
+            }
+        });
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -551,6 +629,7 @@ impl Config {
             webhooks,
             viewers,
             redis,
+            peers,
         })
     }
 }

@@ -277,11 +277,14 @@ mod tests {
         m.timed_out("header");
         m.tunnel_requests.with_label_values(&["200"]).inc();
         m.tunnel_bytes.with_label_values(&["to_cluster"]).inc();
+        m.fleet_clusters.with_label_values(&["connected"]).set(1);
+        m.fleet_repos.with_label_values(&["current"]).set(1);
+        m.redis_errors.with_label_values(&["share"]).inc();
         let reference =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
                 .unwrap();
         let families = m.registry.gather();
-        assert_eq!(families.len(), 12, "a metric was added: document it");
+        assert_eq!(families.len(), 17, "a metric was added: document it");
         for family in families {
             let row = format!("| `{}` |", family.name());
             assert!(reference.contains(&row), "docs/metrics.md has no row {row}");

@@ -43,6 +43,11 @@ const DEDUP_TTL_SECONDS: u64 = 3600;
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// At most this many accepted batches wait for Redis; older ones are dropped past it (counted).
 const MAX_PENDING: usize = 100_000;
+/// How long an entry of the registry (which replica holds which tunnel, where a replica listens)
+/// lives unless refreshed.
+const REGISTRY_TTL_SECONDS: u64 = 15;
+/// How often a replica refreshes its registry entries.
+pub(crate) const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
 /// Pushes accepted by one replica, as published to the others.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +102,8 @@ pub(crate) struct Replicas {
     pending: Mutex<VecDeque<Batch>>,
     wake: Notify,
     metrics: Metrics,
+    /// Where the other replicas reach this one's peer listener.
+    peer_address: Option<String>,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -117,7 +124,11 @@ pub(crate) enum Readiness {
 
 impl Replicas {
     /// The link for `config`; it connects in [`Replicas::maintain`].
-    pub(crate) fn new(config: RedisConfig, metrics: Metrics) -> Replicas {
+    pub(crate) fn new(
+        config: RedisConfig,
+        peer_address: Option<String>,
+        metrics: Metrics,
+    ) -> Replicas {
         let id = replica_id();
         Replicas {
             id,
@@ -128,6 +139,7 @@ impl Replicas {
             pending: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             metrics,
+            peer_address,
         }
     }
 
@@ -297,6 +309,149 @@ impl Replicas {
         }
     }
 
+    /// Record that this replica holds a tunnel of `agent` (refreshed every [`ANNOUNCE_EVERY`]).
+    pub(crate) async fn announce_tunnel(&self, agent: &str) {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(&format!("tunnel:{agent}")))
+            .arg(&self.id)
+            .arg("EX")
+            .arg(REGISTRY_TTL_SECONDS);
+        let _ = self.call::<String>(&cmd).await;
+    }
+
+    /// Forget that this replica holds a tunnel of `agent`, unless another replica took it since.
+    pub(crate) async fn retract_tunnel(&self, agent: &str) {
+        let key = self.key(&format!("tunnel:{agent}"));
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        if let Ok(Some(holder)) = self.call::<Option<String>>(&get).await
+            && holder == self.id
+        {
+            let mut del = redis::cmd("DEL");
+            del.arg(&key);
+            let _ = self.call::<i64>(&del).await;
+        }
+    }
+
+    /// The peer address of the other replica holding a tunnel of `agent`, if any.
+    pub(crate) async fn tunnel_peer(&self, agent: &str) -> Option<String> {
+        let mut get = redis::cmd("GET");
+        get.arg(self.key(&format!("tunnel:{agent}")));
+        let holder = self.call::<Option<String>>(&get).await.ok()??;
+        if holder == self.id {
+            return None;
+        }
+        let mut address = redis::cmd("GET");
+        address.arg(self.key(&format!("replica:{holder}")));
+        self.call::<Option<String>>(&address).await.ok()?
+    }
+
+    /// Mark `agents` as held by this replica, and seen now.
+    pub(crate) async fn announce_agents(&self, agents: &[String]) {
+        if agents.is_empty() {
+            return;
+        }
+        let now = tether_protocol::unix_ms();
+        let mut pipe = redis::pipe();
+        for agent in agents {
+            pipe.cmd("SET")
+                .arg(self.key(&format!("agent:{agent}")))
+                .arg(&self.id)
+                .arg("EX")
+                .arg(REGISTRY_TTL_SECONDS)
+                .ignore();
+            pipe.hset(self.key("fleet_seen"), agent, now).ignore();
+        }
+        let _ = self.pipeline(&pipe, "fleet").await;
+    }
+
+    /// Which replica holds each of `agents` (`None` for one no replica holds); `None` when Redis
+    /// cannot say.
+    pub(crate) async fn agent_holders(&self, agents: &[String]) -> Option<Vec<Option<String>>> {
+        if agents.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for agent in agents {
+            cmd.arg(self.key(&format!("agent:{agent}")));
+        }
+        // In a cluster the keys live on several nodes: ask one at a time there.
+        if self.config.cluster {
+            let mut out = Vec::with_capacity(agents.len());
+            for agent in agents {
+                out.push(self.agent_holder(agent).await);
+            }
+            return Some(out);
+        }
+        self.call::<Vec<Option<String>>>(&cmd).await.ok()
+    }
+
+    /// Which replica holds `agent`.
+    pub(crate) async fn agent_holder(&self, agent: &str) -> Option<String> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.key(&format!("agent:{agent}")));
+        self.call::<Option<String>>(&cmd).await.ok().flatten()
+    }
+
+    /// When each of `agents` was last seen by the replica that held it.
+    pub(crate) async fn fleet_seen(&self, agents: &[String]) -> Option<Vec<Option<u64>>> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.key("fleet_seen")).arg(agents);
+        self.call::<Vec<Option<u64>>>(&cmd).await.ok()
+    }
+
+    /// Write an agent's fleet record and announce it with `changed`.
+    pub(crate) async fn write_fleet(&self, agent: &str, record: &[u8], changed: &str) {
+        let mut pipe = redis::pipe();
+        pipe.hset(self.key("fleet"), agent, record).ignore();
+        pipe.cmd("PUBLISH")
+            .arg(self.key("fleet"))
+            .arg(changed)
+            .ignore();
+        let _ = self.pipeline(&pipe, "fleet").await;
+    }
+
+    /// An agent's fleet record as a replica last wrote it.
+    pub(crate) async fn read_fleet(&self, agent: &str) -> Option<Vec<u8>> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.key("fleet")).arg(agent);
+        self.call::<Option<Vec<u8>>>(&cmd).await.ok().flatten()
+    }
+
+    /// The channel fleet changes are announced on.
+    pub(crate) fn fleet_channel(&self) -> String {
+        self.key("fleet")
+    }
+
+    async fn pipeline(&self, pipe: &redis::Pipeline, op: &str) -> Result<(), RedisUnavailable> {
+        let conn = self.conn()?;
+        match tokio::time::timeout(CALL_TIMEOUT, conn.pipe(pipe)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.metrics.redis_errors.with_label_values(&[op]).inc();
+                self.down(&e.to_string());
+                Err(e.into())
+            }
+            Err(_) => {
+                self.metrics.redis_errors.with_label_values(&[op]).inc();
+                self.down("timeout");
+                Err(RedisUnavailable::Timeout)
+            }
+        }
+    }
+
+    /// Record where this replica's peer listener is.
+    async fn announce_peer(&self) {
+        if let Some(address) = &self.peer_address {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.key(&format!("replica:{}", self.id)))
+                .arg(address)
+                .arg("EX")
+                .arg(REGISTRY_TTL_SECONDS);
+            let _ = self.call::<String>(&cmd).await;
+        }
+    }
+
     /// The latest push recorded in Redis for each of `repos`; `None` when Redis cannot say.
     pub(crate) async fn latest(&self, repos: &[RepoId]) -> Option<Vec<RepoState>> {
         if repos.is_empty() {
@@ -365,6 +520,7 @@ fn replica_id() -> String {
 /// Keep the link to Redis: connect (retrying), check it every second, and send what waits
 /// whenever it answers, until `shutdown`.
 pub(crate) async fn maintain(replicas: Arc<Replicas>, shutdown: CancellationToken) {
+    let mut last_announce = std::time::Instant::now() - ANNOUNCE_EVERY;
     loop {
         let connected = replicas
             .conn
@@ -389,6 +545,10 @@ pub(crate) async fn maintain(replicas: Arc<Replicas>, shutdown: CancellationToke
                 replicas.ever_up.store(true, Ordering::Relaxed);
                 replicas.metrics.redis_up.set(1);
                 replicas.flush_pending().await;
+                if last_announce.elapsed() >= ANNOUNCE_EVERY {
+                    replicas.announce_peer().await;
+                    last_announce = std::time::Instant::now();
+                }
             }
         }
         tokio::select! {
@@ -404,10 +564,12 @@ pub(crate) async fn maintain(replicas: Arc<Replicas>, shutdown: CancellationToke
 pub(crate) async fn subscribe(
     replicas: Arc<Replicas>,
     deliver: impl Fn(Batch) + Send + Sync,
+    fleet_changed: impl Fn(String) + Send + Sync,
     resync: impl Fn() + Send + Sync,
     shutdown: CancellationToken,
 ) {
     let channel = replicas.key("pushes");
+    let fleet_channel = replicas.fleet_channel();
     let urls = replicas.config.urls();
     let mut attempt: usize = 0;
     let mut interrupted = false;
@@ -418,6 +580,7 @@ pub(crate) async fn subscribe(
             let client = redis::Client::open(url.as_str())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(&fleet_channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let pubsub = match tokio::time::timeout(CALL_TIMEOUT * 3, subscribed).await {
@@ -443,6 +606,10 @@ pub(crate) async fn subscribe(
                     message = messages.next() => {
                         let Some(message) = message else { break };
                         let Ok(payload) = message.get_payload::<String>() else { continue };
+                        if message.get_channel_name() == fleet_channel {
+                            fleet_changed(payload);
+                            continue;
+                        }
                         match serde_json::from_str::<Batch>(&payload) {
                             Ok(batch) if batch.origin != replicas.id => deliver(batch),
                             Ok(_) => {}

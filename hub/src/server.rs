@@ -35,6 +35,15 @@ pub enum ServerError {
     /// The metrics could not be set up.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The peer listener could not bind.
+    #[error("peers.listen {address}: {source}")]
+    PeerListen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The TLS certificate or key could not be loaded.
     #[error("TLS: {what} {path}: {reason}")]
     Tls {
@@ -54,6 +63,7 @@ impl ServerError {
             ServerError::Store(e) => e.category(),
             ServerError::Metrics(e) => e.category(),
             ServerError::Tls { .. } => "tls",
+            ServerError::PeerListen { .. } => "peer_listen",
         }
     }
 }
@@ -72,6 +82,7 @@ pub async fn run(
     let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let flusher = tokio::spawn(crate::fleet::flusher(
         Arc::clone(&shared.fleet),
+        shared.replicas.clone(),
         shared.shutdown.clone(),
     ));
     if let Some(replicas) = &shared.replicas {
@@ -81,16 +92,49 @@ pub async fn run(
             shared.shutdown.clone(),
         ));
         let (deliver_to, resync_to) = (Arc::clone(&shared), Arc::clone(&shared));
+        let fleet_to = Arc::clone(&shared);
         tokio::spawn(crate::replicas::subscribe(
             Arc::clone(replicas),
             move |batch| deliver(&deliver_to, batch),
+            move |payload| {
+                let shared = Arc::clone(&fleet_to);
+                tokio::spawn(async move {
+                    if let Some(replicas) = &shared.replicas {
+                        crate::fleet::heard(&shared.fleet, replicas, &payload).await;
+                    }
+                });
+            },
             move || resync_to.fanout.resync(),
             shared.shutdown.clone(),
         ));
+        tokio::spawn(crate::fleet::share(
+            Arc::clone(&shared.fleet),
+            Arc::clone(replicas),
+            shared.shutdown.clone(),
+        ));
+    }
+    let (tunnels, peer_routes) = crate::tunnel::routers(Arc::clone(&shared));
+    if let Some(peers) = &shared.config.peers {
+        let listener =
+            TcpListener::bind(peers.listen)
+                .await
+                .map_err(|source| ServerError::PeerListen {
+                    address: peers.listen,
+                    source,
+                })?;
+        info!(listen = %peers.listen, advertise = %peers.advertise, "peer listener for the other replicas");
+        let serving = Serving {
+            tls: None,
+            app: peer_routes,
+            limits: shared.config.limits.clone(),
+            metrics: shared.metrics.clone(),
+            shutdown: shared.shutdown.clone(),
+        };
+        tokio::spawn(serve_peers(listener, serving, Arc::clone(&shared)));
     }
     let serving = Serving {
         tls,
-        app: router(Arc::clone(&shared)),
+        app: router(Arc::clone(&shared), tunnels),
         limits: shared.config.limits.clone(),
         metrics: shared.metrics.clone(),
         shutdown: shared.shutdown.clone(),
@@ -153,6 +197,36 @@ pub async fn run(
     Ok(())
 }
 
+/// Accept the other replicas' connections on the peer listener until shutdown.
+async fn serve_peers(listener: TcpListener, serving: Serving, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                shared
+                    .tracker
+                    .spawn(crate::conn::serve(stream, serving.clone(), permit));
+            }
+            Err(e) => {
+                warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Tell this replica's agents about pushes another replica accepted, and keep them in this
 /// replica's store and fleet view too.
 fn deliver(shared: &Arc<Shared>, batch: crate::replicas::Batch) {
@@ -189,7 +263,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+fn router(shared: Arc<Shared>, tunnels: Router) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -198,7 +272,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/webhooks/{provider}", post(crate::ingest::webhook))
         .with_state(Arc::clone(&shared))
         .merge(crate::fleet::router(Arc::clone(&shared)))
-        .merge(crate::tunnel::router(shared))
+        .merge(tunnels)
 }
 
 fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ServerError> {

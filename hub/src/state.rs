@@ -67,10 +67,10 @@ impl Shared {
             config.limits.max_fleet_records_per_agent,
             metrics.clone(),
         ));
-        let replicas = config
-            .redis
-            .clone()
-            .map(|r| Arc::new(crate::replicas::Replicas::new(r, metrics.clone())));
+        let replicas = config.redis.clone().map(|r| {
+            let peer = config.peers.as_ref().map(|p| p.advertise.clone());
+            Arc::new(crate::replicas::Replicas::new(r, peer, metrics.clone()))
+        });
         Shared {
             quotas,
             replicas,

@@ -7,12 +7,19 @@
 //! subscribers watch; a flusher writes changed agents to the store about once a second, so the
 //! view (and when each cluster went away) survives a restart of the hub.
 //!
+//! With replicas, each replica writes the agents it holds to Redis too and says so on a channel;
+//! the others keep what they read there for the agents they do not hold (`shared`), so every
+//! replica shows the whole fleet.
+//!
 //! The parts: `view` (the JSON shape and its filters), `auth` (viewer tokens and login sessions),
-//! `web` (the routes, the page and the event stream).
+//! `web` (the routes, the page and the event stream), `shared` (the fleet across replicas).
 
 mod auth;
+mod shared;
 mod view;
 mod web;
+
+pub(crate) use shared::{heard, share};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -49,7 +56,7 @@ struct Agent {
 }
 
 /// An [`Agent`] as the store keeps it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
     since: Option<u64>,
     last_seen: Option<u64>,
@@ -79,9 +86,19 @@ impl Agent {
     }
 }
 
+/// What another replica said of an agent it holds (or held).
+#[derive(Debug, Clone, Default)]
+struct Remote {
+    agent: Agent,
+    /// Whether some replica holds the agent's connection now.
+    connected: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     agents: BTreeMap<String, Agent>,
+    /// With replicas: the agents as the others last wrote them.
+    remote: BTreeMap<String, Remote>,
     /// The latest push per repository and ref.
     pushes: HashMap<(RepoKey, String), RepoState>,
     /// Agents changed since the last flush.
@@ -273,15 +290,84 @@ impl Fleet {
     /// The view now, filtered.
     pub fn view(&self, filter: &Filter) -> FleetView {
         let inner = self.lock();
-        view::build(
-            inner
-                .agents
-                .iter()
-                .map(|(name, a)| (name.as_str(), a.connections > 0, a)),
-            &inner.pushes,
-            filter,
-            tether_protocol::unix_ms(),
-        )
+        let agents = inner.agents.iter().map(|(name, local)| {
+            // An agent held here is as this replica knows it; one held elsewhere (or last seen
+            // elsewhere) as the other replica wrote it.
+            match inner.remote.get(name) {
+                Some(r)
+                    if local.connections == 0
+                        && (r.connected || r.agent.last_seen > local.last_seen) =>
+                {
+                    (name.as_str(), r.connected, &r.agent)
+                }
+                _ => (name.as_str(), local.connections > 0, local),
+            }
+        });
+        view::build(agents, &inner.pushes, filter, tether_protocol::unix_ms())
+    }
+
+    /// The agents connected to this replica.
+    pub(crate) fn held_here(&self) -> Vec<String> {
+        self.lock()
+            .agents
+            .iter()
+            .filter(|(_, a)| a.connections > 0)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// What another replica wrote of `name` (`None`: nothing), and whether a replica holds it now.
+    fn set_remote(&self, name: &str, stored: Option<Stored>, connected: bool) {
+        let mut inner = self.lock();
+        if !inner.agents.contains_key(name) {
+            return;
+        }
+        let before = inner
+            .remote
+            .get(name)
+            .map(|r| (r.connected, r.agent.last_seen, r.agent.records.len()));
+        match stored {
+            Some(s) => {
+                inner.remote.insert(
+                    name.to_string(),
+                    Remote {
+                        agent: Agent::from_stored(s),
+                        connected,
+                    },
+                );
+            }
+            None => {
+                if let Some(r) = inner.remote.get_mut(name) {
+                    r.connected = connected;
+                }
+            }
+        }
+        let after = inner
+            .remote
+            .get(name)
+            .map(|r| (r.connected, r.agent.last_seen, r.agent.records.len()));
+        if before != after {
+            self.changed(&mut inner, None);
+        }
+    }
+
+    /// Whether another replica holds `name` now, and since when it was last seen.
+    fn set_remote_presence(&self, name: &str, connected: bool, last_seen: Option<u64>) {
+        let mut inner = self.lock();
+        let Some(r) = inner.remote.get_mut(name) else {
+            return;
+        };
+        let changed = r.connected != connected;
+        r.connected = connected;
+        if let Some(seen) = last_seen {
+            r.agent.last_seen = Some(seen);
+            if changed {
+                r.agent.since = Some(seen);
+            }
+        }
+        if changed {
+            self.changed(&mut inner, None);
+        }
     }
 
     /// The configured agents' names.
@@ -314,8 +400,8 @@ impl Fleet {
         }
     }
 
-    /// Write the agents changed since the last call; returns how many.
-    fn flush(&self) -> usize {
+    /// Write the agents changed since the last call; returns what was written.
+    fn flush(&self) -> Vec<(String, Option<Vec<u8>>)> {
         let batch: Vec<(String, Option<Vec<u8>>)> = {
             let mut inner = self.lock();
             let dirty = std::mem::take(&mut inner.dirty);
@@ -338,7 +424,7 @@ impl Fleet {
             batch
         };
         if batch.is_empty() {
-            return 0;
+            return batch;
         }
         if let Err(e) = self.store.put_fleet_agents(&batch) {
             warn!(error = %e, category = e.category(), "could not write the fleet records; retried with the next change");
@@ -349,13 +435,17 @@ impl Fleet {
                 }
             }
         }
-        batch.len()
+        batch
     }
 }
 
 /// Write changed agents to the store about once a second, and set the fleet gauges, until
 /// `shutdown`; then a last time.
-pub(crate) async fn flusher(fleet: std::sync::Arc<Fleet>, shutdown: CancellationToken) {
+pub(crate) async fn flusher(
+    fleet: std::sync::Arc<Fleet>,
+    replicas: Option<std::sync::Arc<crate::replicas::Replicas>>,
+    shutdown: CancellationToken,
+) {
     let mut version = fleet.subscribe();
     loop {
         tokio::select! {
@@ -368,11 +458,16 @@ pub(crate) async fn flusher(fleet: std::sync::Arc<Fleet>, shutdown: Cancellation
         }
         version.mark_unchanged();
         let f = std::sync::Arc::clone(&fleet);
-        let _ = tokio::task::spawn_blocking(move || {
-            f.flush();
+        let written = tokio::task::spawn_blocking(move || {
+            let written = f.flush();
             f.count();
+            written
         })
-        .await;
+        .await
+        .unwrap_or_default();
+        if let Some(replicas) = &replicas {
+            shared::publish(&fleet, replicas, written).await;
+        }
     }
     let f = std::sync::Arc::clone(&fleet);
     let _ = tokio::task::spawn_blocking(move || f.flush()).await;
@@ -447,7 +542,7 @@ mod tests {
             assert_eq!(east.repos.total, 1);
             assert!(!view.clusters[1].connected);
             assert_eq!(view.clusters[1].since, None, "west was never seen");
-            assert_eq!(f.flush(), 1);
+            assert_eq!(f.flush().len(), 1);
         }
         let f = fleet(dir.path(), 10);
         let view = f.view(&Filter::default());

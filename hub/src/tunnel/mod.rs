@@ -12,7 +12,6 @@ mod relay;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -33,20 +32,32 @@ use tracing::{debug, info, warn};
 use crate::agents::authenticate;
 use crate::state::Shared;
 
-/// The routes of CI access, with their own state beside the hub's.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
+/// The routes of CI access, with their own state beside the hub's; and those of the peer
+/// listener, where other replicas forward CI requests for tunnels this one holds.
+pub(crate) fn routers(shared: Arc<Shared>) -> (Router, Router) {
     let state = TunnelState {
         tunnels: Arc::new(Tunnels::new(&shared)),
         shared,
     };
-    Router::new()
+    let public = Router::new()
         .route(TUNNEL_PATH, get(accept))
         .route(&format!("{K8S_PROXY_PREFIX}/{{agent}}"), any(relay::relay))
         .route(
             &format!("{K8S_PROXY_PREFIX}/{{agent}}/{{*rest}}"),
             any(relay::relay),
         )
-        .with_state(state)
+        .with_state(state.clone());
+    let peer = Router::new()
+        .route(
+            &format!("{K8S_PROXY_PREFIX}/{{agent}}"),
+            any(relay::relay_forwarded),
+        )
+        .route(
+            &format!("{K8S_PROXY_PREFIX}/{{agent}}/{{*rest}}"),
+            any(relay::relay_forwarded),
+        )
+        .with_state(state);
+    (public, peer)
 }
 
 #[derive(Debug, Clone)]
@@ -113,23 +124,6 @@ impl Tunnels {
             .map(|(_, o)| o)
             .find(|o| !o.is_closed())
             .cloned()
-    }
-
-    /// The newest open tunnel of `agent`, waiting up to `wait` for one to open.
-    async fn wait_for(&self, agent: &str, wait: Duration) -> Option<Opener> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut opened = self.opened.subscribe();
-        loop {
-            // Look after subscribing: a tunnel that opens in between wakes the wait below.
-            let _seen = *opened.borrow_and_update();
-            if let Some(opener) = self.newest(agent) {
-                return Some(opener);
-            }
-            tokio::select! {
-                changed = opened.changed() => if changed.is_err() { return None },
-                () = tokio::time::sleep_until(deadline) => return None,
-            }
-        }
     }
 
     fn register(self: &Arc<Self>, agent: &str, opener: Opener) -> Registration {
@@ -304,7 +298,24 @@ async fn carry(
     let _connected = GaugeGuard::new(&state.shared.metrics.tunnels_connected);
     let registration = state.tunnels.register(&agent, opener);
     info!(agent = %agent, "CI tunnel connected");
+    // With replicas, the others learn that this one holds the agent's tunnel, for as long as it does.
+    let announce = state.shared.replicas.clone().map(|replicas| {
+        let agent = agent.clone();
+        async move {
+            loop {
+                replicas.announce_tunnel(&agent).await;
+                tokio::time::sleep(crate::replicas::ANNOUNCE_EVERY).await;
+            }
+        }
+    });
+    let announcing = async {
+        match announce {
+            Some(a) => a.await,
+            None => std::future::pending().await,
+        }
+    };
     let reason = tokio::select! {
+        () = announcing => "the announcement ended".to_string(),
         end = pump => end.to_string(),
         ended = driver => match ended {
             Ok(()) => "the multiplexer closed".to_string(),
@@ -313,6 +324,11 @@ async fn carry(
         () = state.shared.shutdown.cancelled() => "hub shutting down".to_string(),
     };
     drop(registration);
+    if let Some(replicas) = &state.shared.replicas
+        && state.tunnels.newest(&agent).is_none()
+    {
+        replicas.retract_tunnel(&agent).await;
+    }
     if reason == "hub shutting down" {
         info!(agent = %agent, reason, "CI tunnel disconnected");
     } else {

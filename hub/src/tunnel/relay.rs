@@ -2,6 +2,10 @@
 //! through the agent's newest tunnel. Bodies stream both ways (nothing is buffered whole), with no
 //! relay timeout, and a `101 Switching Protocols` turns the stream into raw bytes both ways.
 //! Headers pass as they came, the bearer token included, less the hop-by-hop ones.
+//!
+//! With replicas, the agent's tunnel may be held by another replica: the request then goes on to
+//! that one's peer listener (found through Redis), once, marked so that it is never forwarded
+//! again; the peer secret it carries there never reaches the operator.
 
 use std::sync::Arc;
 
@@ -55,9 +59,14 @@ fn split_target(request: &Request) -> (String, String) {
     (agent.to_string(), target)
 }
 
+/// The header a replica's peer listener requires: the secret the replicas share.
+pub(crate) const PEER_SECRET_HEADER: &str = "x-tether-peer-secret";
+/// The header naming the replica a request was forwarded by.
+pub(crate) const FORWARDED_BY_HEADER: &str = "x-tether-forwarded-by";
+
 /// Relay one CI request.
 pub(super) async fn relay(State(state): State<TunnelState>, request: Request) -> Response {
-    let response = relay_inner(&state, request).await;
+    let response = relay_inner(&state, request, false).await;
     state
         .shared
         .metrics
@@ -67,7 +76,81 @@ pub(super) async fn relay(State(state): State<TunnelState>, request: Request) ->
     response
 }
 
-async fn relay_inner(state: &TunnelState, mut request: Request) -> Response {
+/// A CI request another replica forwarded to this one's peer listener: relayed through a local
+/// tunnel only.
+pub(super) async fn relay_forwarded(
+    State(state): State<TunnelState>,
+    request: Request,
+) -> Response {
+    let given = request
+        .headers()
+        .get(PEER_SECRET_HEADER)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    let expected = state
+        .shared
+        .config
+        .peers
+        .as_ref()
+        .map(|p| p.secret.expose());
+    let allowed =
+        expected.is_some_and(|e| bool::from(subtle::ConstantTimeEq::ct_eq(e, given.as_slice())));
+    if !allowed {
+        return status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the peer listener takes requests from the other replicas only".into(),
+        );
+    }
+    let response = relay_inner(&state, request, true).await;
+    state
+        .shared
+        .metrics
+        .tunnel_requests
+        .with_label_values(&[response.status().as_str()])
+        .inc();
+    response
+}
+
+/// Where a CI request goes.
+enum Route {
+    /// A tunnel this replica holds.
+    Local(tether_protocol::tunnel::Opener),
+    /// The peer listener of the replica that holds one.
+    Peer(String),
+}
+
+/// The route to `agent`'s tunnel, waiting up to `tunnel_wait` for one to open here or (unless the
+/// request was forwarded already) on another replica.
+async fn route(state: &TunnelState, agent: &str, forwarded: bool) -> Option<Route> {
+    let wait = state.shared.config.limits.tunnel_wait;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut opened = state.tunnels.opened.subscribe();
+    let peers = state
+        .shared
+        .replicas
+        .as_ref()
+        .filter(|_| !forwarded && state.shared.config.peers.is_some());
+    loop {
+        let _seen = *opened.borrow_and_update();
+        if let Some(opener) = state.tunnels.newest(agent) {
+            return Some(Route::Local(opener));
+        }
+        if let Some(replicas) = peers
+            && let Some(address) = replicas.tunnel_peer(agent).await
+        {
+            return Some(Route::Peer(address));
+        }
+        let recheck = tokio::time::sleep(std::time::Duration::from_millis(250));
+        tokio::select! {
+            changed = opened.changed() => if changed.is_err() { return None },
+            () = recheck, if peers.is_some() => {}
+            () = tokio::time::sleep_until(deadline) => return None,
+        }
+    }
+}
+
+async fn relay_inner(state: &TunnelState, request: Request, forwarded: bool) -> Response {
     let limits = &state.shared.config.limits;
     let metrics = &state.shared.metrics;
     let (agent, target) = split_target(&request);
@@ -80,7 +163,14 @@ async fn relay_inner(state: &TunnelState, mut request: Request) -> Response {
             ),
         );
     };
-    let Some(opener) = state.tunnels.wait_for(&agent, limits.tunnel_wait).await else {
+    let opener = match route(state, &agent, forwarded).await {
+        Some(Route::Local(opener)) => Some(opener),
+        Some(Route::Peer(address)) => {
+            return forward(state, &agent, request, &address).await;
+        }
+        None => None,
+    };
+    let Some(opener) = opener else {
         let push_connected = state
             .shared
             .quota(&agent)
@@ -130,12 +220,96 @@ async fn relay_inner(state: &TunnelState, mut request: Request) -> Response {
             );
         }
     };
+    let held: Vec<Box<dyn Send>> = vec![Box::new(slot), Box::new(in_flight), Box::new(quiet)];
+    let mut headers = end_to_end(request.headers(), wants_upgrade(request.headers()));
+    // What only replicas say to each other stays between them.
+    headers.remove(PEER_SECRET_HEADER);
+    headers.remove(FORWARDED_BY_HEADER);
+    exchange(stream, request, target, headers, held, &agent, metrics).await
+}
+
+/// Forward a CI request to the replica at `address`, which holds the agent's tunnel.
+async fn forward(state: &TunnelState, agent: &str, request: Request, address: &str) -> Response {
+    let metrics = &state.shared.metrics;
+    let (Some(peers), Some(replicas)) = (&state.shared.config.peers, &state.shared.replicas) else {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "no peer listener is configured".into(),
+        );
+    };
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await;
+    let stream = match connected {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) | Err(_) => {
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!(
+                    "the hub replica holding agent {agent:?}'s tunnel cannot be reached; retry"
+                ),
+            );
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let quiet = request.extensions().get::<LongLived>().map(LongLived::hold);
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let mut headers = end_to_end(request.headers(), wants_upgrade(request.headers()));
+    match (
+        HeaderValue::from_bytes(peers.secret.expose()),
+        HeaderValue::from_str(&replicas.id),
+    ) {
+        (Ok(secret), Ok(by)) => {
+            headers.insert(PEER_SECRET_HEADER, secret);
+            headers.insert(FORWARDED_BY_HEADER, by);
+        }
+        _ => {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "the peer secret is not a valid header value".into(),
+            );
+        }
+    }
+    if let Ok(host) = HeaderValue::from_str(address) {
+        headers.insert(header::HOST, host);
+    }
+    debug!(
+        agent,
+        peer = address,
+        "CI request forwarded to the replica holding the tunnel"
+    );
+    let held: Vec<Box<dyn Send>> = vec![Box::new(quiet)];
+    exchange(stream, request, target, headers, held, agent, metrics).await
+}
+
+/// Send `request` (to `target`, with `headers`) over `stream` as HTTP/1.1 and stream the answer
+/// back, carrying an upgrade through as raw bytes. `held` lives as long as the exchange does.
+async fn exchange<S>(
+    stream: S,
+    mut request: Request,
+    target: String,
+    headers: axum::http::HeaderMap,
+    held: Vec<Box<dyn Send>>,
+    agent: &str,
+    metrics: &crate::metrics::Metrics,
+) -> Response
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
         .handshake::<_, Counted<Body>>(TokioIo::new(stream))
         .await
     {
         Ok(pair) => pair,
-        Err(e) => return bad_gateway(&agent, &e),
+        Err(e) => return bad_gateway(agent, &e),
     };
     tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
@@ -153,7 +327,7 @@ async fn relay_inner(state: &TunnelState, mut request: Request) -> Response {
     ));
     *outbound.method_mut() = parts.method;
     *outbound.version_mut() = Version::HTTP_11;
-    *outbound.headers_mut() = end_to_end(&parts.headers, upgrading);
+    *outbound.headers_mut() = headers;
     match target.parse() {
         Ok(uri) => *outbound.uri_mut() = uri,
         Err(_) => {
@@ -167,7 +341,7 @@ async fn relay_inner(state: &TunnelState, mut request: Request) -> Response {
 
     let mut response = match sender.send_request(outbound).await {
         Ok(r) => r,
-        Err(e) => return bad_gateway(&agent, &e),
+        Err(e) => return bad_gateway(agent, &e),
     };
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = end_to_end(response.headers(), switching);
@@ -176,7 +350,7 @@ async fn relay_inner(state: &TunnelState, mut request: Request) -> Response {
         let to_cluster = metrics.tunnel_bytes.with_label_values(&["to_cluster"]);
         let from_cluster = metrics.tunnel_bytes.with_label_values(&["from_cluster"]);
         tokio::spawn(async move {
-            let _held = (slot, in_flight, quiet);
+            let _held = held;
             let (client, cluster) = match tokio::try_join!(client_upgrade, cluster_upgrade) {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -200,7 +374,6 @@ async fn relay_inner(state: &TunnelState, mut request: Request) -> Response {
         return answer;
     }
     let (parts, body) = response.into_parts();
-    let held: Vec<Box<dyn Send>> = vec![Box::new(slot), Box::new(in_flight), Box::new(quiet)];
     let body = Counted::new(
         body,
         metrics.tunnel_bytes.with_label_values(&["from_cluster"]),
