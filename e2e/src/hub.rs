@@ -1,6 +1,7 @@
 //! The real `tether-hub` as a process: a generated config (agent tokens and their SHA-256, repo globs,
-//! webhook secrets in files, a data dir of its own) on a free loopback port, and what a test does to it:
-//! stop, start again on the same data, freeze (SIGSTOP), thaw, and `post-receive` hooks that send it
+//! webhook secrets in files, a data dir of its own, optionally the Redis that replicas share) on a
+//! free loopback port, and what a test does to it: stop, start again on the same data, freeze
+//! (SIGSTOP), thaw, kill (SIGKILL), start more replicas of it, and `post-receive` hooks that send it
 //! signed forge webhooks with `openssl` and `curl`.
 
 use std::fmt::Write as _;
@@ -18,7 +19,7 @@ use crate::tool;
 use crate::wait::{fatal, wait_until};
 use crate::workspace::binary;
 
-/// How long the hub may take to answer `/healthz` after it is started.
+/// How long the hub may take to answer `/healthz` (and, with Redis, `/readyz`) after it is started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The forges whose push webhooks the hooks imitate.
@@ -80,6 +81,12 @@ pub struct HubOptions {
     pub tls: bool,
     /// Viewers of the fleet view: name and token.
     pub viewers: Vec<(String, String)>,
+    /// The Redis that replicas share (`redis.url`, written to a file the config names): one
+    /// `redis://` URL, or with [`HubOptions::redis_cluster`] the node URLs separated by spaces. A hub
+    /// started with it returns once `/readyz` answers 200 (Redis reached once).
+    pub redis: Option<String>,
+    /// `redis.cluster: true`: the URLs are a Redis Cluster's nodes.
+    pub redis_cluster: bool,
 }
 
 impl Default for HubOptions {
@@ -89,7 +96,34 @@ impl Default for HubOptions {
             max_body_bytes: 64 * 1024,
             tls: false,
             viewers: Vec::new(),
+            redis: None,
+            redis_cluster: false,
         }
+    }
+}
+
+/// What every replica of one hub shares besides [`HubOptions`]: the webhook secrets and the TLS
+/// certificate (PEM: CA, certificate, key).
+#[derive(Debug, Clone)]
+struct SharedFiles {
+    secrets: Vec<(Forge, String)>,
+    tls: Option<(String, String, String)>,
+}
+
+impl SharedFiles {
+    fn new(options: &HubOptions) -> Result<Self> {
+        let secrets = Forge::ALL
+            .iter()
+            .map(|f| (*f, unguessable(&format!("secret-{}", f.name()))))
+            .collect();
+        let tls = if options.tls {
+            let ca = TestCa::new("tether-e2e-hub-ca")?;
+            let server = ca.server("tether-hub", &["localhost"], &[[127, 0, 0, 1].into()])?;
+            Some((ca.cert_pem().to_string(), server.cert_pem, server.key_pem))
+        } else {
+            None
+        };
+        Ok(Self { secrets, tls })
     }
 }
 
@@ -99,6 +133,7 @@ pub struct Hub {
     process: Option<Process>,
     port: u16,
     options: HubOptions,
+    shared: SharedFiles,
     dir: TempDir,
 }
 
@@ -108,66 +143,27 @@ impl Hub {
         Self::start_with(HubOptions::default())
     }
 
-    /// Starts a hub with `options`; returns once `/healthz` answers.
+    /// Starts a hub with `options`; returns once `/healthz` answers (and `/readyz`, with Redis).
     pub fn start_with(options: HubOptions) -> Result<Self> {
+        let shared = SharedFiles::new(&options)?;
+        Self::launch(options, shared)
+    }
+
+    /// Starts another replica of this hub: the same agents, tokens, webhook secrets, viewers, TLS
+    /// certificate and Redis, on a port and a data dir of its own. Its URLs point at itself.
+    pub fn replica(&self) -> Result<Hub> {
+        Self::launch(self.options.clone(), self.shared.clone())
+    }
+
+    fn launch(options: HubOptions, shared: SharedFiles) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("tether-hub-").tempdir()?;
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("data"))?;
         let port = free_port()?;
-        let mut config = format!(
-            "# Written by tether-e2e for one test hub.\nlisten: \"127.0.0.1:{port}\"\ndata_dir: {}\nmax_body_bytes: {}\n",
-            d.join("data").display(),
-            options.max_body_bytes
-        );
-        if options.tls {
-            let ca = TestCa::new("tether-e2e-hub-ca")?;
-            let server = ca.server("tether-hub", &["localhost"], &[[127, 0, 0, 1].into()])?;
-            std::fs::write(d.join("ca.pem"), ca.cert_pem())?;
-            std::fs::write(d.join("tls.crt"), &server.cert_pem)?;
-            std::fs::write(d.join("tls.key"), &server.key_pem)?;
-            let _ = writeln!(
-                config,
-                "tls:\n  cert_file: {}\n  key_file: {}",
-                d.join("tls.crt").display(),
-                d.join("tls.key").display()
-            );
-        }
-        config.push_str("agents:\n");
-        for agent in &options.agents {
-            std::fs::write(token_path(d, &agent.name), format!("{}\n", agent.token))?;
-            let hash = sha256_hex(&agent.token)?;
-            let _ = writeln!(
-                config,
-                "  - name: {}\n    token_sha256: \"{hash}\"\n    repos: {:?}",
-                agent.name, agent.repos
-            );
-        }
-        if !options.viewers.is_empty() {
-            config.push_str("viewers:\n");
-        }
-        for (name, token) in &options.viewers {
-            let _ = writeln!(
-                config,
-                "  - name: {name}\n    token_sha256: \"{}\"",
-                sha256_hex(token)?
-            );
-        }
-        config.push_str("webhooks:\n");
-        for forge in Forge::ALL {
-            let secret = secret_path(d, forge);
-            std::fs::write(&secret, unguessable(&format!("secret-{}", forge.name())))?;
-            let _ = writeln!(
-                config,
-                "  - provider: {}\n    repos: [\"**\"]\n    secret: {{ file: {} }}",
-                forge.name(),
-                secret.display()
-            );
-        }
-        std::fs::write(d.join("hub.yaml"), config)?;
+        write_config(dir.path(), port, &options, &shared)?;
         let mut hub = Self {
             process: None,
             port,
             options,
+            shared,
             dir,
         };
         hub.start_again()?;
@@ -175,7 +171,7 @@ impl Hub {
     }
 
     /// Starts the hub again (after [`Hub::stop`]) on the same port, config and data dir; returns once
-    /// `/healthz` answers. The log is appended to.
+    /// `/healthz` answers, and with Redis once `/readyz` answers 200. The log is appended to.
     pub fn start_again(&mut self) -> Result<()> {
         if self.process.is_some() {
             bail!("the hub is already running");
@@ -198,7 +194,34 @@ impl Hub {
             ],
         )?;
         self.process = Some(process);
-        self.wait_healthy(READY_TIMEOUT)
+        self.wait_healthy(READY_TIMEOUT)?;
+        if self.options.redis.is_some() {
+            self.wait_ready(READY_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `/readyz` answers 200 (with Redis: reached at least once since the start),
+    /// failing early if the process exits.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let waited = wait_until("the hub answering /readyz with 200", timeout, || {
+            match self.process.as_mut() {
+                Some(p) => p.check_running().map_err(fatal)?,
+                None => return Err(fatal(anyhow!("the hub is stopped"))),
+            }
+            let (status, body) = self.readyz()?;
+            ensure!(status == 200, "last answer: {status} {}", body.trim());
+            Ok(())
+        });
+        waited.with_context(|| format!("log:\n{}", self.log_tail()))
+    }
+
+    /// `GET /readyz`: the status and the body (`ok`, or `degraded: ...` while Redis is away).
+    pub fn readyz(&self) -> Result<(u16, String)> {
+        if self.options.tls {
+            return self.get("/readyz", None);
+        }
+        http_get(self.port, "/readyz")
     }
 
     /// Waits until `/healthz` answers `ok`, failing early if the process exits.
@@ -243,6 +266,26 @@ impl Hub {
         }
     }
 
+    /// Kills the process at once (SIGKILL), as a crashed host would: no close frame reaches its
+    /// agents. Returns once it has exited; [`Hub::start_again`] starts it again.
+    pub fn kill(&mut self) -> Result<()> {
+        let Some(mut p) = self.process.take() else {
+            return Ok(());
+        };
+        signal(p.pid(), "KILL");
+        let exited = wait_until(
+            "the hub to exit on SIGKILL",
+            Duration::from_secs(10),
+            || {
+                ensure!(p.check_running().is_err(), "still running");
+                Ok(())
+            },
+        );
+        // Reaped either way (stop is a no-op for a process that has exited).
+        p.stop(Duration::from_secs(1));
+        exited
+    }
+
     /// Lets a frozen hub run again (SIGCONT).
     pub fn thaw(&self) {
         if let Some(p) = &self.process {
@@ -276,8 +319,13 @@ impl Hub {
 
     /// `http://127.0.0.1:PORT/v1/webhooks/<provider>` (`https://` with TLS).
     pub fn webhook_url(&self, provider: &str) -> String {
+        self.webhook_url_at(self.port, provider)
+    }
+
+    /// [`Hub::webhook_url`] on another port of 127.0.0.1 (a load balancer in front of replicas).
+    pub fn webhook_url_at(&self, port: u16, provider: &str) -> String {
         let scheme = if self.options.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}/v1/webhooks/{provider}", self.port)
+        format!("{scheme}://127.0.0.1:{port}/v1/webhooks/{provider}")
     }
 
     /// curl's arguments for trusting a TLS hub's CA (none for plain HTTP).
@@ -310,6 +358,32 @@ impl Hub {
         let path = self.dir.path().join("wrong.token");
         std::fs::write(&path, unguessable("not-a-known-token"))?;
         Ok(path)
+    }
+
+    /// The names of the agents connected to this hub now, as its log tells (a connection logged
+    /// and not yet its end), sorted.
+    pub fn connected_agents(&self) -> Vec<String> {
+        let mut open: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for line in self.log().lines() {
+            let step = if line.contains("agent connected") {
+                1
+            } else if line.contains("agent disconnected") {
+                -1
+            } else {
+                continue;
+            };
+            let name = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("agent="))
+                .map(|n| n.trim_matches('"').to_string());
+            if let Some(name) = name {
+                *open.entry(name).or_default() += step;
+            }
+        }
+        open.into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// The webhook secret configured for `forge`.
@@ -432,16 +506,27 @@ exit 0
     /// Posts `body` to `/v1/webhooks/<provider>` with `headers` (`Name: value`) through `curl`;
     /// returns the HTTP status.
     pub fn post_webhook(&self, provider: &str, headers: &[String], body: &[u8]) -> Result<u16> {
+        Ok(self.post_webhook_to(self.port, provider, headers, body)?.0)
+    }
+
+    /// [`Hub::post_webhook`] to `127.0.0.1:port` (this hub's, another replica's or a load
+    /// balancer's): the HTTP status and the body of the answer. A connection that fails or ends
+    /// without an answer gives status 0 (as curl prints it), not an error.
+    pub fn post_webhook_to(
+        &self,
+        port: u16,
+        provider: &str,
+        headers: &[String],
+        body: &[u8],
+    ) -> Result<(u16, String)> {
         let file = tempfile::NamedTempFile::new_in(self.dir.path())?;
         std::fs::write(file.path(), body)?;
         let mut args = vec![
             "-s".to_string(),
-            "-o".to_string(),
-            "/dev/null".to_string(),
             "-m".to_string(),
             "10".to_string(),
             "-w".to_string(),
-            "%{http_code}".to_string(),
+            "\n%{http_code}".to_string(),
             "-H".to_string(),
             "Content-Type: application/json".to_string(),
         ];
@@ -452,12 +537,21 @@ exit 0
         }
         args.push("--data-binary".to_string());
         args.push(format!("@{}", file.path().display()));
-        args.push(self.webhook_url(provider));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let code = tool::run("curl", &refs, None)?;
-        code.trim()
-            .parse()
-            .with_context(|| format!("curl printed {code:?} as the status"))
+        args.push(self.webhook_url_at(port, provider));
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(&args);
+        // curl exits non-zero when the connection fails; it still prints the status (000).
+        let done = tool::output(&mut cmd, None)?;
+        let out = done.stdout;
+        let (answer, code) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
+        let code = code.trim().parse().with_context(|| {
+            format!(
+                "curl printed {code:?} as the status of POST {} ({})",
+                self.webhook_url_at(port, provider),
+                done.stderr.trim()
+            )
+        })?;
+        Ok((code, answer.to_string()))
     }
 
     /// The push webhook GitHub would send for `new` on `git_ref` (`refs/heads/main`) of the
@@ -545,6 +639,70 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// Writes `hub.yaml` and the files it names (tokens, secrets, TLS, Redis URL) into `d`.
+fn write_config(d: &Path, port: u16, options: &HubOptions, shared: &SharedFiles) -> Result<()> {
+    std::fs::create_dir_all(d.join("data"))?;
+    let mut config = format!(
+        "# Written by tether-e2e for one test hub.\nlisten: \"127.0.0.1:{port}\"\ndata_dir: {}\nmax_body_bytes: {}\n",
+        d.join("data").display(),
+        options.max_body_bytes
+    );
+    if let Some((ca, cert, key)) = &shared.tls {
+        std::fs::write(d.join("ca.pem"), ca)?;
+        std::fs::write(d.join("tls.crt"), cert)?;
+        std::fs::write(d.join("tls.key"), key)?;
+        let _ = writeln!(
+            config,
+            "tls:\n  cert_file: {}\n  key_file: {}",
+            d.join("tls.crt").display(),
+            d.join("tls.key").display()
+        );
+    }
+    config.push_str("agents:\n");
+    for agent in &options.agents {
+        std::fs::write(token_path(d, &agent.name), format!("{}\n", agent.token))?;
+        let hash = sha256_hex(&agent.token)?;
+        let _ = writeln!(
+            config,
+            "  - name: {}\n    token_sha256: \"{hash}\"\n    repos: {:?}",
+            agent.name, agent.repos
+        );
+    }
+    if !options.viewers.is_empty() {
+        config.push_str("viewers:\n");
+    }
+    for (name, token) in &options.viewers {
+        let _ = writeln!(
+            config,
+            "  - name: {name}\n    token_sha256: \"{}\"",
+            sha256_hex(token)?
+        );
+    }
+    if let Some(url) = &options.redis {
+        let file = d.join("redis.url");
+        std::fs::write(&file, format!("{url}\n"))?;
+        let _ = writeln!(
+            config,
+            "redis:\n  url: {{ file: {} }}\n  cluster: {}",
+            file.display(),
+            options.redis_cluster
+        );
+    }
+    config.push_str("webhooks:\n");
+    for (forge, value) in &shared.secrets {
+        let secret = secret_path(d, *forge);
+        std::fs::write(&secret, value)?;
+        let _ = writeln!(
+            config,
+            "  - provider: {}\n    repos: [\"**\"]\n    secret: {{ file: {} }}",
+            forge.name(),
+            secret.display()
+        );
+    }
+    std::fs::write(d.join("hub.yaml"), config)?;
+    Ok(())
 }
 
 fn token_path(dir: &Path, agent: &str) -> PathBuf {

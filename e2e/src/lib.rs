@@ -7,10 +7,14 @@
 //! - [`cluster`]: the one control plane a test binary shares, and a fresh namespace per test.
 //! - [`git_server`]: real git servers (HTTPS via nginx and `git http-backend`, SSH via `sshd`, `file://`)
 //!   and [`git_server::Upstream`], a repository the tests commit to and push with the real `git` CLI.
-//! - [`hub`]: the real `tether-hub` with a generated config, stopped, restarted and frozen at will, and
-//!   `post-receive` hooks that send it signed GitHub, GitLab and Gitea push webhooks.
+//! - [`hub`]: the real `tether-hub` with a generated config, stopped, restarted, frozen and killed at
+//!   will, started again as replicas sharing a Redis, and `post-receive` hooks that send it signed
+//!   GitHub, GitLab and Gitea push webhooks.
 //! - [`operator`]: the real `tether-operator` as a process: killed, restarted, its log and metrics read.
 //! - [`render_tools`]: the kustomize, helm and sops the operator renders with, and the tests too.
+//! - [`redis`]: `redis-server` on a loopback port without persistence (stopped, started again, with a
+//!   password), and a Redis Cluster of three masters: what hub replicas share.
+//! - [`haproxy`]: HAProxy in TCP mode in front of hub replicas, checking each one's `/readyz`.
 //! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
 //! - [`netns`]: a network namespace that lets nothing in, with relays out to the host's services.
 //! - [`flux`]: Flux's source-controller and kustomize-controller as local processes, for benchmarks
@@ -45,6 +49,7 @@ pub mod fixtures;
 pub mod flux;
 pub mod git_server;
 pub mod gitrepo;
+pub mod haproxy;
 pub mod http;
 pub mod hub;
 pub mod kubectl;
@@ -53,6 +58,7 @@ pub mod oidc;
 pub mod operator;
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod render_tools;
 pub mod tampering_hub;
 pub mod tls;

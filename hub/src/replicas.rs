@@ -72,10 +72,23 @@ impl Conn {
         }
     }
 
-    async fn pipe(&self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+    /// Run `cmds`, their answers ignored: as one pipeline on a single server; one by one on a
+    /// cluster, which refuses a pipeline whose keys fall in different slots.
+    async fn all(&self, cmds: &[redis::Cmd]) -> redis::RedisResult<()> {
         match self {
-            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Single(c) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd.clone()).ignore();
+                }
+                pipe.query_async(&mut c.clone()).await
+            }
+            Conn::Cluster(c) => {
+                for cmd in cmds {
+                    cmd.query_async::<redis::Value>(&mut c.clone()).await?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -250,21 +263,25 @@ impl Replicas {
 
     async fn send(&self, batch: &Batch) -> Result<(), RedisUnavailable> {
         let conn = self.conn()?;
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::new();
         for n in &batch.notices {
             let state = serde_json::to_string(&n.state()).unwrap_or_default();
-            pipe.hset(self.key("latest"), n.repo.key().as_str(), &state)
-                .ignore();
-            pipe.hset(
-                self.key("latest_ref"),
-                format!("{}\0{}", n.repo.key().as_str(), n.git_ref),
-                &state,
-            )
-            .ignore();
+            let mut latest = redis::cmd("HSET");
+            latest
+                .arg(self.key("latest"))
+                .arg(n.repo.key().as_str())
+                .arg(&state);
+            let mut by_ref = redis::cmd("HSET");
+            by_ref
+                .arg(self.key("latest_ref"))
+                .arg(format!("{}\0{}", n.repo.key().as_str(), n.git_ref))
+                .arg(&state);
+            cmds.push(latest);
+            cmds.push(by_ref);
         }
         let sent = async {
             // A cluster keeps each hash on one node and publishes on all of them.
-            conn.pipe(&pipe).await?;
+            conn.all(&cmds).await?;
             let mut publish = redis::cmd("PUBLISH");
             publish
                 .arg(self.key("pushes"))
@@ -352,17 +369,19 @@ impl Replicas {
             return;
         }
         let now = tether_protocol::unix_ms();
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::new();
         for agent in agents {
-            pipe.cmd("SET")
-                .arg(self.key(&format!("agent:{agent}")))
+            let mut set = redis::cmd("SET");
+            set.arg(self.key(&format!("agent:{agent}")))
                 .arg(&self.id)
                 .arg("EX")
-                .arg(REGISTRY_TTL_SECONDS)
-                .ignore();
-            pipe.hset(self.key("fleet_seen"), agent, now).ignore();
+                .arg(REGISTRY_TTL_SECONDS);
+            let mut seen = redis::cmd("HSET");
+            seen.arg(self.key("fleet_seen")).arg(agent).arg(now);
+            cmds.push(set);
+            cmds.push(seen);
         }
-        let _ = self.pipeline(&pipe, "fleet").await;
+        let _ = self.run_all(&cmds, "fleet").await;
     }
 
     /// Which replica holds each of `agents` (`None` for one no replica holds); `None` when Redis
@@ -402,13 +421,11 @@ impl Replicas {
 
     /// Write an agent's fleet record and announce it with `changed`.
     pub(crate) async fn write_fleet(&self, agent: &str, record: &[u8], changed: &str) {
-        let mut pipe = redis::pipe();
-        pipe.hset(self.key("fleet"), agent, record).ignore();
-        pipe.cmd("PUBLISH")
-            .arg(self.key("fleet"))
-            .arg(changed)
-            .ignore();
-        let _ = self.pipeline(&pipe, "fleet").await;
+        let mut write = redis::cmd("HSET");
+        write.arg(self.key("fleet")).arg(agent).arg(record);
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.key("fleet")).arg(changed);
+        let _ = self.run_all(&[write, publish], "fleet").await;
     }
 
     /// An agent's fleet record as a replica last wrote it.
@@ -423,9 +440,9 @@ impl Replicas {
         self.key("fleet")
     }
 
-    async fn pipeline(&self, pipe: &redis::Pipeline, op: &str) -> Result<(), RedisUnavailable> {
+    async fn run_all(&self, cmds: &[redis::Cmd], op: &str) -> Result<(), RedisUnavailable> {
         let conn = self.conn()?;
-        match tokio::time::timeout(CALL_TIMEOUT, conn.pipe(pipe)).await {
+        match tokio::time::timeout(CALL_TIMEOUT, conn.all(cmds)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 self.metrics.redis_errors.with_label_values(&[op]).inc();

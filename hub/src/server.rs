@@ -173,7 +173,7 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        debug!(%peer, "connection accepted");
+        tracing::trace!(%peer, "connection accepted");
         shared
             .tracker
             .spawn(crate::conn::serve(stream, serving.clone(), permit));

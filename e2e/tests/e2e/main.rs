@@ -18,6 +18,7 @@ mod ownership;
 mod push;
 mod refs;
 mod render;
+mod replicas;
 mod repo_case;
 mod spec_bounds;
 mod sync;
