@@ -17,7 +17,7 @@ use super::spec::ValidSpec;
 use super::status::{self, Attempt};
 use super::writer::write_status;
 use crate::apply::{self, Action};
-use crate::crd::{GitRepository, ObjectRef};
+use crate::crd::{GitRepository, ObjectRef, RefTarget};
 use crate::discovery::Kinds;
 use crate::git::{self, Credentials};
 use crate::plan::{self, ManifestFilter, PlanError, PlanInput};
@@ -70,42 +70,67 @@ async fn stages(
         ));
     }
 
-    // Resolve: one ls-remote.
     let key = spec.repo.to_string();
     let started = Instant::now();
-    let resolved = ctx
-        .mirrors
-        .resolve(
-            &key,
-            spec.url.clone(),
-            spec.target.clone(),
-            creds.clone(),
-            timeout,
-        )
-        .await?;
-    ctx.metrics
-        .resolve_duration
-        .observe(started.elapsed().as_secs_f64());
+    let resolved = match &spec.target {
+        // A branch or tag: resolved and fetched over one connection.
+        RefTarget::Branch(_) | RefTarget::Tag(_) => {
+            let (resolved, fetched) = ctx
+                .mirrors
+                .resolve_and_fetch(
+                    &key,
+                    spec.url.clone(),
+                    spec.target.clone(),
+                    creds.clone(),
+                    timeout,
+                )
+                .await?;
+            let outcome = match fetched {
+                git::FetchOutcome::Fetched => "fetched",
+                git::FetchOutcome::AlreadyPresent => "cached",
+            };
+            ctx.metrics
+                .fetch_duration
+                .with_label_values(&[outcome])
+                .observe(started.elapsed().as_secs_f64());
+            resolved
+        }
+        // A semver range or a pinned commit: one ls-remote, then the fetch.
+        RefTarget::Semver(_) | RefTarget::Commit(_) => {
+            let resolved = ctx
+                .mirrors
+                .resolve(
+                    &key,
+                    spec.url.clone(),
+                    spec.target.clone(),
+                    creds.clone(),
+                    timeout,
+                )
+                .await?;
+            ctx.metrics
+                .resolve_duration
+                .observe(started.elapsed().as_secs_f64());
+            let fetching = Instant::now();
+            let fetched = ctx
+                .mirrors
+                .fetch(&key, spec.url.clone(), resolved.clone(), creds, timeout)
+                .await?;
+            let outcome = match fetched {
+                git::FetchOutcome::Fetched => "fetched",
+                git::FetchOutcome::AlreadyPresent => "cached",
+            };
+            ctx.metrics
+                .fetch_duration
+                .with_label_values(&[outcome])
+                .observe(fetching.elapsed().as_secs_f64());
+            resolved
+        }
+    };
     let revision = resolved.revision.clone();
     progress.revision = Some(revision.clone());
     if let Some(next) = status::progressing(obj, &revision, Timestamp::now()) {
         write_status(ctx, obj, next).await?;
     }
-
-    // Fetch, unless the mirror has the commit.
-    let started = Instant::now();
-    let fetched = ctx
-        .mirrors
-        .fetch(&key, spec.url.clone(), resolved.clone(), creds, timeout)
-        .await?;
-    let outcome = match fetched {
-        git::FetchOutcome::Fetched => "fetched",
-        git::FetchOutcome::AlreadyPresent => "cached",
-    };
-    ctx.metrics
-        .fetch_duration
-        .with_label_values(&[outcome])
-        .observe(started.elapsed().as_secs_f64());
 
     // Render (or read the plain manifests), then plan.
     let started = Instant::now();

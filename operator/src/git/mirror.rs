@@ -94,6 +94,31 @@ impl MirrorCache {
             .await
     }
 
+    /// Resolves a branch or tag and fetches it into the mirror for `key` over one connection: the
+    /// ref advertisement that resolves it is the one the fetch negotiates from, which saves the
+    /// separate ls-remote's request (and its TLS handshake) on every push. The advertisement is
+    /// read with `creds`, so access is proven as by [`MirrorCache::resolve`]. Semver ranges and
+    /// pinned commits go through [`MirrorCache::resolve`] and [`MirrorCache::fetch`] instead.
+    pub async fn resolve_and_fetch(
+        &self,
+        key: &str,
+        url: String,
+        target: RefTarget,
+        creds: Arc<Credentials>,
+        timeout: Duration,
+    ) -> Result<(Resolved, FetchOutcome), GitError> {
+        let redacted = without_userinfo(&url);
+        self.slots.check(key, &redacted)?;
+        let guard = self.lock_for(key).lock_owned().await;
+        let path = self.mirror_path(key);
+        let proxy = Arc::clone(&self.proxy);
+        self.slots
+            .run(key, redacted, timeout, Some(guard), move || {
+                resolve_and_fetch_blocking(&path, &url, &target, &creds, &proxy, timeout)
+            })
+            .await
+    }
+
     /// The folder of the mirror for `key`: a hash of the key, so any key makes a safe name.
     pub fn mirror_path(&self, key: &str) -> PathBuf {
         self.root.join(mirror_name(key))
@@ -155,9 +180,10 @@ impl MirrorCache {
         creds: Arc<Credentials>,
         timeout: Duration,
     ) -> Result<FetchOutcome, GitError> {
+        let redacted = without_userinfo(&url);
+        self.slots.check(key, &redacted)?;
         let guard = self.lock_for(key).lock_owned().await;
         let path = self.mirror_path(key);
-        let redacted = without_userinfo(&url);
         let proxy = Arc::clone(&self.proxy);
         self.slots
             .run(key, redacted, timeout, Some(guard), move || {
@@ -401,6 +427,69 @@ pub fn fetch_blocking(
         url: without_userinfo(url),
         sha: resolved.sha.clone(),
     }))
+}
+
+/// [`MirrorCache::resolve_and_fetch`] without the lock. `target` must be a branch or a tag.
+pub fn resolve_and_fetch_blocking(
+    mirror: &Path,
+    url: &str,
+    target: &RefTarget,
+    creds: &Credentials,
+    proxy: &ProxyConfig,
+    timeout: Duration,
+) -> Result<(Resolved, FetchOutcome), GitError> {
+    let refname = match target {
+        RefTarget::Branch(b) => format!("refs/heads/{b}"),
+        RefTarget::Tag(t) => format!("refs/tags/{t}"),
+        RefTarget::Semver(_) | RefTarget::Commit(_) => {
+            let resolved = resolve_blocking(url, target, creds, proxy, timeout)?;
+            let outcome = fetch_blocking(mirror, url, &resolved, creds, proxy, timeout)?;
+            return Ok((resolved, outcome));
+        }
+    };
+    let repo = open_or_init(mirror)?;
+    let deadline = Instant::now() + timeout;
+    let headers: Vec<String> = creds.authorization_header().into_iter().collect();
+    let local = local_ref(&refname);
+    let before = repo.refname_to_id(&local).ok();
+    let state = Mutex::new(CallbackState::default());
+    let mut opts = fetch_options(url, creds, proxy, deadline, &state, &headers);
+    // Depth 1 only for a ref new to the mirror, as in `fetch_blocking`.
+    if !is_local(url) && before.is_none() {
+        opts.depth(1);
+    }
+    opts.update_fetchhead(false);
+    let mut remote = repo
+        .remote_anonymous(url)
+        .map_err(|e| classify(url, timeout, &state, e))?;
+    remote
+        .fetch(&[format!("+{refname}:{local}")], Some(&mut opts), None)
+        .map_err(|e| classify(url, timeout, &state, e))?;
+    // The advertisement stays readable after the fetch disconnected.
+    let heads: Vec<(String, String)> = remote
+        .list()
+        .map_err(|e| classify(url, timeout, &state, e))?
+        .iter()
+        .map(|h| (h.name().to_owned(), h.oid().to_string()))
+        .collect();
+    let resolved = super::pick(url, target, &heads)?;
+    if has_commit(&repo, &resolved.sha) {
+        let same = before.is_some_and(|b| b.to_string() == resolved.sha)
+            || repo
+                .find_reference(&local)
+                .ok()
+                .and_then(|r| r.peel_to_commit().ok())
+                .is_some_and(|c| before.is_some_and(|b| b == c.id()));
+        let outcome = if same {
+            FetchOutcome::AlreadyPresent
+        } else {
+            FetchOutcome::Fetched
+        };
+        return Ok((resolved, outcome));
+    }
+    // Not there (a server that advertised one thing and sent another): the full fetch.
+    let outcome = fetch_blocking(mirror, url, &resolved, creds, proxy, timeout)?;
+    Ok((resolved, outcome))
 }
 
 /// Where a remote ref lands in a mirror: `refs/heads/main` → `refs/tether/heads/main`.

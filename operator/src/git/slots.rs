@@ -49,6 +49,17 @@ impl Slots {
         self.permits.available_permits()
     }
 
+    /// Fails at once if an operation on `key` overran and is still running: callers that take the
+    /// mirror's lock ask first, since that operation holds the lock until it ends.
+    pub(super) fn check(&self, key: &str, url: &str) -> Result<(), GitError> {
+        if lock(&self.overrun).contains_key(key) {
+            return Err(GitError::StillRunning {
+                url: url.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs `work` for the repository `key` on a blocking thread once a slot is free, and waits
     /// for it until `timeout` (and a grace second). `held` goes with the thread. `url` (without
     /// user info) names the remote in errors.
