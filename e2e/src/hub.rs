@@ -87,6 +87,9 @@ pub struct HubOptions {
     pub redis: Option<String>,
     /// `redis.cluster: true`: the URLs are a Redis Cluster's nodes.
     pub redis_cluster: bool,
+    /// A peer listener on a port of its own per replica (`peers:`), with a secret every replica
+    /// shares, so that CI requests reach a tunnel another replica holds. Needs `redis`.
+    pub peers: bool,
 }
 
 impl Default for HubOptions {
@@ -98,6 +101,7 @@ impl Default for HubOptions {
             viewers: Vec::new(),
             redis: None,
             redis_cluster: false,
+            peers: false,
         }
     }
 }
@@ -108,6 +112,7 @@ impl Default for HubOptions {
 struct SharedFiles {
     secrets: Vec<(Forge, String)>,
     tls: Option<(String, String, String)>,
+    peer_secret: String,
 }
 
 impl SharedFiles {
@@ -123,7 +128,11 @@ impl SharedFiles {
         } else {
             None
         };
-        Ok(Self { secrets, tls })
+        Ok(Self {
+            secrets,
+            tls,
+            peer_secret: unguessable("peer-secret"),
+        })
     }
 }
 
@@ -688,6 +697,16 @@ fn write_config(d: &Path, port: u16, options: &HubOptions, shared: &SharedFiles)
             "redis:\n  url: {{ file: {} }}\n  cluster: {}",
             file.display(),
             options.redis_cluster
+        );
+    }
+    if options.peers {
+        let file = d.join("peer.secret");
+        std::fs::write(&file, &shared.peer_secret)?;
+        let _ = writeln!(
+            config,
+            "peers:\n  listen: \"127.0.0.1:{}\"\n  secret: {{ file: {} }}",
+            free_port()?,
+            file.display()
         );
     }
     config.push_str("webhooks:\n");

@@ -168,6 +168,16 @@ impl Replicas {
             .ok_or(RedisUnavailable::NotConnected)
     }
 
+    /// [`Replicas::call`] unless Redis is known to be away: then at once, so that a webhook or a
+    /// catch-up does not wait a timeout on every call during an outage. Only the health check
+    /// (in [`maintain`]) asks an absent Redis.
+    async fn ask<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisUnavailable> {
+        if !self.up.load(Ordering::Relaxed) {
+            return Err(RedisUnavailable::NotConnected);
+        }
+        self.call(cmd).await
+    }
+
     async fn call<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisUnavailable> {
         let conn = self.conn()?;
         match tokio::time::timeout(CALL_TIMEOUT, conn.query(cmd)).await {
@@ -213,7 +223,7 @@ impl Replicas {
             .arg("NX")
             .arg("EX")
             .arg(DEDUP_TTL_SECONDS);
-        match self.call::<Option<String>>(&cmd).await {
+        match self.ask::<Option<String>>(&cmd).await {
             Ok(set) => Some(set.is_some()),
             Err(e) => {
                 self.metrics
@@ -230,7 +240,7 @@ impl Replicas {
     pub(crate) async fn forget_delivery(&self, key: &str) {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.key(&format!("delivery:{key}")));
-        let _ = self.call::<i64>(&cmd).await;
+        let _ = self.ask::<i64>(&cmd).await;
     }
 
     /// Share pushes this replica accepted (and already told its own agents about): record them as
@@ -333,7 +343,7 @@ impl Replicas {
             .arg(&self.id)
             .arg("EX")
             .arg(REGISTRY_TTL_SECONDS);
-        let _ = self.call::<String>(&cmd).await;
+        let _ = self.ask::<String>(&cmd).await;
     }
 
     /// Forget that this replica holds a tunnel of `agent`, unless another replica took it since.
@@ -341,12 +351,12 @@ impl Replicas {
         let key = self.key(&format!("tunnel:{agent}"));
         let mut get = redis::cmd("GET");
         get.arg(&key);
-        if let Ok(Some(holder)) = self.call::<Option<String>>(&get).await
+        if let Ok(Some(holder)) = self.ask::<Option<String>>(&get).await
             && holder == self.id
         {
             let mut del = redis::cmd("DEL");
             del.arg(&key);
-            let _ = self.call::<i64>(&del).await;
+            let _ = self.ask::<i64>(&del).await;
         }
     }
 
@@ -354,13 +364,13 @@ impl Replicas {
     pub(crate) async fn tunnel_peer(&self, agent: &str) -> Option<String> {
         let mut get = redis::cmd("GET");
         get.arg(self.key(&format!("tunnel:{agent}")));
-        let holder = self.call::<Option<String>>(&get).await.ok()??;
+        let holder = self.ask::<Option<String>>(&get).await.ok()??;
         if holder == self.id {
             return None;
         }
         let mut address = redis::cmd("GET");
         address.arg(self.key(&format!("replica:{holder}")));
-        self.call::<Option<String>>(&address).await.ok()?
+        self.ask::<Option<String>>(&address).await.ok()?
     }
 
     /// Mark `agents` as held by this replica, and seen now.
@@ -402,21 +412,21 @@ impl Replicas {
             }
             return Some(out);
         }
-        self.call::<Vec<Option<String>>>(&cmd).await.ok()
+        self.ask::<Vec<Option<String>>>(&cmd).await.ok()
     }
 
     /// Which replica holds `agent`.
     pub(crate) async fn agent_holder(&self, agent: &str) -> Option<String> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.key(&format!("agent:{agent}")));
-        self.call::<Option<String>>(&cmd).await.ok().flatten()
+        self.ask::<Option<String>>(&cmd).await.ok().flatten()
     }
 
     /// When each of `agents` was last seen by the replica that held it.
     pub(crate) async fn fleet_seen(&self, agents: &[String]) -> Option<Vec<Option<u64>>> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.key("fleet_seen")).arg(agents);
-        self.call::<Vec<Option<u64>>>(&cmd).await.ok()
+        self.ask::<Vec<Option<u64>>>(&cmd).await.ok()
     }
 
     /// Write an agent's fleet record and announce it with `changed`.
@@ -432,7 +442,7 @@ impl Replicas {
     pub(crate) async fn read_fleet(&self, agent: &str) -> Option<Vec<u8>> {
         let mut cmd = redis::cmd("HGET");
         cmd.arg(self.key("fleet")).arg(agent);
-        self.call::<Option<Vec<u8>>>(&cmd).await.ok().flatten()
+        self.ask::<Option<Vec<u8>>>(&cmd).await.ok().flatten()
     }
 
     /// The channel fleet changes are announced on.
@@ -441,6 +451,9 @@ impl Replicas {
     }
 
     async fn run_all(&self, cmds: &[redis::Cmd], op: &str) -> Result<(), RedisUnavailable> {
+        if !self.up.load(Ordering::Relaxed) {
+            return Err(RedisUnavailable::NotConnected);
+        }
         let conn = self.conn()?;
         match tokio::time::timeout(CALL_TIMEOUT, conn.all(cmds)).await {
             Ok(Ok(())) => Ok(()),
@@ -465,7 +478,7 @@ impl Replicas {
                 .arg(address)
                 .arg("EX")
                 .arg(REGISTRY_TTL_SECONDS);
-            let _ = self.call::<String>(&cmd).await;
+            let _ = self.ask::<String>(&cmd).await;
         }
     }
 
@@ -479,7 +492,7 @@ impl Replicas {
         keys.dedup();
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.key("latest")).arg(&keys);
-        match self.call::<Vec<Option<String>>>(&cmd).await {
+        match self.ask::<Vec<Option<String>>>(&cmd).await {
             Ok(values) => Some(
                 values
                     .into_iter()

@@ -556,3 +556,161 @@ async fn redis_stopped_for_20s_while_pushes_flow_loses_no_push() -> Result<()> {
     }
     Ok(())
 }
+
+/// A Role in `ns` that lets the CI user read ConfigMaps, and nothing else.
+fn reader_rbac(ns: &str, user: &str) -> String {
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{ name: ci-reader, namespace: {ns} }}\nrules:\n  - apiGroups: [\"\"]\n    resources: [configmaps]\n    verbs: [get, list]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{ name: ci-reader, namespace: {ns} }}\nroleRef: {{ apiGroup: rbac.authorization.k8s.io, kind: Role, name: ci-reader }}\nsubjects:\n  - {{ apiGroup: rbac.authorization.k8s.io, kind: User, name: {user} }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_access_and_the_fleet_view_reach_an_agent_held_by_another_replica() -> Result<()> {
+    use tether_e2e::ci::{CiToken, write_access_file, write_kubeconfig};
+    use tether_e2e::kubectl::Kubectl;
+
+    let ns = block(TestNamespace::create("replicas-ci"))?;
+    install_crds(ns.kubectl())?;
+    let user = "ci-reader";
+    ns.kubectl().apply(&reader_rbac(ns.name(), user))?;
+    ns.kubectl()
+        .apply(&config_map(ns.name(), "visible", "through-any-replica"))?;
+    let server = HttpsGitServer::start()?;
+    let repo = server.create_repo("ci")?;
+    let head = repo.commit_file(
+        "deploy/config.yaml",
+        &config_map(ns.name(), "settings", "v0"),
+        "v0",
+    )?;
+    repo.push_to(&server.remote(&repo))?;
+
+    let redis = RedisServer::start()?;
+    let viewer = tether_e2e::fixtures::unguessable("viewer");
+    let first = Hub::start_with(HubOptions {
+        agents: vec![AgentSpec::new("ci", &["**"])],
+        tls: true,
+        redis: Some(redis.url()),
+        peers: true,
+        viewers: vec![("ops".into(), viewer.clone())],
+        ..HubOptions::default()
+    })?;
+    let mut hubs = vec![first];
+    for _ in 1..REPLICAS {
+        let replica = hubs[0].replica()?;
+        hubs.push(replica);
+    }
+
+    // The operator dials one replica; the others hold nothing of it.
+    let dir = tempfile::Builder::new().prefix("tether-ci-").tempdir()?;
+    let token = CiToken::new("reader", user, &[]);
+    let access = dir.path().join("ci-access.yaml");
+    write_access_file(&access, std::slice::from_ref(&token))?;
+    ns.kubectl()
+        .apply(&https_secret(ns.name(), "auth", &server))?;
+    ns.kubectl().apply(&git_repository(
+        ns.name(),
+        "app",
+        &server.url("ci"),
+        "  path: deploy\n  interval: 1h\n  secretRef:\n    name: auth\n",
+    ))?;
+    let flags = [
+        format!("--hub-url={}", hubs[0].ws_url()),
+        format!("--hub-token-file={}", hubs[0].token_file_of("ci").display()),
+        format!("--hub-ca-file={}", hubs[0].ca_file().display()),
+        format!("--ci-access={}", access.display()),
+        "--hub-report-status".to_string(),
+    ];
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let operator = Operator::start(ns.kubeconfig(), ns.name(), &refs)?;
+    wait_ready(ns.kubectl(), ns.name(), "app", "60s", &operator)?;
+    let logs = || {
+        let hubs: Vec<String> = hubs.iter().map(Hub::log_tail).collect();
+        format!(
+            "operator log:\n{}\nhub logs:\n{}",
+            operator.log_tail(),
+            hubs.join("\n---\n")
+        )
+    };
+    wait_until("the CI tunnel open at replica 0", LANDS_WITHIN, || {
+        let open = metric_value(&hubs[0].metrics()?, "tether_hub_tunnels_connected");
+        ensure!(open == Some(1.0), "tunnels connected: {open:?}");
+        Ok(())
+    })
+    .with_context(logs)?;
+
+    // kubectl against each replica: the two without the tunnel forward to the one with it.
+    let kubectl = tether_e2e::cluster::shared().binaries().path("kubectl");
+    for (i, hub) in hubs.iter().enumerate() {
+        let config = write_kubeconfig(
+            &dir.path().join(format!("replica-{i}.kubeconfig")),
+            &format!("{}/k8s-proxy/ci", hub.https_url()),
+            &hub.ca_file(),
+            &token.token,
+        )?;
+        let ci = Kubectl::new(kubectl.clone(), config);
+        let got = wait_until_every(
+            &format!("a CI request through replica {i}"),
+            LANDS_WITHIN,
+            POLL,
+            || {
+                ci.run(&[
+                    "get",
+                    "configmap",
+                    "visible",
+                    "-n",
+                    ns.name(),
+                    "-o",
+                    "jsonpath={.data.greeting}",
+                ])
+            },
+        )
+        .with_context(logs)?;
+        ensure!(got == "through-any-replica", "replica {i} answered {got:?}");
+        // The cluster still decides: the reader may not list Secrets, whichever replica it asks.
+        let denied = ci.run(&["get", "secrets", "-n", ns.name()]);
+        let message = format!("{denied:?}");
+        ensure!(
+            denied.is_err() && message.contains("forbidden"),
+            "replica {i}: listing Secrets was not refused by the API server: {message}"
+        );
+    }
+    let forwarded = hubs[1..]
+        .iter()
+        .filter(|h| {
+            h.log()
+                .contains("CI request forwarded to the replica holding the tunnel")
+        })
+        .count();
+    ensure!(
+        forwarded == 2,
+        "{forwarded} of the other replicas forwarded"
+    );
+    ensure!(
+        !operator.log().contains("x-tether-peer-secret"),
+        "the peer secret reached the operator"
+    );
+
+    // The fleet view on a replica the agent is not connected to shows it, live and current.
+    for (i, hub) in hubs.iter().enumerate() {
+        wait_until_every(
+            &format!("replica {i}'s fleet view of the agent"),
+            LANDS_WITHIN,
+            POLL,
+            || {
+                let (status, body) = hub.get("/v1/fleet", Some(&viewer))?;
+                ensure!(status == 200, "{status} {body}");
+                let json: serde_json::Value = serde_json::from_str(&body)?;
+                let cluster = &json["clusters"][0];
+                ensure!(
+                    cluster["name"] == "ci" && cluster["connected"] == true,
+                    "{cluster}"
+                );
+                let d = &json["repos"][0]["deployments"][0];
+                ensure!(d["applied"] == head.as_str(), "deployment {d}");
+                Ok(())
+            },
+        )
+        .with_context(logs)?;
+    }
+    Ok(())
+}
