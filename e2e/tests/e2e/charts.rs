@@ -215,14 +215,16 @@ fn charts_pass_helm_lint_with_default_and_full_values() -> Result<()> {
         "-f",
         values.to_str().context("path")?,
     ])?;
-    std::fs::write(&values, HUB_VALUES_FULL)?;
-    helm(&[
-        "lint",
-        "--strict",
-        chart("tether-hub").to_str().context("path")?,
-        "-f",
-        values.to_str().context("path")?,
-    ])?;
+    for hub_values in [HUB_VALUES_FULL, HUB_VALUES_REPLICAS] {
+        std::fs::write(&values, hub_values)?;
+        helm(&[
+            "lint",
+            "--strict",
+            chart("tether-hub").to_str().context("path")?,
+            "-f",
+            values.to_str().context("path")?,
+        ])?;
+    }
     Ok(())
 }
 
@@ -790,6 +792,230 @@ config:
     check_hub_config(config)
 }
 
+const HUB_VALUES_REPLICAS: &str = r#"
+replicas: 3
+redis:
+  existingSecret: hub-redis
+  cluster: true
+  keyPrefix: "hub-a:"
+peers:
+  existingSecret: hub-peers
+config:
+  hub:
+    agents:
+      - name: prod
+        token_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        repos: ["github.com/acme/*"]
+"#;
+
+/// The env entry `name` of a container.
+fn env_entry<'a>(container: &'a Value, name: &str) -> Result<&'a Value> {
+    container["env"]
+        .as_array()
+        .context("env")?
+        .iter()
+        .find(|e| e["name"] == name)
+        .with_context(|| format!("no env {name}: {}", container["env"]))
+}
+
+/// Three replicas: they share Redis and forward to each other's peer port, pod to pod; each keeps
+/// its data dir in an emptyDir; a PodDisruptionBudget and topology spread keep some up; the
+/// objects pass the API server; and the config passes the hub's own check. One replica has none
+/// of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_chart_with_three_replicas_shares_redis_and_spreads_its_pods() -> Result<()> {
+    let ns = TestNamespace::create("chart-hub-replicas").await?;
+    let rendered = template("tether-hub", "hub", ns.name(), HUB_VALUES_REPLICAS, &[])?;
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&rendered))?;
+    let docs = documents(&rendered)?;
+    let deployment = find(&docs, "Deployment", "tether-hub")?;
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    ensure!(deployment["spec"]["replicas"] == 3);
+    ensure!(deployment["spec"]["strategy"]["type"] == "RollingUpdate");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    let pdb = find(&docs, "PodDisruptionBudget", "tether-hub")?;
+    ensure!(pdb["spec"]["minAvailable"] == 1, "{pdb}");
+    ensure!(pdb["spec"]["selector"]["matchLabels"] == *selector, "{pdb}");
+
+    let spread = pod["topologySpreadConstraints"]
+        .as_array()
+        .context("no topologySpreadConstraints")?;
+    let keys: Vec<&str> = spread
+        .iter()
+        .filter_map(|c| c["topologyKey"].as_str())
+        .collect();
+    ensure!(
+        keys == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"],
+        "{keys:?}"
+    );
+    for c in spread {
+        ensure!(c["whenUnsatisfiable"] == "ScheduleAnyway", "{c}");
+        ensure!(c["labelSelector"]["matchLabels"] == *selector, "{c}");
+    }
+
+    ensure!(
+        env_entry(container, "POD_NAME")?["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    );
+    ensure!(
+        env_entry(container, "POD_IP")?["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    );
+    ensure!(env_entry(container, "TETHER_HUB_PEER_ADVERTISE")?["value"] == "$(POD_IP):8444");
+    let ports = container["ports"].as_array().context("ports")?;
+    ensure!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "peers" && p["containerPort"] == 8444),
+        "no peers containerPort: {ports:?}"
+    );
+    ensure!(container["readinessProbe"]["httpGet"]["path"] == "/readyz");
+    ensure!(container["livenessProbe"]["httpGet"]["path"] == "/healthz");
+
+    // The peer port stays off the Service: replicas dial each other's pod IP.
+    let service = find(&docs, "Service", "tether-hub")?;
+    let service_ports = service["spec"]["ports"].as_array().context("ports")?;
+    ensure!(service_ports.len() == 1, "{service_ports:?}");
+    ensure!(service_ports[0]["targetPort"] == "hub", "{service_ports:?}");
+    // Only the hub's own pods may reach it.
+    let policy = find(&docs, "NetworkPolicy", "tether-hub")?;
+    let peer_rule = policy["spec"]["ingress"]
+        .as_array()
+        .context("ingress")?
+        .iter()
+        .find(|r| r["ports"][0]["port"] == 8444)
+        .context("no NetworkPolicy rule for the peer port")?;
+    ensure!(
+        peer_rule["from"][0]["podSelector"]["matchLabels"] == *selector,
+        "{peer_rule}"
+    );
+
+    // Each pod its own data dir; no claim.
+    ensure!(
+        !docs.iter().any(|d| d["kind"] == "PersistentVolumeClaim"),
+        "a PVC was rendered for three replicas"
+    );
+    let volumes = pod["volumes"].as_array().context("volumes")?;
+    let volume = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .with_context(|| format!("no volume {name}: {volumes:?}"))
+    };
+    ensure!(volume("data")?["emptyDir"].is_object());
+    ensure!(volume("redis")?["secret"]["secretName"] == "hub-redis");
+    ensure!(volume("peers")?["secret"]["secretName"] == "hub-peers");
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .context("mounts")?
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    for path in ["/etc/tether-hub/redis", "/etc/tether-hub/peers"] {
+        ensure!(mounts.contains(&path), "{path} not mounted: {mounts:?}");
+    }
+
+    let secret = find(&docs, "Secret", "tether-hub-config")?;
+    let text = secret["stringData"]["hub.yaml"]
+        .as_str()
+        .context("hub.yaml")?;
+    let config: Value = serde_yaml_ng::from_str(text)?;
+    ensure!(
+        config["redis"]["url"]["file"] == "/etc/tether-hub/redis/url",
+        "{config}"
+    );
+    ensure!(config["redis"]["cluster"] == true, "{config}");
+    ensure!(config["redis"]["key_prefix"] == "hub-a:", "{config}");
+    ensure!(config["peers"]["listen"] == "0.0.0.0:8444", "{config}");
+    ensure!(
+        config["peers"]["secret"]["file"] == "/etc/tether-hub/peers/secret",
+        "{config}"
+    );
+
+    // The hub accepts the config, with the Secrets' files where the pod would have them and the
+    // advertised address the pod would set.
+    let dir = tempfile::tempdir()?;
+    let url_file = dir.path().join("url");
+    std::fs::write(&url_file, "redis://10.0.0.1:7000,redis://10.0.0.2:7000\n")?;
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "0123456789abcdef0123456789abcdef\n")?;
+    let local = text
+        .replace(
+            "/etc/tether-hub/redis/url",
+            url_file.to_str().context("path")?,
+        )
+        .replace(
+            "/etc/tether-hub/peers/secret",
+            secret_file.to_str().context("path")?,
+        );
+    let file = dir.path().join("hub.yaml");
+    std::fs::write(&file, &local)?;
+    let out = Command::new(binary("tether-hub")?)
+        .env("TETHER_HUB_PEER_ADVERTISE", "10.1.2.3:8444")
+        .arg("--config")
+        .arg(&file)
+        .arg("--check-config")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "tether-hub --check-config refused:\n{local}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One replica: none of the above.
+    let single = documents(&template("tether-hub", "hub", ns.name(), "", &[])?)?;
+    ensure!(!single.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    ensure!(!single.iter().any(|d| d["kind"] == "NetworkPolicy"));
+    ensure!(single.iter().any(|d| d["kind"] == "PersistentVolumeClaim"));
+    let one = find(&single, "Deployment", "tether-hub")?;
+    ensure!(one["spec"]["strategy"]["type"] == "Recreate");
+    let one_pod = &one["spec"]["template"]["spec"];
+    ensure!(one_pod.get("topologySpreadConstraints").is_none());
+    ensure!(env_entry(&one_pod["containers"][0], "POD_IP").is_err());
+    ensure!(one_pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz");
+    let one_secret = find(&single, "Secret", "tether-hub-config")?;
+    let one_config: Value = serde_yaml_ng::from_str(
+        one_secret["stringData"]["hub.yaml"]
+            .as_str()
+            .context("hub.yaml")?,
+    )?;
+    ensure!(one_config.get("redis").is_none() && one_config.get("peers").is_none());
+    Ok(())
+}
+
+/// More than one replica without Redis or the peer secret cannot work: the chart says so.
+#[test]
+fn hub_chart_refuses_replicas_without_redis_and_peer_secrets() -> Result<()> {
+    for (values, why) in [
+        ("replicas: 3\n", "replicas: 3 needs redis.existingSecret"),
+        (
+            "replicas: 3\npeers: {existingSecret: hub-peers}\n",
+            "replicas: 3 needs redis.existingSecret",
+        ),
+        (
+            "replicas: 2\nredis: {existingSecret: hub-redis}\n",
+            "replicas: 2 needs peers.existingSecret",
+        ),
+        (
+            "peers: {existingSecret: hub-peers}\n",
+            "peers.existingSecret needs redis.existingSecret",
+        ),
+        (
+            "replicas: 2\nredis: {existingSecret: r}\npeers: {existingSecret: p}\npersistence: {existingClaim: data}\n",
+            "persistence.existingClaim cannot be used with replicas: 2",
+        ),
+    ] {
+        let err = template("tether-hub", "hub", "default", values, &[])
+            .err()
+            .with_context(|| format!("{values:?} was accepted"))?;
+        ensure!(err.to_string().contains(why), "{err:#}");
+    }
+    // With both Secrets it renders.
+    template("tether-hub", "hub", "default", HUB_VALUES_REPLICAS, &[])?;
+    Ok(())
+}
+
 /// Runs `tether-hub --check-config` on a config text, with every `secret: {env: NAME}` set.
 /// `tether-operator check-ci-access` accepts the file.
 fn check_ci_access(text: &str) -> Result<()> {
@@ -853,6 +1079,18 @@ fn check_hub_config(config: &str) -> Result<()> {
         if let Some(name) = webhook["secret"]["env"].as_str() {
             command.env(name, "a-test-secret");
         }
+    }
+    // Several replicas: a Redis URL (several node URLs for a cluster) and a peer secret.
+    if let Some(name) = parsed["redis"]["url"]["env"].as_str() {
+        let url = if parsed["redis"]["cluster"] == true {
+            "redis://10.0.0.1:7000, redis://10.0.0.2:7000"
+        } else {
+            "redis://:a-password@10.0.0.1:6379/0"
+        };
+        command.env(name, url);
+    }
+    if let Some(name) = parsed["peers"]["secret"]["env"].as_str() {
+        command.env(name, "a-peer-secret-of-32-bytes-or-so..");
     }
     let out = command
         .arg("--config")
