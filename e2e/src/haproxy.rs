@@ -31,6 +31,16 @@ impl Haproxy {
     /// connection that cannot reach its server is dispatched to another. Returns once the frontend
     /// accepts TCP.
     pub fn start(backends: &[u16]) -> Result<Self> {
+        Self::start_checking(backends, false)
+    }
+
+    /// [`Haproxy::start`] for backends that serve TLS: the connections still pass through as they
+    /// are, and the health checks speak TLS (without verifying the test certificate).
+    pub fn start_tls(backends: &[u16]) -> Result<Self> {
+        Self::start_checking(backends, true)
+    }
+
+    fn start_checking(backends: &[u16], tls: bool) -> Result<Self> {
         ensure!(
             !backends.is_empty(),
             "HAProxy needs at least one backend port"
@@ -74,7 +84,10 @@ impl Haproxy {
             "  default-server inter 500ms fall 2 rise 1".into(),
         ];
         for (i, backend) in backends.iter().enumerate() {
-            lines.push(format!("  server replica{i} 127.0.0.1:{backend} check"));
+            let ssl = if tls { " check-ssl verify none" } else { "" };
+            lines.push(format!(
+                "  server replica{i} 127.0.0.1:{backend} check{ssl}"
+            ));
         }
         lines.push(String::new());
         let cfg = d.join("haproxy.cfg");

@@ -674,6 +674,34 @@ async fn ci_access_and_the_fleet_view_reach_an_agent_held_by_another_replica() -
             "replica {i}: listing Secrets was not refused by the API server: {message}"
         );
     }
+    // Through the load balancer, each kubectl a new connection to whichever replica is next.
+    let ports: Vec<u16> = hubs.iter().map(Hub::port).collect();
+    let lb = Haproxy::start_tls(&ports)?;
+    lb.wait_backends(&[true; REPLICAS], Duration::from_secs(10))?;
+    let config = write_kubeconfig(
+        &dir.path().join("lb.kubeconfig"),
+        &format!("https://127.0.0.1:{}/k8s-proxy/ci", lb.port()),
+        &hubs[0].ca_file(),
+        &token.token,
+    )?;
+    let through_lb = Kubectl::new(kubectl.clone(), config);
+    for round in 0..REPLICAS * 2 {
+        let got = through_lb
+            .run(&[
+                "get",
+                "configmap",
+                "visible",
+                "-n",
+                ns.name(),
+                "-o",
+                "jsonpath={.data.greeting}",
+            ])
+            .with_context(logs)?;
+        ensure!(
+            got == "through-any-replica",
+            "round {round} answered {got:?}"
+        );
+    }
     let forwarded = hubs[1..]
         .iter()
         .filter(|h| {
