@@ -6,7 +6,7 @@
 //!
 //! Both systems sync plain manifests from one folder (`deploy/`), with concurrency 4 (Tether's
 //! `--concurrency=4`, Flux's `--concurrent=4` on both controllers). Tether runs first: Flux's
-//! `GitRepository` shares Tether's short name (`gitrepo`), so its CRDs are applied only afterwards.
+//! `GitRepository` shares Tether's plural (`gitrepositories`), so its CRDs are applied only afterwards.
 //!
 //! Usage: `bench-vs-flux [PUSHES] [REPOS]` (default 50 and 100). Tether's binaries come from
 //! `TETHER_BIN_DIR`, Flux's from `TETHER_FLUX_BIN` (see `tether_e2e::flux`).

@@ -7,7 +7,7 @@
 //!
 //! The binaries come from `TETHER_FLUX_BIN`, else from `hack/flux-bin.sh` (which builds them once
 //! from their Go modules and caches them by version). Flux's resources are always named by their
-//! full resource name here: its `GitRepository` has the same short name (`gitrepo`) as Tether's.
+//! full resource name here: its `GitRepository` has the same plural (`gitrepositories`) as Tether's.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

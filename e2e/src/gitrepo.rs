@@ -44,9 +44,9 @@ pub fn get_field(kubectl: &Kubectl, namespace: &str, name: &str, path: &str) -> 
     ])
 }
 
-/// `kubectl get gitrepo <name> -o jsonpath=<path>` as arguments for [`wait_for_output`].
+/// `kubectl get tgr <name> -o jsonpath=<path>` as arguments for [`wait_for_output`].
 pub fn field_args<'a>(ns: &'a str, name: &'a str, path: &'a str) -> Vec<&'a str> {
-    vec!["get", "gitrepo", name, "-n", ns, "-o", path]
+    vec!["get", "tgr", name, "-n", ns, "-o", path]
 }
 
 /// The `Ready` condition as `(status, reason, message)`.
@@ -71,7 +71,7 @@ pub fn ready_condition(
 pub fn patch_spec(kubectl: &Kubectl, ns: &str, name: &str, spec: &str) -> Result<()> {
     kubectl.run(&[
         "patch",
-        "gitrepo",
+        "tgr",
         name,
         "-n",
         ns,
@@ -86,7 +86,7 @@ pub fn patch_spec(kubectl: &Kubectl, ns: &str, name: &str, spec: &str) -> Result
 pub fn request_reconcile(kubectl: &Kubectl, ns: &str, name: &str, token: &str) -> Result<()> {
     kubectl.run(&[
         "annotate",
-        "gitrepo",
+        "tgr",
         name,
         "-n",
         ns,
@@ -114,7 +114,7 @@ pub fn reconcile_now(
     )
 }
 
-/// `kubectl wait --for=condition=Ready gitrepo/<name>`, with the operator's log on failure.
+/// `kubectl wait --for=condition=Ready tgr/<name>`, with the operator's log on failure.
 pub fn wait_ready(
     kubectl: &Kubectl,
     namespace: &str,
@@ -132,7 +132,7 @@ pub fn wait_ready(
     )
 }
 
-/// `kubectl wait --for=<what> gitrepo/<name>`, with the status and the operator's log on failure.
+/// `kubectl wait --for=<what> tgr/<name>`, with the status and the operator's log on failure.
 pub fn wait_condition(
     kubectl: &Kubectl,
     namespace: &str,

@@ -105,7 +105,7 @@ pub const COMMIT_PATTERN: &str = r"^[0-9a-f]{40}$";
     kind = "GitRepository",
     plural = "gitrepositories",
     singular = "gitrepository",
-    shortname = "gitrepo",
+    shortname = "tgr",
     namespaced,
     status = "GitRepositoryStatus",
     derive = "PartialEq",

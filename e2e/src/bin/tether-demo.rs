@@ -163,7 +163,7 @@ Tether is running. Everything below stops with Ctrl-C here, or `make stop` from 
 In another shell:
 
   export KUBECONFIG={kubeconfig} PATH={bin}:$PATH
-  kubectl get gitrepo -w
+  kubectl get tgr -w
 
 deploy/ holds a kustomization, so Tether applies what `kustomize build deploy` makes of it (every
 object labelled app.kubernetes.io/part-of=tether-demo). Change the app and push; the interval is 1h,

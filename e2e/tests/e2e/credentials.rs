@@ -39,7 +39,7 @@ fn assert_nowhere(
     let places = [
         (
             "GitRepository objects",
-            kubectl.run(&["get", "gitrepo", "-n", ns, "-o", "yaml"])?,
+            kubectl.run(&["get", "tgr", "-n", ns, "-o", "yaml"])?,
         ),
         (
             "Events",
@@ -320,7 +320,7 @@ async fn git_over_https_goes_through_the_proxy_the_environment_names() -> Result
     let (_, reason, message) = wait_failed(kubectl, n, "nowhere", "", &through)?;
     ensure!(reason == "GitOperationFailed", "{reason}: {message}");
     assert_nowhere(kubectl, n, &through, &[proxy_password])?;
-    kubectl.run(&["delete", "gitrepo", "nowhere", "-n", n])?;
+    kubectl.run(&["delete", "tgr", "nowhere", "-n", n])?;
     drop(through);
 
     // The server in NO_PROXY (as a CIDR block): a new commit is fetched without the proxy.

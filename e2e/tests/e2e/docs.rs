@@ -69,7 +69,7 @@ const BLOCKS: &[(&str, &str, Use)] = &[
     ),
     (
         "docs/gitrepository.md",
-        "kubectl wait --for=condition=Ready gitrepo/app",
+        "kubectl wait --for=condition=Ready tgr/app",
         Use::Run {
             by: "gitrepository_doc_wait_and_list_see_the_documented_app_ready",
         },
@@ -90,7 +90,7 @@ const BLOCKS: &[(&str, &str, Use)] = &[
     ),
     (
         "docs/troubleshooting.md",
-        "kubectl get gitrepo -A",
+        "kubectl get tgr -A",
         Use::Run {
             // Its `kubectl logs` line needs the chart installed: the quick start test runs that line.
             by: "troubleshooting_doc_commands_show_the_status_and_request_a_reconcile",
@@ -105,7 +105,7 @@ const BLOCKS: &[(&str, &str, Use)] = &[
     ),
     (
         "docs/troubleshooting.md",
-        "kubectl annotate gitrepo app",
+        "kubectl annotate tgr app",
         Use::Run {
             by: "troubleshooting_doc_commands_show_the_status_and_request_a_reconcile",
         },
@@ -392,7 +392,7 @@ fn read_all(file: &mut File) -> Result<String> {
     Ok(text)
 }
 
-/// Whether `kubectl get gitrepo -A` printed a row for `namespace`/`name` whose READY is `True`.
+/// Whether `kubectl get tgr -A` printed a row for `namespace`/`name` whose READY is `True`.
 fn listed_ready(stdout: &str, namespace: &str, name: &str) -> bool {
     stdout.lines().any(|line| {
         let columns: Vec<&str> = line.split_whitespace().collect();
@@ -599,7 +599,7 @@ fn kubectl(args: &[&str]) -> Result<String> {
 }
 
 /// A copy of the admin kubeconfig whose context's namespace is `namespace`, written into `dir`: the
-/// quick start's unqualified commands (`kubectl wait gitrepo/podinfo`) then mean the test's namespace,
+/// quick start's unqualified commands (`kubectl wait tgr/podinfo`) then mean the test's namespace,
 /// as they mean `default` on a fresh cluster.
 fn kubeconfig_in_namespace(dir: &Path, namespace: &str) -> Result<PathBuf> {
     let admin = std::fs::read_to_string(shared().kubeconfig())?;
@@ -615,7 +615,7 @@ fn kubeconfig_in_namespace(dir: &Path, namespace: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// README's quick start, from `helm install` to `kubectl get gitrepo -A`. Substituted: the release's
+/// README's quick start, from `helm install` to `kubectl get tgr -A`. Substituted: the release's
 /// namespace (`tether`) and the GitRepository's (`default`) by namespaces of this test's own, and
 /// podinfo on GitHub by a local repository of the same layout (branch `master`, manifests and the
 /// kustomization.yaml under `kustomize/`, built by the real kustomize). No pod runs here (there is no kubelet): the chart's
@@ -667,7 +667,7 @@ async fn readme_quick_start_installs_the_chart_and_syncs_a_repository() -> Resul
     );
     ensure!(
         listed_ready(&ran.stdout, n, "podinfo"),
-        "`kubectl get gitrepo -A` did not list {n}/podinfo as Ready:\n{}",
+        "`kubectl get tgr -A` did not list {n}/podinfo as Ready:\n{}",
         ran.stdout
     );
     // What kustomize built was applied, in the GitRepository's namespace.
@@ -696,8 +696,8 @@ async fn readme_quick_start_installs_the_chart_and_syncs_a_repository() -> Resul
     // troubleshooting.md's `kubectl logs` line, against the release just installed. The
     // ReplicaSet controller makes the Pod; no node ever runs it, so the API server answers its log with
     // nothing: this proves the namespace and the Deployment's name, not what the operator would log.
-    let (_, logs) = doc_block("docs/troubleshooting.md", "kubectl get gitrepo -A")?
-        .take_line("kubectl logs ")?;
+    let (_, logs) =
+        doc_block("docs/troubleshooting.md", "kubectl get tgr -A")?.take_line("kubectl logs ")?;
     let logs = logs.replace("-n tether ", &format!("-n {} ", release.namespace), 1)?;
     wait_until(
         "a Pod of the chart's Deployment",
@@ -886,14 +886,14 @@ async fn documented_app(prefix: &str) -> Result<DocumentedApp> {
 }
 
 /// docs/gitrepository.md's "wait for it, as a script would": `kubectl wait` on the documented `app`
-/// (in the test's namespace for `team-a`), then `kubectl get gitrepo -A` listing it Ready.
+/// (in the test's namespace for `team-a`), then `kubectl get tgr -A` listing it Ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gitrepository_doc_wait_and_list_see_the_documented_app_ready() -> Result<()> {
-    let app = documented_app("docs-gitrepo").await?;
+    let app = documented_app("docs-tgr").await?;
     let n = app.ns.name();
     let block = doc_block(
         "docs/gitrepository.md",
-        "kubectl wait --for=condition=Ready gitrepo/app",
+        "kubectl wait --for=condition=Ready tgr/app",
     )?
     .replace("-n team-a ", &format!("-n {n} "), 1)?;
     let ran = Shell::for_cluster(app.ns.kubeconfig())
@@ -912,7 +912,7 @@ async fn gitrepository_doc_wait_and_list_see_the_documented_app_ready() -> Resul
     );
     ensure!(
         listed_ready(&ran.stdout, n, "app"),
-        "`kubectl get gitrepo -A` did not list {n}/app as Ready:\n{}",
+        "`kubectl get tgr -A` did not list {n}/app as Ready:\n{}",
         ran.stdout
     );
     Ok(())
@@ -929,14 +929,14 @@ async fn troubleshooting_doc_commands_show_the_status_and_request_a_reconcile() 
     wait_ready(kubectl, n, "app", "120s", &app.operator)?;
     let shell = Shell::for_cluster(app.ns.kubeconfig());
 
-    let (block, _) = doc_block("docs/troubleshooting.md", "kubectl get gitrepo -A")?
-        .take_line("kubectl logs ")?;
+    let (block, _) =
+        doc_block("docs/troubleshooting.md", "kubectl get tgr -A")?.take_line("kubectl logs ")?;
     let block = block.replace("-n team-a ", &format!("-n {n} "), 2)?;
     let ran = shell.run(&block, Duration::from_secs(60))?;
     let out = &ran.stdout;
     ensure!(
         listed_ready(out, n, "app"),
-        "`kubectl get gitrepo -A` did not list {n}/app as Ready:\n{out}"
+        "`kubectl get tgr -A` did not list {n}/app as Ready:\n{out}"
     );
     let described = |field: &str, value: &str| {
         out.lines().any(|l| {
@@ -962,18 +962,18 @@ async fn troubleshooting_doc_commands_show_the_status_and_request_a_reconcile() 
     );
 
     let annotation = "jsonpath={.metadata.annotations.tether\\.dev/reconcile-requested-at}";
-    let before = kubectl.run(&["get", "gitrepo", "app", "-n", n, "-o", annotation])?;
+    let before = kubectl.run(&["get", "tgr", "app", "-n", n, "-o", annotation])?;
     ensure!(
         before.is_empty(),
         "a reconcile was requested already: {before}"
     );
-    let block = doc_block("docs/troubleshooting.md", "kubectl annotate gitrepo app")?.replace(
+    let block = doc_block("docs/troubleshooting.md", "kubectl annotate tgr app")?.replace(
         "-n team-a ",
         &format!("-n {n} "),
         1,
     )?;
     shell.run(&block, Duration::from_secs(60))?;
-    let requested = kubectl.run(&["get", "gitrepo", "app", "-n", n, "-o", annotation])?;
+    let requested = kubectl.run(&["get", "tgr", "app", "-n", n, "-o", annotation])?;
     ensure!(!requested.is_empty(), "the annotation was not set");
     wait_for_output(
         kubectl,

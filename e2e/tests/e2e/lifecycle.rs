@@ -101,7 +101,7 @@ async fn suspend_holds_new_commits_and_deleting_prunes_everything() -> Result<()
     )?;
 
     // Deleting it (prune: true by default) deletes its objects, then the GitRepository goes.
-    kubectl.run(&["delete", "gitrepo", "app", "-n", n, "--timeout=60s"])?;
+    kubectl.run(&["delete", "tgr", "app", "-n", n, "--timeout=60s"])?;
     wait_for_output(
         kubectl,
         &[

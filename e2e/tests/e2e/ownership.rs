@@ -100,7 +100,7 @@ async fn an_object_another_git_repository_applied_is_refused_and_never_pruned_by
     wait_ready(kubectl, n, "first", "30s", &operator)?;
 
     // Deleting the claimant (prune is on) leaves the first's object alone.
-    kubectl.run(&["delete", "gitrepo", "second", "-n", n, "--timeout=60s"])?;
+    kubectl.run(&["delete", "tgr", "second", "-n", n, "--timeout=60s"])?;
     ensure!(greeting(kubectl, n, "shared")? == "from-first");
     wait_ready(kubectl, n, "first", "30s", &operator)?;
     Ok(())

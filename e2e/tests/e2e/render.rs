@@ -1146,7 +1146,7 @@ generatorOptions:
         ),
         (
             "the GitRepositories".to_string(),
-            kubectl.run(&["get", "gitrepo", "-n", n, "-o", "yaml"])?,
+            kubectl.run(&["get", "tgr", "-n", n, "-o", "yaml"])?,
         ),
     ];
     let dirs = [operator.cache_dir(), operator.render_dir()];

@@ -23,7 +23,7 @@ fn wait_for_revision(
         kubectl,
         &[
             "get",
-            "gitrepo",
+            "tgr",
             "app",
             "-n",
             namespace,
@@ -60,7 +60,7 @@ async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result
         get_field(kubectl, ns.name(), "app", "{.status.lastAppliedRevision}")?,
         format!("main@sha1:{head}")
     );
-    let table = kubectl.run(&["get", "gitrepo", "-n", ns.name()])?;
+    let table = kubectl.run(&["get", "tgr", "-n", ns.name()])?;
     let header = table.lines().next().unwrap_or_default();
     for column in ["NAME", "URL", "REVISION", "READY", "STATUS", "AGE"] {
         assert!(header.contains(column), "no {column} column in:\n{table}");

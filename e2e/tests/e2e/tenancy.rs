@@ -78,7 +78,7 @@ async fn a_crd_and_its_objects_land_together_and_target_namespace_places_objects
     );
 
     // Deleting the GitRepository prunes the CRD, and with it the shared cluster is left clean.
-    kubectl.run(&["delete", "gitrepo", "crd", "-n", n, "--timeout=60s"])?;
+    kubectl.run(&["delete", "tgr", "crd", "-n", n, "--timeout=60s"])?;
     kubectl.run(&[
         "delete",
         "namespace",
@@ -198,7 +198,7 @@ async fn a_revision_the_account_may_not_apply_does_not_wedge_the_deletion() -> R
     )?;
     let inventory = kubectl.run(&[
         "get",
-        "gitrepo",
+        "tgr",
         "tenant",
         "-n",
         n,
@@ -209,7 +209,7 @@ async fn a_revision_the_account_may_not_apply_does_not_wedge_the_deletion() -> R
         !inventory.contains("not-allowed"),
         "an object the dry run refused was recorded: {inventory}"
     );
-    kubectl.run(&["delete", "gitrepo", "tenant", "-n", n, "--timeout=30s"])?;
+    kubectl.run(&["delete", "tgr", "tenant", "-n", n, "--timeout=30s"])?;
     Ok(())
 }
 
