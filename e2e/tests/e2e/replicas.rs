@@ -584,7 +584,9 @@ async fn ci_access_and_the_fleet_view_reach_an_agent_held_by_another_replica() -
     )?;
     repo.push_to(&server.remote(&repo))?;
 
-    let redis = RedisServer::start()?;
+    // Behind a password, which the URL carries and no log may show.
+    let password = tether_e2e::fixtures::unguessable("redis-password");
+    let redis = RedisServer::start_with_password(&password)?;
     let viewer = tether_e2e::fixtures::unguessable("viewer");
     let first = Hub::start_with(HubOptions {
         agents: vec![AgentSpec::new("ci", &["**"])],
@@ -717,6 +719,12 @@ async fn ci_access_and_the_fleet_view_reach_an_agent_held_by_another_replica() -
         !operator.log().contains("x-tether-peer-secret"),
         "the peer secret reached the operator"
     );
+    for (i, hub) in hubs.iter().enumerate() {
+        ensure!(
+            !hub.log().contains(&password),
+            "replica {i}'s log shows the Redis password"
+        );
+    }
 
     // The fleet view on a replica the agent is not connected to shows it, live and current.
     for (i, hub) in hubs.iter().enumerate() {
