@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fails if a process the tests started outlives them: the control plane (etcd, kube-apiserver,
 # kube-controller-manager), tether-operator and tether-hub, and the test servers (nginx, sshd,
-# tinyproxy, socat) that run from the tests' temporary folders. The kernel kills them when the test
+# tinyproxy, socat, haproxy) and browsers (chromium) that run from the tests' temporary folders.
+# (redis-server rewrites its arguments, so a test's cannot be told from another's; it dies with the
+# test binary like the others.) The kernel kills them when the test
 # binary exits; this waits (10 s at most) for that to finish. Left alone: processes whose arguments
 # name $1 (the folder of `make run` and `make cluster-up`), and everything a running `make run` demo
 # started (the descendants of the pid in $1/demo/demo.pid).
@@ -20,7 +22,7 @@ while :; do
         for (p = pid; p > 1 && n++ < 64; p = parent[p]) { if (p == demo) { mine = 1; break } }
         if (mine) continue
         if (prog[pid] ~ /(^|\/)(etcd|kube-apiserver|kube-controller-manager|tether-operator|tether-hub)$/ ||
-            (prog[pid] ~ /(^|\/)(nginx|sshd|tinyproxy|socat)/ && line[pid] ~ /tether-/)) print line[pid]
+            (prog[pid] ~ /(^|\/)(nginx|sshd|tinyproxy|socat|haproxy|chromium)/ && line[pid] ~ /tether-/)) print line[pid]
       }
     }')
   [[ -z $left ]] && exit 0
