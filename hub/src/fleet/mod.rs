@@ -21,18 +21,20 @@ mod web;
 
 pub(crate) use shared::{heard, share};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tether_protocol::{FleetName, FleetRecord, RepoKey, RepoState};
+use tether_protocol::{FleetName, FleetRecord, RepoState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub(crate) use auth::{Sessions, ViewerConfig};
-pub use view::{ClusterView, Counts, Deployment, Filter, FleetView, PushView, RepoView, State};
+pub use view::{
+    ClusterView, Counts, Deployment, Filter, FleetView, PushView, RepoView, Rows, State,
+};
 pub(crate) use web::router;
 
 use crate::metrics::Metrics;
@@ -100,7 +102,7 @@ struct Inner {
     /// With replicas: the agents as the others last wrote them.
     remote: BTreeMap<String, Remote>,
     /// The latest push per repository and ref.
-    pushes: HashMap<(RepoKey, String), RepoState>,
+    pushes: view::Pushes,
     /// Agents changed since the last flush.
     dirty: Vec<String>,
 }
@@ -158,7 +160,9 @@ impl Fleet {
                 for state in states {
                     inner
                         .pushes
-                        .insert((state.repo.key(), state.git_ref.clone()), state);
+                        .entry(state.repo.key())
+                        .or_default()
+                        .insert(state.git_ref.clone(), state);
                 }
             }
             Err(e) => {
@@ -275,20 +279,19 @@ impl Fleet {
     pub(crate) fn pushed(&self, states: &[RepoState]) {
         let mut inner = self.lock();
         for state in states {
-            let key = (state.repo.key(), state.git_ref.clone());
-            let newer = inner
-                .pushes
-                .get(&key)
+            let by_ref = inner.pushes.entry(state.repo.key()).or_default();
+            let newer = by_ref
+                .get(&state.git_ref)
                 .is_some_and(|old| old.received_at > state.received_at);
             if !newer {
-                inner.pushes.insert(key, state.clone());
+                by_ref.insert(state.git_ref.clone(), state.clone());
             }
         }
         self.changed(&mut inner, None);
     }
 
-    /// The view now, filtered.
-    pub fn view(&self, filter: &Filter) -> FleetView {
+    /// The view now, filtered, listing the deployments `rows` asks for.
+    pub fn view(&self, filter: &Filter, rows: Rows) -> FleetView {
         let inner = self.lock();
         let agents = inner.agents.iter().map(|(name, local)| {
             // An agent held here is as this replica knows it; one held elsewhere (or last seen
@@ -303,7 +306,13 @@ impl Fleet {
                 _ => (name.as_str(), local.connections > 0, local),
             }
         });
-        view::build(agents, &inner.pushes, filter, tether_protocol::unix_ms())
+        view::build(
+            agents,
+            &inner.pushes,
+            filter,
+            rows,
+            tether_protocol::unix_ms(),
+        )
     }
 
     /// The agents connected to this replica.
@@ -382,7 +391,13 @@ impl Fleet {
 
     /// Set the fleet gauges from the view.
     fn count(&self) {
-        let view = self.view(&Filter::default());
+        let view = self.view(
+            &Filter::default(),
+            Rows::AtMost {
+                max: 0,
+                attention: true,
+            },
+        );
         let connected = view.clusters.iter().filter(|c| c.connected).count();
         let m = &self.metrics;
         m.fleet_clusters
@@ -535,7 +550,7 @@ mod tests {
                 }],
             )
             .unwrap();
-            let view = f.view(&Filter::default());
+            let view = f.view(&Filter::default(), Rows::All);
             let east = &view.clusters[0];
             assert_eq!((east.name.as_str(), east.connected), ("east", true));
             assert_eq!(east.operator_version.as_deref(), Some("1.2.3"));
@@ -545,14 +560,14 @@ mod tests {
             assert_eq!(f.flush().len(), 1);
         }
         let f = fleet(dir.path(), 10);
-        let view = f.view(&Filter::default());
+        let view = f.view(&Filter::default(), Rows::All);
         let east = &view.clusters[0];
         assert!(!east.connected);
         assert!(east.since.is_some());
         assert_eq!(view.repos[0].deployments[0].applied.as_deref(), Some("s2"));
         // A reset replaces everything.
         f.report("east", true, None, vec![], vec![]).unwrap();
-        assert_eq!(f.view(&Filter::default()).repos.len(), 0);
+        assert_eq!(f.view(&Filter::default(), Rows::All).repos.len(), 0);
     }
 
     #[test]
@@ -564,7 +579,12 @@ mod tests {
             .collect();
         let err = f.report("east", true, None, records, vec![]).unwrap_err();
         assert!(err.to_string().contains("at most 2"), "{err}");
-        assert_eq!(f.view(&Filter::default()).clusters[0].repos.total, 2);
+        assert_eq!(
+            f.view(&Filter::default(), Rows::All).clusters[0]
+                .repos
+                .total,
+            2
+        );
         // Changing a kept record is still allowed.
         f.report(
             "east",

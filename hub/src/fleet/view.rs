@@ -115,6 +115,13 @@ pub struct FleetView {
     pub clusters: Vec<ClusterView>,
     /// Each repository and ref some cluster runs, with the clusters that match the filter.
     pub repos: Vec<RepoView>,
+    /// Matching deployments not listed (the page lists at most so many; the JSON lists all).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hidden: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One agent's cluster.
@@ -231,13 +238,6 @@ impl Filter {
     pub fn is_empty(&self) -> bool {
         *self == Filter::default()
     }
-
-    fn keeps(&self, d: &Deployment, repo_key: &str) -> bool {
-        self.cluster.as_deref().is_none_or(|c| c == d.cluster)
-            && self.namespace.as_deref().is_none_or(|n| n == d.namespace)
-            && self.state.is_none_or(|s| s == d.state)
-            && self.repo.as_deref().is_none_or(|r| repo_key.contains(r))
-    }
 }
 
 /// Where a record stands against the latest push for its ref.
@@ -258,20 +258,47 @@ fn state_of(
     (state, behind)
 }
 
-/// The view of `agents` (name, connected now, what is known) against `pushes`, filtered.
+/// The latest push per repository (by key) and ref.
+pub(super) type Pushes = HashMap<RepoKey, HashMap<String, RepoState>>;
+
+/// Which deployments a view lists (every count covers them all either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Every one that matches the filter (the JSON).
+    All,
+    /// At most this many (the page); `attention` leaves out the current ones.
+    AtMost {
+        /// How many rows at most; the rest are counted in [`FleetView::hidden`].
+        max: usize,
+        /// Only those that need attention (not current).
+        attention: bool,
+    },
+}
+
+/// The view of `agents` (name, connected now, what is known) against `pushes`, filtered, listing
+/// the deployments `rows` asks for.
 pub(super) fn build<'a>(
     agents: impl Iterator<Item = (&'a str, bool, &'a Agent)>,
-    pushes: &HashMap<(RepoKey, String), RepoState>,
+    pushes: &Pushes,
     filter: &Filter,
+    rows: Rows,
     now: u64,
 ) -> FleetView {
     let mut clusters = Vec::new();
     let mut repos: BTreeMap<(String, String), RepoView> = BTreeMap::new();
+    // Records of many clusters name the same repositories: fold each id to its key once.
+    let mut keys: HashMap<&str, RepoKey> = HashMap::new();
+    let mut listed = 0;
+    let mut hidden = 0;
     for (name, connected, agent) in agents {
         let mut counts = Counts::default();
         for record in agent.records.values() {
-            let key = record.repo.key();
-            let latest = pushes.get(&(key.clone(), record.git_ref.clone()));
+            let key = keys
+                .entry(record.repo.as_str())
+                .or_insert_with(|| record.repo.key());
+            let latest = pushes
+                .get(key)
+                .and_then(|by_ref| by_ref.get(record.git_ref.as_str()));
             let (state, behind) = state_of(
                 &record.ready,
                 &record.reason,
@@ -279,7 +306,52 @@ pub(super) fn build<'a>(
                 latest,
             );
             counts.count(state);
-            let deployment = Deployment {
+            let matches = filter.cluster.as_deref().is_none_or(|c| c == name)
+                && filter
+                    .namespace
+                    .as_deref()
+                    .is_none_or(|n| n == record.namespace)
+                && filter.state.is_none_or(|s| s == state)
+                && filter
+                    .repo
+                    .as_deref()
+                    .is_none_or(|r| key.as_str().contains(r));
+            if !matches {
+                continue;
+            }
+            let slot = (key.as_str().to_string(), record.git_ref.clone());
+            let entry = match repos.get_mut(&slot) {
+                Some(e) => e,
+                None => repos.entry(slot).or_insert_with(|| RepoView {
+                    repo: record.repo.as_str().to_string(),
+                    git_ref: record.git_ref.clone(),
+                    latest_push: latest.map(|p| PushView {
+                        sha: p.sha.clone(),
+                        received_at: p.received_at,
+                    }),
+                    clusters: Counts::default(),
+                    deployments: Vec::new(),
+                }),
+            };
+            entry.clusters.count(state);
+            let wanted = match rows {
+                Rows::All => true,
+                Rows::AtMost { max, attention } => {
+                    if attention && state == State::Current {
+                        false
+                    } else if listed >= max {
+                        hidden += 1;
+                        false
+                    } else {
+                        true
+                    }
+                }
+            };
+            if !wanted {
+                continue;
+            }
+            listed += 1;
+            entry.deployments.push(Deployment {
                 cluster: name.to_string(),
                 namespace: record.namespace.clone(),
                 name: record.name.clone(),
@@ -292,24 +364,7 @@ pub(super) fn build<'a>(
                 message: record.message.clone(),
                 changed_at: record.changed_at,
                 push_latency_ms: record.push_latency_ms,
-            };
-            if !filter.keeps(&deployment, key.as_str()) {
-                continue;
-            }
-            let entry = repos
-                .entry((key.as_str().to_string(), record.git_ref.clone()))
-                .or_insert_with(|| RepoView {
-                    repo: record.repo.as_str().to_string(),
-                    git_ref: record.git_ref.clone(),
-                    latest_push: latest.map(|p| PushView {
-                        sha: p.sha.clone(),
-                        received_at: p.received_at,
-                    }),
-                    clusters: Counts::default(),
-                    deployments: Vec::new(),
-                });
-            entry.clusters.count(state);
-            entry.deployments.push(deployment);
+            });
         }
         if filter.cluster.as_deref().is_none_or(|c| c == name) {
             clusters.push(ClusterView {
@@ -333,6 +388,7 @@ pub(super) fn build<'a>(
         generated_at: now,
         clusters,
         repos,
+        hidden,
     }
 }
 
@@ -350,7 +406,7 @@ mod tests {
         }
     }
 
-    fn push(sha: &str) -> HashMap<(RepoKey, String), RepoState> {
+    fn push(sha: &str) -> Pushes {
         let repo = tether_protocol::normalize("https://git.example/org/config").unwrap();
         let state = RepoState {
             repo: repo.clone(),
@@ -358,7 +414,10 @@ mod tests {
             sha: sha.into(),
             received_at: 5,
         };
-        HashMap::from([((repo.key(), "refs/heads/main".to_string()), state)])
+        HashMap::from([(
+            repo.key(),
+            HashMap::from([("refs/heads/main".to_string(), state)]),
+        )])
     }
 
     #[test]
@@ -375,7 +434,13 @@ mod tests {
             ("north", false, &north),
             ("south", true, &south),
         ];
-        let view = build(agents.into_iter(), &push("new"), &Filter::default(), 9);
+        let view = build(
+            agents.into_iter(),
+            &push("new"),
+            &Filter::default(),
+            Rows::All,
+            9,
+        );
         assert_eq!(view.repos.len(), 1);
         let states: Vec<(&str, State, bool)> = view.repos[0]
             .deployments
@@ -394,11 +459,65 @@ mod tests {
         assert_eq!(view.repos[0].clusters.behind, 1);
         assert_eq!(view.repos[0].latest_push.as_ref().unwrap().sha, "new");
         // No push known: nothing is behind.
-        let view = build(agents.into_iter(), &HashMap::new(), &Filter::default(), 9);
+        let view = build(
+            agents.into_iter(),
+            &HashMap::new(),
+            &Filter::default(),
+            Rows::All,
+            9,
+        );
         assert_eq!(view.repos[0].clusters.behind, 0);
         // A deleted ref makes nobody behind either.
-        let view = build(agents.into_iter(), &push(DELETED), &Filter::default(), 9);
+        let view = build(
+            agents.into_iter(),
+            &push(DELETED),
+            &Filter::default(),
+            Rows::All,
+            9,
+        );
         assert_eq!(view.repos[0].clusters.behind, 0);
+    }
+
+    #[test]
+    fn a_page_lists_at_most_its_rows_and_counts_everything() {
+        let many = agent(
+            (0..5)
+                .map(|i| record("a", &format!("r{i}"), "old", "True"))
+                .chain(std::iter::once(record("a", "fresh", "new", "True")))
+                .collect(),
+        );
+        let agents = [("east", true, &many)];
+        let page = Rows::AtMost {
+            max: 3,
+            attention: true,
+        };
+        let view = build(
+            agents.into_iter(),
+            &push("new"),
+            &Filter::default(),
+            page,
+            0,
+        );
+        let listed: usize = view.repos.iter().map(|r| r.deployments.len()).sum();
+        assert_eq!((listed, view.hidden), (3, 2), "3 of the 5 behind listed");
+        assert!(
+            view.repos[0]
+                .deployments
+                .iter()
+                .all(|d| d.state == State::Behind),
+            "the current one needs no attention"
+        );
+        assert_eq!(view.repos[0].clusters.total, 6, "all are counted");
+        assert_eq!(view.clusters[0].repos.behind, 5);
+        let all = build(
+            agents.into_iter(),
+            &push("new"),
+            &Filter::default(),
+            Rows::All,
+            0,
+        );
+        assert_eq!(all.repos[0].deployments.len(), 6);
+        assert_eq!(all.hidden, 0);
     }
 
     #[test]
@@ -420,6 +539,7 @@ mod tests {
             agents.into_iter(),
             &push("new"),
             &query(&[("state", "behind")]).unwrap(),
+            Rows::All,
             0,
         );
         let names: Vec<_> = view.repos[0]
@@ -438,6 +558,7 @@ mod tests {
             agents.into_iter(),
             &push("new"),
             &query(&[("cluster", "west"), ("repo", "ORG/config")]).unwrap(),
+            Rows::All,
             0,
         );
         assert_eq!(view.clusters.len(), 1);
@@ -448,6 +569,7 @@ mod tests {
             agents.into_iter(),
             &push("new"),
             &query(&[("namespace", "nowhere")]).unwrap(),
+            Rows::All,
             0,
         );
         assert!(view.repos.is_empty());

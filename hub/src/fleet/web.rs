@@ -102,14 +102,15 @@ async fn json(
         }
     };
     let fleet = Arc::clone(&shared.fleet);
-    match tokio::task::spawn_blocking(move || fleet.view(&filter)).await {
+    match tokio::task::spawn_blocking(move || fleet.view(&filter, super::Rows::All)).await {
         Ok(view) => Json(view).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
 /// `GET /v1/fleet/events`: a `fleet` event carrying the view's version now, and again after each
-/// change (changes within [`COALESCE`] of each other as one), until the hub shuts down.
+/// change: at once after a quiet spell, and at most one per [`COALESCE`] while changes keep coming
+/// (those in between as one), until the hub shuts down.
 async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if viewer(&shared, &headers).is_none() {
         return unauthorized_json();
@@ -117,21 +118,22 @@ async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
     let version = shared.fleet.subscribe();
     let shutdown = shared.shutdown.clone();
     let stream = futures::stream::unfold(
-        (version, shutdown, true),
-        |(mut version, shutdown, first)| async move {
-            if !first {
+        (version, shutdown, None::<tokio::time::Instant>),
+        |(mut version, shutdown, last)| async move {
+            if let Some(last) = last {
                 tokio::select! {
                     () = shutdown.cancelled() => return None,
                     changed = version.changed() => changed.ok()?,
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(COALESCE) => {}
+                    () = tokio::time::sleep_until(last + COALESCE) => {}
                 }
             }
             let now = *version.borrow_and_update();
             let event = Event::default().event("fleet").data(now.to_string());
-            Some((Ok::<_, Infallible>(event), (version, shutdown, false)))
+            let sent = Some(tokio::time::Instant::now());
+            Some((Ok::<_, Infallible>(event), (version, shutdown, sent)))
         },
     );
     Sse::new(stream)
@@ -159,7 +161,11 @@ async fn page(
     let fleet = Arc::clone(&shared.fleet);
     let rendered = tokio::task::spawn_blocking(move || {
         let version = *fleet.subscribe().borrow();
-        let view = fleet.view(&filter);
+        let rows = super::Rows::AtMost {
+            max: MAX_ROWS,
+            attention: filter.is_empty(),
+        };
+        let view = fleet.view(&filter, rows);
         let main = Main::new(&view, &filter, version);
         if part {
             MainPart { m: main }.render()
@@ -453,17 +459,11 @@ impl Main {
             .collect();
         // Unfiltered, the table lists what needs attention; filtered, everything that matches.
         let attention = filter.is_empty();
+        // The view lists only what the page shows (see `page`); it counted the rest.
         let mut rows = Vec::new();
-        let mut hidden = 0;
+        let hidden = view.hidden;
         for r in &view.repos {
             for d in &r.deployments {
-                if attention && d.state == DeployState::Current {
-                    continue;
-                }
-                if rows.len() >= MAX_ROWS {
-                    hidden += 1;
-                    continue;
-                }
                 let id = anchor(&[&d.cluster, &d.namespace, &d.name]);
                 rows.push(DeployRow {
                     link: format!(
