@@ -84,9 +84,11 @@ BENCH_HOSTILE ?= 1000 100 200
 BENCH_CI ?= 2000 2000 1000
 # kustomize repositories of 200 ConfigMaps for the cold start, pushes per rendering mode
 BENCH_RENDER ?= 100 10
-bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, rendering, hub fan-out, CI access
+# clusters, repositories each: the fleet view's records are their product
+BENCH_FLEET ?= 200 500
+bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, rendering, hub fan-out, CI access, fleet view
 	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-push --example bench-ci \
-	  --example bench-render
+	  --example bench-render --example bench-fleet
 	$(CARGO) build --release --locked -p tether-hub --example loadgen --example hostile
 	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/bench-sync $(BENCH_SIZES)
@@ -95,6 +97,8 @@ bench: deps ## Benchmarks that print figures (release builds): sync cold start a
 	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/examples/bench-ci $(BENCH_CI)
 	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release target/release/examples/bench-render $(BENCH_RENDER)
+	TETHER_BIN_DIR=$(CURDIR)/target/release \
+	  target/release/examples/bench-fleet --clusters $(word 1,$(BENCH_FLEET)) --repos $(word 2,$(BENCH_FLEET))
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/loadgen $(BENCH_AGENTS) $(BENCH_AGENTS_PER_PROCESS)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/hostile $(BENCH_HOSTILE)
 
