@@ -200,6 +200,8 @@ impl Hub {
             &[
                 ("RUST_LOG", "info,tether_hub=debug".to_string()),
                 ("NO_COLOR", "1".to_string()),
+                // As the image and the chart run it (hub/Dockerfile).
+                ("MALLOC_ARENA_MAX", "2".to_string()),
             ],
         )?;
         self.process = Some(process);
