@@ -12,8 +12,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tether_protocol::{AgentMessage, DEAD_AFTER, HubMessage, PING_INTERVAL, RepoId, SUBPROTOCOL};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout};
@@ -29,20 +27,8 @@ pub fn authenticate<'a>(agents: &'a [AgentConfig], headers: &HeaderMap) -> Optio
     let value = headers.get("authorization")?.to_str().ok()?;
     let token = value
         .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?
-        .trim();
-    if token.is_empty() {
-        return None;
-    }
-    let hash = Sha256::digest(token.as_bytes());
-    let mut found = None;
-    for agent in agents {
-        let equal = bool::from(agent.token_sha256.as_slice().ct_eq(hash.as_slice()));
-        if equal && found.is_none() {
-            found = Some(agent);
-        }
-    }
-    found
+        .or_else(|| value.strip_prefix("bearer "))?;
+    crate::secret::by_token_hash(agents, token, |a| &a.token_sha256)
 }
 
 fn offers_subprotocol(headers: &HeaderMap) -> bool {
@@ -433,6 +419,7 @@ mod tests {
     use super::*;
     use crate::globs::RepoGlobs;
     use axum::http::HeaderValue;
+    use sha2::{Digest, Sha256};
 
     fn agent(name: &str, token: &str) -> AgentConfig {
         AgentConfig {

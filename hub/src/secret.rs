@@ -104,6 +104,30 @@ fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
+/// The first of `items` whose token hash (`hash_of`) is the SHA-256 of `token`. Every hash is
+/// compared, in constant time, whichever matches: how long it takes says nothing of which did.
+pub(crate) fn by_token_hash<'a, T>(
+    items: &'a [T],
+    token: &str,
+    hash_of: impl Fn(&T) -> &[u8; 32],
+) -> Option<&'a T> {
+    use sha2::Digest as _;
+    use subtle::ConstantTimeEq as _;
+    let token = token.trim();
+    if token.is_empty() {
+        return None;
+    }
+    let hash = sha2::Sha256::digest(token.as_bytes());
+    let mut found = None;
+    for item in items {
+        let equal = bool::from(hash_of(item).as_slice().ct_eq(hash.as_slice()));
+        if equal && found.is_none() {
+            found = Some(item);
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

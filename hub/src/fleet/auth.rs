@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "tether_fleet";
@@ -35,19 +34,7 @@ pub(crate) struct ViewerConfig {
 
 /// The viewer whose token hash matches `token`. Every hash is compared, in constant time.
 pub(crate) fn viewer_for<'a>(viewers: &'a [ViewerConfig], token: &str) -> Option<&'a ViewerConfig> {
-    let token = token.trim();
-    if token.is_empty() {
-        return None;
-    }
-    let hash = Sha256::digest(token.as_bytes());
-    let mut found = None;
-    for viewer in viewers {
-        let equal = bool::from(viewer.token_sha256.as_slice().ct_eq(hash.as_slice()));
-        if equal && found.is_none() {
-            found = Some(viewer);
-        }
-    }
-    found
+    crate::secret::by_token_hash(viewers, token, |v| &v.token_sha256)
 }
 
 /// The bearer token of a request, if it has one.

@@ -66,7 +66,11 @@ pub(crate) const FORWARDED_BY_HEADER: &str = "x-tether-forwarded-by";
 
 /// Relay one CI request.
 pub(super) async fn relay(State(state): State<TunnelState>, request: Request) -> Response {
-    let response = relay_inner(&state, request, false).await;
+    counted(&state, relay_inner(&state, request, false).await)
+}
+
+/// Count a CI request's answer by its status.
+fn counted(state: &TunnelState, response: Response) -> Response {
     state
         .shared
         .metrics
@@ -102,14 +106,7 @@ pub(super) async fn relay_forwarded(
             "the peer listener takes requests from the other replicas only".into(),
         );
     }
-    let response = relay_inner(&state, request, true).await;
-    state
-        .shared
-        .metrics
-        .tunnel_requests
-        .with_label_values(&[response.status().as_str()])
-        .inc();
-    response
+    counted(&state, relay_inner(&state, request, true).await)
 }
 
 /// Where a CI request goes.

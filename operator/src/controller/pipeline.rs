@@ -85,14 +85,7 @@ async fn stages(
                     timeout,
                 )
                 .await?;
-            let outcome = match fetched {
-                git::FetchOutcome::Fetched => "fetched",
-                git::FetchOutcome::AlreadyPresent => "cached",
-            };
-            ctx.metrics
-                .fetch_duration
-                .with_label_values(&[outcome])
-                .observe(started.elapsed().as_secs_f64());
+            observe_fetch(ctx, fetched, started);
             resolved
         }
         // A semver range or a pinned commit: one ls-remote, then the fetch.
@@ -115,14 +108,7 @@ async fn stages(
                 .mirrors
                 .fetch(&key, spec.url.clone(), resolved.clone(), creds, timeout)
                 .await?;
-            let outcome = match fetched {
-                git::FetchOutcome::Fetched => "fetched",
-                git::FetchOutcome::AlreadyPresent => "cached",
-            };
-            ctx.metrics
-                .fetch_duration
-                .with_label_values(&[outcome])
-                .observe(fetching.elapsed().as_secs_f64());
+            observe_fetch(ctx, fetched, fetching);
             resolved
         }
     };
@@ -308,4 +294,16 @@ async fn read_secret(
         .into_iter()
         .map(|(k, v)| (k, v.0))
         .collect())
+}
+
+/// Count a fetch that began at `started` by its outcome.
+fn observe_fetch(ctx: &Context, fetched: git::FetchOutcome, started: Instant) {
+    let outcome = match fetched {
+        git::FetchOutcome::Fetched => "fetched",
+        git::FetchOutcome::AlreadyPresent => "cached",
+    };
+    ctx.metrics
+        .fetch_duration
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
 }
