@@ -396,12 +396,15 @@ impl Config {
         }
 
         let mut agents = Vec::new();
+        // Sets, not scans: a hub may know ten thousand agents.
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
         for (i, a) in raw.agents.into_iter().enumerate() {
             let field = format!("agents[{i}]");
             if a.name.trim().is_empty() {
                 problems.push(format!("{field}.name: empty"));
             }
-            if agents.iter().any(|x: &AgentConfig| x.name == a.name) {
+            if !names.insert(a.name.clone()) {
                 problems.push(format!("{field}.name: {:?} is used twice", a.name));
             }
             let token_sha256 = match parse_sha256(&a.token_sha256) {
@@ -414,11 +417,7 @@ impl Config {
                     [0; 32]
                 }
             };
-            if agents
-                .iter()
-                .any(|x: &AgentConfig| x.token_sha256 == token_sha256)
-                && token_sha256 != [0; 32]
-            {
+            if !hashes.insert(token_sha256) && token_sha256 != [0; 32] {
                 problems.push(format!(
                     "{field}.token_sha256: the same token hash is given to another agent"
                 ));
@@ -452,7 +451,7 @@ impl Config {
                 ));
                 continue;
             };
-            if agents.iter().any(|a| a.token_sha256 == token_sha256) {
+            if hashes.contains(&token_sha256) {
                 problems.push(format!(
                     "{field}.token_sha256: the same token hash is an agent's; a viewer needs its own token"
                 ));

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) fleet: Arc<Fleet>,
     /// Viewers' login sessions.
     pub(crate) sessions: Sessions,
+    /// The agents by their token's hash.
+    pub(crate) agent_index: crate::agents::AgentIndex,
     /// The other replicas, through Redis, when configured.
     pub(crate) replicas: Option<Arc<crate::replicas::Replicas>>,
     pub(crate) metrics: Metrics,
@@ -72,6 +74,7 @@ impl Shared {
             Arc::new(crate::replicas::Replicas::new(r, peer, metrics.clone()))
         });
         Shared {
+            agent_index: crate::agents::AgentIndex::new(&config.agents),
             quotas,
             replicas,
             fleet,

@@ -104,7 +104,7 @@ struct Inner {
     /// The latest push per repository and ref.
     pushes: view::Pushes,
     /// Agents changed since the last flush.
-    dirty: Vec<String>,
+    dirty: std::collections::BTreeSet<String>,
 }
 
 /// A refusal of a report, said back to the agent.
@@ -140,7 +140,7 @@ impl Fleet {
                 for (name, bytes) in stored {
                     let Some(slot) = inner.agents.get_mut(&name) else {
                         // No longer configured: forgotten at the first flush.
-                        inner.dirty.push(name);
+                        inner.dirty.insert(name);
                         continue;
                     };
                     match serde_json::from_slice::<Stored>(&bytes) {
@@ -186,9 +186,9 @@ impl Fleet {
 
     fn changed(&self, inner: &mut Inner, agent: Option<&str>) {
         if let Some(agent) = agent
-            && !inner.dirty.iter().any(|a| a == agent)
+            && !inner.dirty.contains(agent)
         {
-            inner.dirty.push(agent.to_string());
+            inner.dirty.insert(agent.to_string());
         }
         self.version.send_modify(|v| *v += 1);
     }
@@ -445,9 +445,7 @@ impl Fleet {
             warn!(error = %e, category = e.category(), "could not write the fleet records; retried with the next change");
             let mut inner = self.lock();
             for (name, _) in &batch {
-                if !inner.dirty.contains(name) {
-                    inner.dirty.push(name.clone());
-                }
+                inner.dirty.insert(name.clone());
             }
         }
         batch

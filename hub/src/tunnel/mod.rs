@@ -183,7 +183,12 @@ fn refuse(state: &TunnelState, status: StatusCode, reason: &'static str, text: S
 /// `GET /v1/tunnel`: authenticate the agent, upgrade to a websocket and carry its tunnel.
 async fn accept(State(state): State<TunnelState>, mut request: Request) -> Response {
     let headers = request.headers();
-    let Some(agent) = authenticate(&state.shared.config.agents, headers).cloned() else {
+    let Some(agent) = authenticate(
+        &state.shared.config.agents,
+        &state.shared.agent_index,
+        headers,
+    )
+    .cloned() else {
         return refuse(
             &state,
             StatusCode::UNAUTHORIZED,
