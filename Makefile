@@ -86,9 +86,11 @@ BENCH_CI ?= 2000 2000 1000
 BENCH_RENDER ?= 100 10
 # clusters, repositories each: the fleet view's records are their product
 BENCH_FLEET ?= 200 500
-bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, rendering, hub fan-out, CI access, fleet view
+# agents over three hub replicas: fan-out, sustained webhooks, RSS, a rolling restart under load
+BENCH_REPLICAS ?= 10000
+bench: deps ## Benchmarks that print figures (release builds): sync cold start and idle cost, push latency, rendering, hub fan-out, CI access, fleet view, hub replicas
 	$(CARGO) build --release --locked -p tether-operator -p tether-hub -p tether-e2e --bins --example bench-push --example bench-ci \
-	  --example bench-render --example bench-fleet
+	  --example bench-render --example bench-fleet --example bench-replicas
 	$(CARGO) build --release --locked -p tether-hub --example loadgen --example hostile
 	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/bench-sync $(BENCH_SIZES)
@@ -99,6 +101,7 @@ bench: deps ## Benchmarks that print figures (release builds): sync cold start a
 	$(TOOLS_ENV) TETHER_BIN_DIR=$(CURDIR)/target/release target/release/examples/bench-render $(BENCH_RENDER)
 	TETHER_BIN_DIR=$(CURDIR)/target/release \
 	  target/release/examples/bench-fleet --clusters $(word 1,$(BENCH_FLEET)) --repos $(word 2,$(BENCH_FLEET))
+	TETHER_BIN_DIR=$(CURDIR)/target/release target/release/examples/bench-replicas --agents $(BENCH_REPLICAS)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/loadgen $(BENCH_AGENTS) $(BENCH_AGENTS_PER_PROCESS)
 	ulimit -n "$$(ulimit -Hn)" && target/release/examples/hostile $(BENCH_HOSTILE)
 
