@@ -183,13 +183,22 @@ impl Replicas {
         match tokio::time::timeout(CALL_TIMEOUT, conn.query(cmd)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                self.down(&e.to_string());
+                self.failed(&e);
                 Err(e.into())
             }
             Err(_) => {
-                self.down("timeout");
+                // A slow answer (a busy replica, a reconnect storm) is not an outage: this
+                // call falls back, and the health check decides whether Redis is away.
                 Err(RedisUnavailable::Timeout)
             }
+        }
+    }
+
+    /// A call failed: Redis counts as away only when the connection itself failed; the health
+    /// check (PING, every second) decides otherwise.
+    fn failed(&self, e: &redis::RedisError) {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            self.down(&e.to_string());
         }
     }
 
@@ -305,7 +314,7 @@ impl Replicas {
                     .redis_errors
                     .with_label_values(&["share"])
                     .inc();
-                self.down(&e.to_string());
+                self.failed(&e);
                 Err(e.into())
             }
             Err(_) => {
@@ -313,7 +322,8 @@ impl Replicas {
                     .redis_errors
                     .with_label_values(&["share"])
                     .inc();
-                self.down("timeout");
+                // A slow answer (a busy replica, a reconnect storm) is not an outage: this
+                // call falls back, and the health check decides whether Redis is away.
                 Err(RedisUnavailable::Timeout)
             }
         }
@@ -459,12 +469,13 @@ impl Replicas {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 self.metrics.redis_errors.with_label_values(&[op]).inc();
-                self.down(&e.to_string());
+                self.failed(&e);
                 Err(e.into())
             }
             Err(_) => {
                 self.metrics.redis_errors.with_label_values(&[op]).inc();
-                self.down("timeout");
+                // A slow answer (a busy replica, a reconnect storm) is not an outage: this
+                // call falls back, and the health check decides whether Redis is away.
                 Err(RedisUnavailable::Timeout)
             }
         }
@@ -579,6 +590,8 @@ pub(crate) async fn maintain(replicas: Arc<Replicas>, shutdown: CancellationToke
                     replicas.announce_peer().await;
                     last_announce = std::time::Instant::now();
                 }
+            } else {
+                replicas.down("no answer to PING");
             }
         }
         tokio::select! {
