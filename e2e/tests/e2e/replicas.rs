@@ -405,7 +405,16 @@ fn deliver_through_lb(scene: &Scene, webhook: &(Vec<String>, String)) -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_while_pushes_flow_loses_no_push() -> Result<()> {
-    let mut scene = Scene::start("replicas-kill", false)?;
+    replica_killed_while_pushes_flow("replicas-kill", false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_while_pushes_flow_on_a_redis_cluster_loses_no_push() -> Result<()> {
+    replica_killed_while_pushes_flow("replicas-kill-cluster", true)
+}
+
+fn replica_killed_while_pushes_flow(prefix: &str, cluster: bool) -> Result<()> {
+    let mut scene = Scene::start(prefix, cluster)?;
     let placed = scene.wait_placed(&[true; REPLICAS])?;
     // The replica holding the most agents (at least one).
     let victim = (0..REPLICAS)
