@@ -229,7 +229,28 @@ impl RedisCluster {
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
         tool::run("redis-cli", &args, None)
             .with_context(|| format!("creating a Redis Cluster of {}", addresses.join(" ")))?;
-        for node in &cluster.nodes {
+        cluster.wait_ok()?;
+        Ok(cluster)
+    }
+
+    /// Stops every node (their cluster configuration stays in their folders).
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+    }
+
+    /// Starts every node again on its port (empty: nothing is persisted but the cluster's own
+    /// configuration) and returns once every node says `cluster_state:ok`.
+    pub fn start_again(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            node.start_again()?;
+        }
+        self.wait_ok()
+    }
+
+    fn wait_ok(&self) -> Result<()> {
+        for node in &self.nodes {
             wait_until(
                 &format!("cluster_state:ok on 127.0.0.1:{}", node.port),
                 READY_TIMEOUT,
@@ -244,7 +265,7 @@ impl RedisCluster {
             )
             .with_context(|| format!("node log:\n{}", node.log_tail()))?;
         }
-        Ok(cluster)
+        Ok(())
     }
 
     /// Every node's `redis://127.0.0.1:PORT`, joined by spaces (the hub's `redis.url` with

@@ -42,6 +42,20 @@ enum SharedRedis {
 }
 
 impl SharedRedis {
+    fn stop(&mut self) {
+        match self {
+            SharedRedis::Single(r) => r.stop(),
+            SharedRedis::Cluster(c) => c.stop(),
+        }
+    }
+
+    fn start_again(&mut self) -> Result<()> {
+        match self {
+            SharedRedis::Single(r) => r.start_again(),
+            SharedRedis::Cluster(c) => c.start_again(),
+        }
+    }
+
     fn log_tail(&self) -> String {
         match self {
             SharedRedis::Single(r) => r.log_tail(),
@@ -449,17 +463,23 @@ fn replica_killed_while_pushes_flow(prefix: &str, cluster: bool) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_for_20s_while_pushes_flow_loses_no_push() -> Result<()> {
-    let mut scene = Scene::start("replicas-redis-down", false)?;
+    redis_stopped_while_pushes_flow("replicas-redis-down", false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_stopped_for_20s_while_pushes_flow_loses_no_push() -> Result<()> {
+    redis_stopped_while_pushes_flow("replicas-cluster-down", true)
+}
+
+fn redis_stopped_while_pushes_flow(prefix: &str, cluster: bool) -> Result<()> {
+    let mut scene = Scene::start(prefix, cluster)?;
     let placed = scene.wait_placed(&[true; REPLICAS])?;
     eprintln!("agents {AGENTS:?} on replicas {placed:?}");
     ensure!(
         holding(&placed).len() > 1,
         "HAProxy put every agent on one replica ({placed:?}): the test needs them spread"
     );
-    let SharedRedis::Single(redis) = &mut scene.redis else {
-        bail!("this test stops a single Redis");
-    };
-    redis.stop();
+    scene.redis.stop();
     let stopped = Instant::now();
     for r in 0..REPLICAS {
         let hub = &scene.hubs[r];
@@ -530,10 +550,7 @@ async fn redis_stopped_for_20s_while_pushes_flow_loses_no_push() -> Result<()> {
             Ok(())
         },
     )?;
-    let SharedRedis::Single(redis) = &mut scene.redis else {
-        bail!("this test stops a single Redis");
-    };
-    redis.start_again()?;
+    scene.redis.start_again()?;
     let back = Instant::now();
     scene.wait_applied("v3", &sha, LANDS_WITHIN)?;
     eprintln!(
