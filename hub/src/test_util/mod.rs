@@ -107,6 +107,12 @@ impl TestConfig {
         self
     }
 
+    /// An environment variable the config's secret sources may name.
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.set(name, value.into());
+        self
+    }
+
     /// Serve TLS with this certificate.
     pub fn tls(self, tls: &TestTls) -> Self {
         let value = format!(
