@@ -39,12 +39,12 @@ use clap::Parser;
 use futures::{SinkExt as _, StreamExt as _};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use tempfile::TempDir;
-use tether_e2e::http::{http_get, metric_value};
+use tether_e2e::haproxy::{Haproxy, HaproxyOptions};
+use tether_e2e::http::metric_value;
 use tether_e2e::hub::{AgentSpec, Forge, Hub, HubOptions, hmac_sha256_hex};
-use tether_e2e::process::{Lifetime, Process, cpu_seconds, free_port, rss_bytes, tail};
+use tether_e2e::process::{cpu_seconds, rss_bytes};
 use tether_e2e::redis::RedisServer;
-use tether_e2e::wait::{fatal, wait_until, wait_until_every};
+use tether_e2e::wait::{wait_until, wait_until_every};
 use tether_e2e::workspace::binary;
 use tether_protocol::{AgentMessage, Backoff, CONNECT_PATH, HubMessage, SUBPROTOCOL, normalize};
 use tokio::net::TcpStream;
@@ -908,140 +908,29 @@ async fn deliver(port: u16, hook: &Webhook, epoch: Instant) -> Posted {
 // ---------------------------------------------------------------------------------------------
 // HAProxy.
 
-/// HAProxy in TCP mode in front of the replicas, as the e2e harness runs it (round robin, each
-/// backend checked on `/readyz` every 500 ms, out after 2 failures, back after 1 success, refused
-/// connections redispatched), with `maxconn` sized for the agents; one process per share of them
-/// that fits its open-files limit.
-#[derive(Debug)]
-struct Balancer {
-    process: Process,
-    port: u16,
-    stats_port: u16,
-    _dir: TempDir,
-}
-
-impl Balancer {
-    fn start(backends: &[u16], maxconn: usize) -> Result<Balancer> {
-        let dir = tempfile::Builder::new()
-            .prefix("tether-bench-haproxy-")
-            .tempdir()?;
-        let port = free_port()?;
-        let stats_port = free_port()?;
-        let mut lines = vec![
-            "# Written by bench-replicas: a load balancer in front of tether-hub replicas."
-                .to_string(),
-            "global".into(),
-            // Errors only: a line per connection would be a line per agent.
-            "  log stderr format raw local0 notice".into(),
-            format!("  maxconn {maxconn}"),
-            "defaults".into(),
-            "  mode tcp".into(),
-            "  log global".into(),
-            format!("  maxconn {maxconn}"),
-            "  option redispatch".into(),
-            "  retries 3".into(),
-            "  timeout connect 1s".into(),
-            "  timeout client 1h".into(),
-            "  timeout server 1h".into(),
-            "  timeout tunnel 1h".into(),
-            "  timeout check 1s".into(),
-            "frontend hub".into(),
-            format!("  bind 127.0.0.1:{port}"),
-            "  default_backend replicas".into(),
-            "frontend stats".into(),
-            "  mode http".into(),
-            "  no log".into(),
-            format!("  bind 127.0.0.1:{stats_port}"),
-            "  timeout client 10s".into(),
-            "  stats enable".into(),
-            "  stats uri /stats".into(),
-            "backend replicas".into(),
-            "  balance roundrobin".into(),
-            "  option httpchk GET /readyz".into(),
-            "  http-check expect status 200".into(),
-            "  default-server inter 500ms fall 2 rise 1".into(),
-        ];
-        for (i, backend) in backends.iter().enumerate() {
-            lines.push(format!("  server replica{i} 127.0.0.1:{backend} check"));
-        }
-        lines.push(String::new());
-        let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg, lines.join("\n"))?;
-        let log = dir.path().join("haproxy.log");
-        let mut process = Process::spawn(
-            "haproxy",
-            std::path::Path::new("haproxy"),
-            &["-f".to_string(), cfg.display().to_string(), "-db".into()],
-            &log,
-            Lifetime::TiedToStarter,
-        )?;
-        wait_until(
-            &format!("HAProxy accepting on 127.0.0.1:{port}"),
-            Duration::from_secs(20),
-            || {
-                process.check_running().map_err(fatal)?;
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .with_context(|| format!("connecting to 127.0.0.1:{port}"))
-            },
-        )
-        .with_context(|| format!("haproxy log:\n{}", tail(&log, 30)))?;
-        Ok(Balancer {
-            process,
-            port,
-            stats_port,
-            _dir: dir,
-        })
-    }
-
-    /// Each backend's status (`UP`, `DOWN`, `UP 1/2`...), in config order.
-    fn backend_states(&self) -> Result<Vec<String>> {
-        let (status, csv) = http_get(self.stats_port, "/stats;csv")?;
-        ensure!(status == 200, "HAProxy's stats answered {status}: {csv}");
-        let mut lines = csv.lines();
-        let header = lines.next().context("HAProxy's stats CSV is empty")?;
-        let columns: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
-        let column = |name: &str| {
-            columns
-                .iter()
-                .position(|c| *c == name)
-                .with_context(|| format!("no {name} column in HAProxy's stats: {header}"))
-        };
-        let (px, sv, st) = (column("pxname")?, column("svname")?, column("status")?);
-        Ok(lines
-            .map(|l| l.split(',').collect::<Vec<_>>())
-            .filter(|f| {
-                f.get(px) == Some(&"replicas")
-                    && !matches!(f.get(sv), Some(&"BACKEND") | Some(&"FRONTEND") | None)
-            })
-            .map(|f| f.get(st).copied().unwrap_or_default().to_string())
-            .collect())
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.process.stop(Duration::from_secs(2));
-    }
-}
-
 /// The HAProxy processes; agent `i` dials the `i % n`-th.
 #[derive(Debug)]
-struct Balancers(Vec<Balancer>);
+struct Balancers(Vec<Haproxy>);
 
 impl Balancers {
     fn start(backends: &[u16], plan: &Plan) -> Result<Balancers> {
         let all = (0..plan.balancers)
-            .map(|_| Balancer::start(backends, plan.maxconn))
+            .map(|_| {
+                // The harness's balancer, sized for the agents and logging errors only (a line per
+                // connection would be a line per agent).
+                let options = HaproxyOptions {
+                    maxconn: plan.maxconn,
+                    log_connections: false,
+                    ..HaproxyOptions::default()
+                };
+                Haproxy::start_with(backends, options)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Balancers(all))
     }
 
     fn ports(&self) -> Vec<u16> {
-        self.0.iter().map(|b| b.port).collect()
+        self.0.iter().map(Haproxy::port).collect()
     }
 
     /// Waits until every HAProxy counts every backend up.
@@ -1052,7 +941,7 @@ impl Balancers {
                 ensure!(
                     states.len() == backends && states.iter().all(|s| s == "UP"),
                     "HAProxy on port {}: {states:?}",
-                    b.port
+                    b.port()
                 );
             }
             Ok(())
@@ -1815,7 +1704,7 @@ fn roll(
     let accepted = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = watch::channel(false);
     let poster = {
-        let port = lbs.0[0].port;
+        let port = lbs.0[0].port();
         let signer = signer.clone();
         let next = Arc::clone(&setup.next_seq);
         let accepted = Arc::clone(&accepted);

@@ -16,6 +16,27 @@ use crate::wait::{fatal, wait_until};
 /// How long HAProxy may take to accept on its frontend after it is started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How a [`Haproxy`] is set up besides its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HaproxyOptions {
+    /// The backends serve TLS: the health checks speak it (the connections pass through as they are).
+    pub tls: bool,
+    /// Connections held at once (HAProxy needs two sockets per connection).
+    pub maxconn: usize,
+    /// A log line per connection, naming the server it went to; off, only errors are logged.
+    pub log_connections: bool,
+}
+
+impl Default for HaproxyOptions {
+    fn default() -> Self {
+        Self {
+            tls: false,
+            maxconn: 512,
+            log_connections: true,
+        }
+    }
+}
+
 /// A running `haproxy -db` tied to the test; stopped on drop.
 #[derive(Debug)]
 pub struct Haproxy {
@@ -31,16 +52,23 @@ impl Haproxy {
     /// connection that cannot reach its server is dispatched to another. Returns once the frontend
     /// accepts TCP.
     pub fn start(backends: &[u16]) -> Result<Self> {
-        Self::start_checking(backends, false)
+        Self::start_with(backends, HaproxyOptions::default())
     }
 
     /// [`Haproxy::start`] for backends that serve TLS: the connections still pass through as they
     /// are, and the health checks speak TLS (without verifying the test certificate).
     pub fn start_tls(backends: &[u16]) -> Result<Self> {
-        Self::start_checking(backends, true)
+        Self::start_with(
+            backends,
+            HaproxyOptions {
+                tls: true,
+                ..HaproxyOptions::default()
+            },
+        )
     }
 
-    fn start_checking(backends: &[u16], tls: bool) -> Result<Self> {
+    /// [`Haproxy::start`] with `options`.
+    pub fn start_with(backends: &[u16], options: HaproxyOptions) -> Result<Self> {
         ensure!(
             !backends.is_empty(),
             "HAProxy needs at least one backend port"
@@ -54,11 +82,16 @@ impl Haproxy {
         let mut lines = vec![
             "# Written by tether-e2e: a load balancer in front of tether-hub replicas.".to_string(),
             "global".into(),
-            "  log stderr format raw local0 info".into(),
-            "  maxconn 512".into(),
+            if options.log_connections {
+                "  log stderr format raw local0 info".into()
+            } else {
+                "  log stderr format raw local0 notice".into()
+            },
+            format!("  maxconn {}", options.maxconn),
             "defaults".into(),
             "  mode tcp".into(),
             "  log global".into(),
+            format!("  maxconn {}", options.maxconn),
             "  option tcplog".into(),
             "  option redispatch".into(),
             "  retries 3".into(),
@@ -84,7 +117,11 @@ impl Haproxy {
             "  default-server inter 500ms fall 2 rise 1".into(),
         ];
         for (i, backend) in backends.iter().enumerate() {
-            let ssl = if tls { " check-ssl verify none" } else { "" };
+            let ssl = if options.tls {
+                " check-ssl verify none"
+            } else {
+                ""
+            };
             lines.push(format!(
                 "  server replica{i} 127.0.0.1:{backend} check{ssl}"
             ));
@@ -120,6 +157,11 @@ impl Haproxy {
             stats_port,
             dir,
         })
+    }
+
+    /// The process id, for its CPU time and memory.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// The frontend's port: dial `ws://127.0.0.1:PORT` and post webhooks there.

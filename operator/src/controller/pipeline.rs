@@ -17,7 +17,7 @@ use super::spec::ValidSpec;
 use super::status::{self, Attempt};
 use super::writer::write_status;
 use crate::apply::{self, Action};
-use crate::crd::{GitRepository, ObjectRef, RefTarget};
+use crate::crd::{GitRepository, ObjectRef};
 use crate::discovery::Kinds;
 use crate::git::{self, Credentials};
 use crate::plan::{self, ManifestFilter, PlanError, PlanInput};
@@ -72,45 +72,42 @@ async fn stages(
 
     let key = spec.repo.to_string();
     let started = Instant::now();
-    let resolved = match &spec.target {
+    let resolved = if git::fixed_ref(&spec.target).is_some() {
         // A branch or tag: resolved and fetched over one connection.
-        RefTarget::Branch(_) | RefTarget::Tag(_) => {
-            let (resolved, fetched) = ctx
-                .mirrors
-                .resolve_and_fetch(
-                    &key,
-                    spec.url.clone(),
-                    spec.target.clone(),
-                    creds.clone(),
-                    timeout,
-                )
-                .await?;
-            observe_fetch(ctx, fetched, started);
-            resolved
-        }
+        let (resolved, fetched) = ctx
+            .mirrors
+            .resolve_and_fetch(
+                &key,
+                spec.url.clone(),
+                spec.target.clone(),
+                creds.clone(),
+                timeout,
+            )
+            .await?;
+        observe_fetch(ctx, fetched, started);
+        resolved
+    } else {
         // A semver range or a pinned commit: one ls-remote, then the fetch.
-        RefTarget::Semver(_) | RefTarget::Commit(_) => {
-            let resolved = ctx
-                .mirrors
-                .resolve(
-                    &key,
-                    spec.url.clone(),
-                    spec.target.clone(),
-                    creds.clone(),
-                    timeout,
-                )
-                .await?;
-            ctx.metrics
-                .resolve_duration
-                .observe(started.elapsed().as_secs_f64());
-            let fetching = Instant::now();
-            let fetched = ctx
-                .mirrors
-                .fetch(&key, spec.url.clone(), resolved.clone(), creds, timeout)
-                .await?;
-            observe_fetch(ctx, fetched, fetching);
-            resolved
-        }
+        let resolved = ctx
+            .mirrors
+            .resolve(
+                &key,
+                spec.url.clone(),
+                spec.target.clone(),
+                creds.clone(),
+                timeout,
+            )
+            .await?;
+        ctx.metrics
+            .resolve_duration
+            .observe(started.elapsed().as_secs_f64());
+        let fetching = Instant::now();
+        let fetched = ctx
+            .mirrors
+            .fetch(&key, spec.url.clone(), resolved.clone(), creds, timeout)
+            .await?;
+        observe_fetch(ctx, fetched, fetching);
+        resolved
     };
     let revision = resolved.revision.clone();
     progress.revision = Some(revision.clone());

@@ -97,8 +97,9 @@ impl MirrorCache {
     /// Resolves a branch or tag and fetches it into the mirror for `key` over one connection: the
     /// ref advertisement that resolves it is the one the fetch negotiates from, which saves the
     /// separate ls-remote's request (and its TLS handshake) on every push. The advertisement is
-    /// read with `creds`, so access is proven as by [`MirrorCache::resolve`]. Semver ranges and
-    /// pinned commits go through [`MirrorCache::resolve`] and [`MirrorCache::fetch`] instead.
+    /// read with `creds`, so access is proven as by [`MirrorCache::resolve`]. `target` must be a
+    /// branch or a tag (one [`fixed_ref`] names); semver ranges and pinned commits go through
+    /// [`MirrorCache::resolve`] and [`MirrorCache::fetch`].
     pub async fn resolve_and_fetch(
         &self,
         key: &str,
@@ -108,13 +109,30 @@ impl MirrorCache {
         timeout: Duration,
     ) -> Result<(Resolved, FetchOutcome), GitError> {
         let redacted = without_userinfo(&url);
+        self.with_mirror(key, redacted, timeout, move |path, proxy| {
+            resolve_and_fetch_blocking(&path, &url, &target, &creds, proxy, timeout)
+        })
+        .await
+    }
+
+    /// Runs `work` on the mirror for `key` (its folder, the proxy settings) under its lock, in a
+    /// git slot, unless an earlier operation on it still runs past its timeout (that one holds
+    /// the lock until it ends, so the lock is not even waited for). `redacted` names the remote
+    /// in errors.
+    async fn with_mirror<T: Send + 'static>(
+        &self,
+        key: &str,
+        redacted: String,
+        timeout: Duration,
+        work: impl FnOnce(PathBuf, &ProxyConfig) -> Result<T, GitError> + Send + 'static,
+    ) -> Result<T, GitError> {
         self.slots.check(key, &redacted)?;
         let guard = self.lock_for(key).lock_owned().await;
         let path = self.mirror_path(key);
         let proxy = Arc::clone(&self.proxy);
         self.slots
             .run(key, redacted, timeout, Some(guard), move || {
-                resolve_and_fetch_blocking(&path, &url, &target, &creds, &proxy, timeout)
+                work(path, &proxy)
             })
             .await
     }
@@ -181,15 +199,10 @@ impl MirrorCache {
         timeout: Duration,
     ) -> Result<FetchOutcome, GitError> {
         let redacted = without_userinfo(&url);
-        self.slots.check(key, &redacted)?;
-        let guard = self.lock_for(key).lock_owned().await;
-        let path = self.mirror_path(key);
-        let proxy = Arc::clone(&self.proxy);
-        self.slots
-            .run(key, redacted, timeout, Some(guard), move || {
-                fetch_blocking(&path, &url, &resolved, &creds, &proxy, timeout)
-            })
-            .await
+        self.with_mirror(key, redacted, timeout, move |path, proxy| {
+            fetch_blocking(&path, &url, &resolved, &creds, proxy, timeout)
+        })
+        .await
     }
 
     /// The manifests-to-be of a commit: every blob under `path` whose path (from the
@@ -429,7 +442,18 @@ pub fn fetch_blocking(
     }))
 }
 
-/// [`MirrorCache::resolve_and_fetch`] without the lock. `target` must be a branch or a tag.
+/// The one ref a target names on the remote: a branch's or a tag's; `None` for a semver range or
+/// a pinned commit, which need the whole advertisement (or none) to resolve.
+pub fn fixed_ref(target: &RefTarget) -> Option<String> {
+    match target {
+        RefTarget::Branch(b) => Some(format!("refs/heads/{b}")),
+        RefTarget::Tag(t) => Some(format!("refs/tags/{t}")),
+        RefTarget::Semver(_) | RefTarget::Commit(_) => None,
+    }
+}
+
+/// [`MirrorCache::resolve_and_fetch`] without the lock: a semver range or a pinned commit (no
+/// [`fixed_ref`]) takes the ls-remote and the fetch one after the other.
 pub fn resolve_and_fetch_blocking(
     mirror: &Path,
     url: &str,
@@ -438,14 +462,10 @@ pub fn resolve_and_fetch_blocking(
     proxy: &ProxyConfig,
     timeout: Duration,
 ) -> Result<(Resolved, FetchOutcome), GitError> {
-    let refname = match target {
-        RefTarget::Branch(b) => format!("refs/heads/{b}"),
-        RefTarget::Tag(t) => format!("refs/tags/{t}"),
-        RefTarget::Semver(_) | RefTarget::Commit(_) => {
-            let resolved = resolve_blocking(url, target, creds, proxy, timeout)?;
-            let outcome = fetch_blocking(mirror, url, &resolved, creds, proxy, timeout)?;
-            return Ok((resolved, outcome));
-        }
+    let Some(refname) = fixed_ref(target) else {
+        let resolved = resolve_blocking(url, target, creds, proxy, timeout)?;
+        let outcome = fetch_blocking(mirror, url, &resolved, creds, proxy, timeout)?;
+        return Ok((resolved, outcome));
     };
     let repo = open_or_init(mirror)?;
     let deadline = Instant::now() + timeout;

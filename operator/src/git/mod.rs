@@ -29,7 +29,8 @@ pub use checkout::{checkout_blocking, link_stays_inside, names_at_blocking};
 pub use credentials::{Credentials, CredentialsError, HostKeyError};
 pub use error::GitError;
 pub use mirror::{
-    DEFAULT_MAX_CONCURRENT_GIT, FetchOutcome, MirrorCache, fetch_blocking, read_tree_blocking,
+    DEFAULT_MAX_CONCURRENT_GIT, FetchOutcome, MirrorCache, fetch_blocking, fixed_ref,
+    read_tree_blocking,
 };
 pub use resolve::{Resolved, highest_matching, ls_remote_blocking, pick, resolve_blocking};
 pub use socket::{DEFAULT_SOCKET_TIMEOUT, set_socket_timeouts};
