@@ -194,6 +194,15 @@ impl Replicas {
         }
     }
 
+    /// Redis answered (the health check, or a subscription that came back).
+    fn reached(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            info!(replica = %self.id, "Redis reachable: sharing pushes with the other replicas");
+        }
+        self.ever_up.store(true, Ordering::Relaxed);
+        self.metrics.redis_up.set(1);
+    }
+
     /// A call failed: Redis counts as away only when the connection itself failed; the health
     /// check (PING, every second) decides otherwise.
     fn failed(&self, e: &redis::RedisError) {
@@ -580,11 +589,7 @@ pub(crate) async fn maintain(replicas: Arc<Replicas>, shutdown: CancellationToke
         if replicas.conn().is_ok() {
             let ping = replicas.call::<String>(&redis::cmd("PING")).await;
             if ping.is_ok() {
-                if !replicas.up.swap(true, Ordering::Relaxed) {
-                    info!(replica = %replicas.id, "Redis reachable: sharing pushes with the other replicas");
-                }
-                replicas.ever_up.store(true, Ordering::Relaxed);
-                replicas.metrics.redis_up.set(1);
+                replicas.reached();
                 replicas.flush_pending().await;
                 if last_announce.elapsed() >= ANNOUNCE_EVERY {
                     replicas.announce_peer().await;
@@ -639,6 +644,11 @@ pub(crate) async fn subscribe(
                 info!(
                     "subscribed again to the other replicas' pushes; agents catch up on what was missed"
                 );
+                // The subscription is proof that Redis answers: the catch-ups below must read it
+                // rather than fall back, or a push another replica shared just before this one
+                // subscribed again would be missed. The health check also sends what waits here.
+                replicas.reached();
+                replicas.wake.notify_one();
                 resync();
             }
             interrupted = true;
