@@ -10,7 +10,7 @@ use git2::Repository;
 use sha2::{Digest, Sha256};
 use tether_protocol::url::without_userinfo;
 
-use super::remote::{CallbackState, classify, fetch_options, is_local};
+use super::remote::{SharedState, classify, fetch_options, http_scope, is_local};
 use super::slots::Slots;
 use super::{Credentials, GitError, Resolved, resolve_blocking};
 use crate::crd::RefTarget;
@@ -411,7 +411,8 @@ pub fn fetch_blocking(
     ];
     let mut last_error = None;
     for (refspecs, depth) in [(first, shallow), (everything, false)] {
-        let state = Mutex::new(CallbackState::default());
+        let state = SharedState::default();
+        let _http = http_scope(url, creds, proxy, deadline, &state);
         let mut opts = fetch_options(url, creds, proxy, deadline, &state, &headers);
         if depth {
             opts.depth(1);
@@ -472,7 +473,8 @@ pub fn resolve_and_fetch_blocking(
     let headers: Vec<String> = creds.authorization_header().into_iter().collect();
     let local = local_ref(&refname);
     let before = repo.refname_to_id(&local).ok();
-    let state = Mutex::new(CallbackState::default());
+    let state = SharedState::default();
+    let _http = http_scope(url, creds, proxy, deadline, &state);
     let mut opts = fetch_options(url, creds, proxy, deadline, &state, &headers);
     // Depth 1 only for a ref new to the mirror, as in `fetch_blocking`.
     if !is_local(url) && before.is_none() {

@@ -12,12 +12,15 @@
 //!   left locked or broken by a kill is repaired on its next fetch.
 //! - `checkout`: a commit written out as files for kustomize and helm, within the same limits.
 //! - `slots`: how many git operations run at once, and what one that overruns its timeout holds.
+//! - `http`: smart HTTP on hyper and rustls instead of libgit2's client (each request leaves at
+//!   once; reads end at the operation's deadline).
 //! - `socket`: libgit2's socket timeouts, which end a thread stuck on a remote that says nothing.
 //! - `credentials`, [`known_hosts`]: what a Secret gives, and the checks of the server's identity.
 
 mod checkout;
 mod credentials;
 mod error;
+mod http;
 pub mod known_hosts;
 mod mirror;
 mod remote;
@@ -28,9 +31,10 @@ mod socket;
 pub use checkout::{checkout_blocking, link_stays_inside, names_at_blocking};
 pub use credentials::{Credentials, CredentialsError, HostKeyError};
 pub use error::GitError;
+pub use http::register as register_http_transport;
 pub use mirror::{
     DEFAULT_MAX_CONCURRENT_GIT, FetchOutcome, MirrorCache, fetch_blocking, fixed_ref,
-    read_tree_blocking,
+    read_tree_blocking, resolve_and_fetch_blocking,
 };
 pub use resolve::{Resolved, highest_matching, ls_remote_blocking, pick, resolve_blocking};
 pub use socket::{DEFAULT_SOCKET_TIMEOUT, set_socket_timeouts};

@@ -30,10 +30,36 @@ pub(super) fn is_local(url: &str) -> bool {
 #[derive(Default)]
 pub(super) struct CallbackState {
     tried: Vec<CredentialType>,
-    auth_failure: Option<String>,
+    pub(super) auth_failure: Option<String>,
     host_key: Option<HostKeyError>,
-    certificate: Option<String>,
-    timed_out: bool,
+    pub(super) certificate: Option<String>,
+    pub(super) timed_out: bool,
+}
+
+/// The state of one operation, shared with the HTTP transport (see `http`).
+pub(super) type SharedState = std::sync::Arc<Mutex<CallbackState>>;
+
+/// Hands what an operation knows to the HTTP transport libgit2 creates for it on this thread.
+pub(super) fn http_scope(
+    url: &str,
+    creds: &Credentials,
+    proxy: &ProxyConfig,
+    deadline: Instant,
+    state: &SharedState,
+) -> super::http::Scope {
+    super::http::enter(super::http::Operation {
+        host: host_and_port(url)
+            .map(|(h, _)| h.to_owned())
+            .unwrap_or_default(),
+        authorization: creds
+            .authorization_header()
+            .and_then(|h| h.strip_prefix("Authorization: ").map(str::to_owned)),
+        source: creds.source.clone(),
+        ca: creds.ca_certs.clone(),
+        proxy: proxy.clone(),
+        deadline,
+        state: std::sync::Arc::clone(state),
+    })
 }
 
 /// Builds the callbacks for one operation: credentials, server checks and the deadline.

@@ -2,13 +2,12 @@
 //! the highest tag in a semver range among what the remote advertises.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use git2::Repository;
 use tether_protocol::url::without_userinfo;
 
-use super::remote::{CallbackState, classify, fetch_options};
+use super::remote::{SharedState, classify, fetch_options, http_scope};
 use super::{Credentials, GitError};
 use crate::crd::{RefTarget, format_revision};
 use crate::net::ProxyConfig;
@@ -35,7 +34,8 @@ pub fn ls_remote_blocking(
     timeout: Duration,
 ) -> Result<Vec<(String, String)>, GitError> {
     let deadline = Instant::now() + timeout;
-    let state = Mutex::new(CallbackState::default());
+    let state = SharedState::default();
+    let _http = http_scope(url, creds, proxy, deadline, &state);
     let headers: Vec<String> = creds.authorization_header().into_iter().collect();
     // `Remote::connect_auth` cannot send custom headers, so the listing goes through a download
     // whose only refspec matches nothing: libgit2 connects, reads the advertisement, finds
