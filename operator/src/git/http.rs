@@ -76,19 +76,20 @@ pub(super) struct Operation {
     pub state: Arc<Mutex<CallbackState>>,
 }
 
-/// While it lives, transports libgit2 creates on this thread serve `operation`.
-pub(super) struct Scope(());
+/// While it lives, transports libgit2 creates on this thread serve its operation; at its end the
+/// one before it (if an operation calls another) is back.
+pub(super) struct Scope(Option<Arc<Operation>>);
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        OPERATION.with(|o| o.borrow_mut().take());
+        let previous = self.0.take();
+        OPERATION.with(|o| *o.borrow_mut() = previous);
     }
 }
 
 /// Makes `operation` the one transports created on this thread serve, until the scope ends.
 pub(super) fn enter(operation: Operation) -> Scope {
-    OPERATION.with(|o| *o.borrow_mut() = Some(Arc::new(operation)));
-    Scope(())
+    Scope(OPERATION.with(|o| o.borrow_mut().replace(Arc::new(operation))))
 }
 
 fn factory(remote: &git2::Remote<'_>) -> Result<Transport, git2::Error> {
@@ -762,5 +763,33 @@ mod tests {
             ("::1", 80, false)
         );
         assert!(Target::parse("ssh://h/r.git").is_err());
+    }
+
+    fn operation(host: &str) -> Operation {
+        Operation {
+            host: host.to_owned(),
+            authorization: None,
+            source: String::new(),
+            ca: Vec::new(),
+            proxy: ProxyConfig::default(),
+            deadline: Instant::now(),
+            state: Arc::default(),
+        }
+    }
+
+    fn current_host() -> Option<String> {
+        OPERATION.with(|o| o.borrow().as_ref().map(|op| op.host.clone()))
+    }
+
+    #[test]
+    fn a_scope_ends_with_the_one_before_it_back() {
+        let outer = enter(operation("outer"));
+        {
+            let _inner = enter(operation("inner"));
+            assert_eq!(current_host().as_deref(), Some("inner"));
+        }
+        assert_eq!(current_host().as_deref(), Some("outer"));
+        drop(outer);
+        assert_eq!(current_host(), None);
     }
 }
