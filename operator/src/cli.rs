@@ -302,6 +302,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     // Read before anything waits, so that a bad access file stops the operator at once.
     let proxy = ProxyConfig::new(https_proxy, no_proxy);
+    proxy
+        .http_proxy()
+        .context("git over HTTP(S) and the hub connection go through HTTPS_PROXY with CONNECT")?;
     let tunnel = ci_access
         .map(|file| crate::ci::start(&file, &config, &proxy, &metrics.registry))
         .transpose()?;

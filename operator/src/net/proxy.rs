@@ -1,6 +1,6 @@
 //! The proxy settings, `HTTPS_PROXY` and `NO_PROXY`, read once at start-up and handed to git and to
-//! the hub client: the hub client tunnels through the proxy with `CONNECT`; git leaves the proxy to
-//! libgit2 and asks only whether `NO_PROXY` lists a host.
+//! the hub client: both tunnel through the proxy with `CONNECT` (git over HTTP(S) by its own
+//! transport, `git::http`); SSH is never proxied.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -22,8 +22,7 @@ impl ProxyConfig {
     /// From the values of `HTTPS_PROXY` and `NO_PROXY`, as the flags read them. `None` or an empty
     /// value for the proxy means no proxy. The proxy is `http://[user:password@]host[:port]` (port 80
     /// by default) or a bare `host[:port]`; `https://` proxies (TLS to the proxy itself) cannot carry
-    /// the hub's tunnel, which [`ProxyConfig::http_proxy`] reports. Git hands `HTTPS_PROXY` to libgit2
-    /// as it is, so a value only git can use does not stop the operator.
+    /// the hub's tunnel nor git's, which [`ProxyConfig::http_proxy`] reports when either dials.
     pub fn new(https_proxy: Option<String>, no_proxy: Option<String>) -> Self {
         let https_proxy = https_proxy
             .map(|p| p.trim().to_string())
