@@ -16,7 +16,8 @@ use tether_e2e::cluster::TestNamespace;
 use tether_e2e::fixtures::{config_map, git_repository, greeting, unguessable, widget_crd};
 use tether_e2e::git_server::Upstream;
 use tether_e2e::gitrepo::{
-    get_field, install_crds, patch_spec, wait_applied, wait_failed, wait_ready, wait_reason,
+    get_field, install_crds, patch_spec, ready_condition, reconcile_now, wait_applied, wait_failed,
+    wait_ready, wait_reason,
 };
 use tether_e2e::kubectl::Kubectl;
 use tether_e2e::operator::Operator;
@@ -1133,6 +1134,15 @@ generatorOptions:
         "the message names not the Secret: {message}"
     );
     ensure!(greeting(kubectl, n, "settings")? == "v1");
+
+    // No key Secret at all: DecryptionFailed too (not AuthenticationFailed, which is git's).
+    kubectl.run(&["delete", "secret", "sops-age", "-n", n])?;
+    reconcile_now(kubectl, n, "secrets", "without-the-key-secret", &operator)?;
+    let (_, reason, message) = ready_condition(kubectl, n, "secrets")?;
+    ensure!(
+        reason == "DecryptionFailed" && message.contains("not found"),
+        "without the key Secret: {reason}: {message}"
+    );
 
     suspend(kubectl, n, "secrets", true, &operator)?;
     ensure_render_dir_empty(&operator)?;

@@ -13,8 +13,14 @@ use crate::render::RenderError;
 pub enum Error {
     #[error("{0}")]
     InvalidSpec(String),
+    /// A Secret the spec names cannot be used; `reason` says for what (`AuthenticationFailed` for
+    /// git credentials, `DecryptionFailed` for `spec.decryption`).
     #[error("secret {name}: {message}")]
-    Secret { name: String, message: String },
+    Secret {
+        name: String,
+        message: String,
+        reason: &'static str,
+    },
     #[error(transparent)]
     Git(#[from] GitError),
     #[error(transparent)]
@@ -84,7 +90,7 @@ impl StageError for Error {
     fn reason(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => reason::INVALID_SPEC,
-            Error::Secret { .. } => reason::AUTHENTICATION_FAILED,
+            Error::Secret { reason, .. } => reason,
             Error::Git(e) => e.reason(),
             Error::Plan(e) => e.reason(),
             Error::Render(e) => e.reason(),

@@ -17,7 +17,7 @@ use super::spec::ValidSpec;
 use super::status::{self, Attempt};
 use super::writer::write_status;
 use crate::apply::{self, Action};
-use crate::crd::{GitRepository, ObjectRef};
+use crate::crd::{GitRepository, ObjectRef, reason};
 use crate::discovery::Kinds;
 use crate::git::{self, Credentials};
 use crate::plan::{self, ManifestFilter, PlanError, PlanInput};
@@ -120,7 +120,14 @@ async fn stages(
     let keys = match &obj.spec.decryption {
         Some(decryption) => {
             let name = decryption.secret_ref.name.as_str();
-            let data = read_secret(&client, &namespace, name, account).await?;
+            let data = read_secret(
+                &client,
+                &namespace,
+                name,
+                account,
+                reason::DECRYPTION_FAILED,
+            )
+            .await?;
             let secret = format!("{namespace}/{name}");
             let keys = crate::render::sops::age_keys(&secret, &data)?;
             Some(super::render::Keys { secret, keys })
@@ -220,7 +227,7 @@ pub(super) async fn warn_left_alone(ctx: &Context, obj: &GitRepository, pruned: 
         tracing::warn!(object = %id, "{note}");
         let event = status::Note {
             type_: kube::runtime::events::EventType::Warning,
-            reason: crate::crd::reason::PRUNE_FAILED,
+            reason: reason::PRUNE_FAILED,
             note,
         };
         super::writer::publish(ctx, obj, event).await;
@@ -248,21 +255,31 @@ async fn credentials(
     let Some(name) = secret else {
         return Ok(Credentials::none());
     };
-    let data = read_secret(client, namespace, name, account).await?;
+    let data = read_secret(
+        client,
+        namespace,
+        name,
+        account,
+        reason::AUTHENTICATION_FAILED,
+    )
+    .await?;
     let full = format!("{namespace}/{name}");
     Credentials::from_secret_data(&full, &data).map_err(|e| Error::Secret {
         name: full,
         message: e.to_string(),
+        reason: reason::AUTHENTICATION_FAILED,
     })
 }
 
 /// The data of the Secret `name` in `namespace`, read with `client` (impersonating `account`,
-/// when set): a tenant's account cannot name a Secret it may not read itself.
+/// when set): a tenant's account cannot name a Secret it may not read itself. `reason` is the
+/// Ready reason should it be missing or unreadable.
 async fn read_secret(
     client: &kube::Client,
     namespace: &str,
     name: &str,
     account: Option<&str>,
+    reason: &'static str,
 ) -> Result<BTreeMap<String, Vec<u8>>, Error> {
     let full = format!("{namespace}/{name}");
     let secret = match Api::<Secret>::namespaced(client.clone(), namespace)
@@ -277,6 +294,7 @@ async fn read_secret(
             return Err(Error::Secret {
                 name: full,
                 message: format!("{who} may not read it: grant it get on this Secret"),
+                reason,
             });
         }
         Err(e) => return Err(Error::Kube(e)),
@@ -284,6 +302,7 @@ async fn read_secret(
     .ok_or_else(|| Error::Secret {
         name: full.clone(),
         message: "not found; create it in the GitRepository's namespace".into(),
+        reason,
     })?;
     Ok(secret
         .data

@@ -173,8 +173,17 @@ fn each_stage_error_gives_its_reason_and_keeps_the_last_applied_revision() {
             Error::Secret {
                 name: "team/creds".into(),
                 message: "not found".into(),
+                reason: reason::AUTHENTICATION_FAILED,
             },
             reason::AUTHENTICATION_FAILED,
+        ),
+        (
+            Error::Secret {
+                name: "team/age".into(),
+                message: "not found".into(),
+                reason: reason::DECRYPTION_FAILED,
+            },
+            reason::DECRYPTION_FAILED,
         ),
         (
             GitError::Unreachable {
@@ -279,6 +288,7 @@ fn the_same_failure_again_publishes_nothing_and_another_one_does() {
     let error = || Error::Secret {
         name: "team/creds".into(),
         message: "not found".into(),
+        reason: reason::AUTHENTICATION_FAILED,
     };
     let first = after(&repo(1, None), &failed(None, error()), None, at(0)).status;
     let again = after(
@@ -293,6 +303,7 @@ fn the_same_failure_again_publishes_nothing_and_another_one_does() {
     let other = Error::Secret {
         name: "team/creds".into(),
         message: "has no key password".into(),
+        reason: reason::AUTHENTICATION_FAILED,
     };
     let next = after(&repo(1, Some(first)), &failed(None, other), None, at(10));
     assert!(next.event.is_some(), "a new message is a change of Ready");
