@@ -252,7 +252,7 @@ impl Shared {
                 }
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("{what}: no answer within {budget:?}"),
+                    format!("{what}: no answer within {:.1} s", budget.as_secs_f64()),
                 ))
             }
         }
@@ -312,7 +312,11 @@ impl Shared {
                 tcp.set_nodelay(true)?;
                 Ok(tcp)
             })
-            .map_err(|e| net_error(format!("connecting to {target}: {e}")))?;
+            .map_err(|e| match e.kind() {
+                // The timeout's message already says what waited.
+                io::ErrorKind::TimedOut => net_error(e.to_string()),
+                _ => net_error(format!("connecting to {target}: {e}")),
+            })?;
         if !origin.tls {
             return self.handshake(inner, tcp);
         }
