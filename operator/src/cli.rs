@@ -388,6 +388,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             client,
             config,
             guard,
+            namespace: namespace.clone(),
         },
         MirrorCache::new(cache_dir, proxy.clone())
             .with_limits(ContentLimits {

@@ -7,6 +7,8 @@
 //! - [`triggers`]: push notices from the hub: which objects follow which repository, the watch set.
 //! - [`apply`]: server-side apply, dry-run first, and pruning, against the API server.
 //! - [`discovery`]: the kinds the API server serves, shared and refreshed on demand.
+//! - [`drift`]: what the last apply of each `GitRepository` left, and metadata watches that tell
+//!   whether it changed, so that an unchanged revision is not applied again for nothing.
 //! - [`health`]: the wait for applied objects to become ready (`spec.wait`).
 //! - [`leader`]: Lease-based leader election.
 //! - [`metrics`]: the Prometheus registry and the admin server.
@@ -31,6 +33,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod discovery;
+pub mod drift;
 pub mod duration;
 pub mod error;
 pub mod fleet;

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub objects: IntCounterVec,
     /// From a push notice's arrival at the hub to its revision applied.
     pub push_to_applied: Histogram,
+    /// Reconciles of an applied revision by what the drift watches said: `clean` (nothing
+    /// applied), `drifted`, `unknown` (applied, as no watch could tell).
+    pub drift_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -112,7 +115,15 @@ impl Metrics {
         registry.register(Box::new(render_duration.clone()))?;
         registry.register(Box::new(apply_duration.clone()))?;
         registry.register(Box::new(objects.clone()))?;
+        let drift_checks = IntCounterVec::new(
+            Opts::new(
+                "tether_drift_checks_total",
+                "Reconciles of an already applied revision, by whether its objects drifted (clean: nothing applied)",
+            ),
+            &["result"],
+        )?;
         registry.register(Box::new(push_to_applied.clone()))?;
+        registry.register(Box::new(drift_checks.clone()))?;
         Ok(Self {
             registry,
             reconcile_duration,
@@ -123,6 +134,7 @@ impl Metrics {
             apply_duration,
             objects,
             push_to_applied,
+            drift_checks,
         })
     }
 

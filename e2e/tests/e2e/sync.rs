@@ -199,3 +199,254 @@ async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result
     );
     Ok(())
 }
+
+/// The operator's counter `name` for the label set `labels` (`result="clean"`), 0 before its first
+/// sample.
+fn counter(operator: &Operator, name: &str, labels: &str) -> Result<f64> {
+    let text = operator.metrics()?;
+    let prefix = format!("{name}{{{labels}}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse::<f64>())
+        .transpose()?
+        .unwrap_or(0.0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_revision_is_not_applied_again_until_something_drifts() -> Result<()> {
+    use std::time::Duration;
+
+    use anyhow::ensure;
+    use tether_e2e::wait::wait_until;
+
+    let ns = TestNamespace::create("drift").await?;
+    let kubectl = ns.kubectl();
+    install_crds(kubectl)?;
+    let repo = Upstream::new("app")?;
+    write_app(&repo, ns.name(), "hello")?;
+    repo.commit("the app")?;
+    repo.push()?;
+    let operator = Operator::start(ns.kubeconfig(), ns.name(), &[])?;
+    kubectl.apply(&git_repository(
+        ns.name(),
+        "app",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 1s\n",
+    ))?;
+    wait_ready(kubectl, ns.name(), "app", "90s", &operator)?;
+    let clean = || counter(&operator, "tether_drift_checks_total", r#"result="clean""#);
+    let drifted = || {
+        counter(
+            &operator,
+            "tether_drift_checks_total",
+            r#"result="drifted""#,
+        )
+    };
+    let applied = || -> Result<f64> {
+        let mut sum = 0.0;
+        for action in ["created", "configured", "unchanged"] {
+            let labels = format!(r#"action="{action}""#);
+            sum += counter(&operator, "tether_objects_applied_total", &labels)?;
+        }
+        Ok(sum)
+    };
+    let intervals_skipped = |n: f64| -> Result<()> {
+        let from = clean()?;
+        wait_until(
+            "intervals that find nothing drifted",
+            Duration::from_secs(60),
+            || {
+                let now = clean()?;
+                ensure!(now >= from + n, "{} clean so far", now - from);
+                Ok(())
+            },
+        )
+    };
+
+    // Idle: the deployment controller writes the Deployment's status (and its revision annotation,
+    // which counts once); after that, intervals apply nothing at all.
+    intervals_skipped(3.0)?;
+    let before = applied()?;
+    intervals_skipped(4.0)?;
+    let after = applied()?;
+    ensure!(
+        after == before,
+        "{} objects applied while nothing drifted",
+        after - before
+    );
+
+    // Each kind of drift is found and set back at the next interval.
+    let replicas = [
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        ns.name(),
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ];
+    let cases: [(&str, &[&str], &[&str], &str); 4] = [
+        (
+            "a ConfigMap edited",
+            &[
+                "patch",
+                "configmap",
+                "settings",
+                "--type=merge",
+                "-p",
+                r#"{"data":{"greeting":"drifted"}}"#,
+            ],
+            &greeting_args(ns.name(), "settings"),
+            "hello",
+        ),
+        (
+            "a Deployment scaled (its spec, through the scale subresource)",
+            &["scale", "deployment", "web", "--replicas=3"],
+            &replicas,
+            "1",
+        ),
+        (
+            "an owner label removed",
+            &["label", "configmap", "settings", "tether.dev/name-"],
+            &[
+                "get",
+                "configmap",
+                "settings",
+                "-n",
+                ns.name(),
+                "-o",
+                "jsonpath={.metadata.labels.tether\\.dev/name}",
+            ],
+            "app",
+        ),
+        (
+            "an object deleted",
+            &["delete", "service", "web"],
+            &["get", "service", "web", "-n", ns.name(), "-o", "name"],
+            "service/web",
+        ),
+    ];
+    for (what, change, read, want) in cases {
+        let found = drifted()?;
+        let mut args = change.to_vec();
+        args.extend(["-n", ns.name()]);
+        kubectl.run(&args)?;
+        wait_for_output(kubectl, read, want, &operator)?;
+        ensure!(
+            drifted()? > found,
+            "{what}: set back, but not counted as drift"
+        );
+        eprintln!("{what}: set back");
+    }
+    Ok(())
+}
+
+/// Server-side applies of PodTemplates the API server has served, dry runs included, from its own
+/// metrics (no other test applies that kind).
+fn pod_template_applies(kubectl: &Kubectl) -> Result<f64> {
+    let text = kubectl.run(&["get", "--raw", "/metrics"])?;
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with("apiserver_request_total{")
+            && line.contains(r#"resource="podtemplates""#)
+            && line.contains(r#"verb="APPLY""#)
+            && let Some((_, value)) = line.rsplit_once(' ')
+        {
+            sum += value.parse::<f64>()?;
+        }
+    }
+    Ok(sum)
+}
+
+fn pod_template(ns: &str, name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: PodTemplate\nmetadata:\n  name: {name}\n  namespace: {ns}\ntemplate:\n  \
+         spec:\n    containers:\n    - name: app\n      image: {image}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_revision_applies_only_the_objects_it_changed() -> Result<()> {
+    use std::time::Duration;
+
+    use anyhow::ensure;
+    use tether_e2e::wait::wait_until;
+
+    let ns = TestNamespace::create("changed").await?;
+    let kubectl = ns.kubectl();
+    install_crds(kubectl)?;
+    let repo = Upstream::new("templates")?;
+    for i in 1..=6 {
+        let name = format!("t{i}");
+        repo.write(
+            &format!("deploy/{name}.yaml"),
+            &pod_template(ns.name(), &name, "registry.example/app:1"),
+        )?;
+    }
+    repo.commit("six templates")?;
+    repo.push()?;
+    let operator = Operator::start(ns.kubeconfig(), ns.name(), &[])?;
+    kubectl.apply(&git_repository(
+        ns.name(),
+        "app",
+        &repo.file_url(),
+        "  path: deploy\n  interval: 2s\n",
+    ))?;
+    wait_ready(kubectl, ns.name(), "app", "90s", &operator)?;
+    let clean = || counter(&operator, "tether_drift_checks_total", r#"result="clean""#);
+    let settle = || -> Result<()> {
+        let from = clean()?;
+        wait_until(
+            "an interval that finds nothing drifted",
+            Duration::from_secs(60),
+            || {
+                ensure!(clean()? > from, "not yet");
+                Ok(())
+            },
+        )
+    };
+    settle()?;
+    let before = pod_template_applies(kubectl)?;
+
+    repo.write(
+        "deploy/t3.yaml",
+        &pod_template(ns.name(), "t3", "registry.example/app:2"),
+    )?;
+    let head = repo.commit("t3 on version 2")?;
+    repo.push()?;
+    wait_for_revision(kubectl, ns.name(), &head, &operator)?;
+    let image = [
+        "get",
+        "podtemplate",
+        "t3",
+        "-n",
+        ns.name(),
+        "-o",
+        "jsonpath={.template.spec.containers[0].image}",
+    ];
+    ensure!(kubectl.run(&image)?.trim() == "registry.example/app:2");
+    settle()?;
+    let after = pod_template_applies(kubectl)?;
+    // One dry run and one apply, of t3 alone: the five others are as the last apply left them.
+    ensure!(
+        after - before == 2.0,
+        "{} server-side applies of PodTemplates for a one-object change",
+        after - before
+    );
+    let summary = kubectl.run(&[
+        "get",
+        "events",
+        "-n",
+        ns.name(),
+        "--field-selector",
+        "reason=ReconciliationSucceeded",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ])?;
+    ensure!(
+        summary.contains("configured 1, unchanged 5"),
+        "no Event says what the push changed: {summary}"
+    );
+    Ok(())
+}

@@ -9,7 +9,8 @@
 //! 4. the held-back objects are dry-run (a failure now leaves only those CRDs and Namespaces applied);
 //! 5. everything else is applied.
 //!
-//! Steps 1 and 5 work on [`PER_REVISION`] objects at a time.
+//! Steps 1 and 5 work on [`PER_REVISION`] objects at a time. An object whose manifest is the one
+//! last applied, and which nobody changed since (by [`crate::drift`]'s watches), skips all five.
 //!
 //! An object that exists already and is labelled as another `GitRepository`'s, which still lists it
 //! in its inventory, fails the revision at step 2 (`OwnershipConflict`): two repositories never take
@@ -29,6 +30,7 @@ use kube::runtime::wait::{await_condition, conditions};
 
 use crate::crd::{FIELD_MANAGER, ObjectRef, reason};
 use crate::discovery::{Catalog, DiscoveryError, Kinds};
+use crate::drift::{Fingerprint, Live, Settled, manifest_hash};
 use crate::error::{ErrorClass, StageError};
 use crate::plan::{Plan, PlannedObject, is_owned_by, is_prune_disabled};
 
@@ -48,6 +50,8 @@ enum DryRun {
     /// Accepted: its index, its resourceVersion (none: it does not exist yet), and the other
     /// GitRepository that holds it, if one does.
     Checked(usize, Option<String>, Option<Conflict>),
+    /// The manifest and the object are as the last apply left them: nothing to check or apply.
+    Settled(usize, Live),
 }
 
 /// What happened to one object. The order is the summary's.
@@ -71,10 +75,12 @@ impl Action {
     }
 }
 
-/// What applying and pruning a revision did, counted by action.
+/// What applying and pruning a revision did, counted by action, and each applied object as the
+/// apply left it (for [`crate::drift`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub actions: BTreeMap<Action, usize>,
+    pub live: Vec<Live>,
 }
 
 impl Applied {
@@ -227,11 +233,15 @@ pub struct Checked<'p> {
     held_back: Vec<&'p PlannedObject>,
     /// The dry run's resourceVersion per object index (none: the object does not exist yet).
     dry_rv: HashMap<usize, Option<String>>,
+    /// Per object index, an object left as it is: its manifest and the cluster's copy are as the
+    /// last apply left them.
+    settled: HashMap<usize, Live>,
 }
 
 /// Steps 1 and 2 of the module's order of work: dry-runs every object that can be checked now,
 /// with `client` (the operator's own, or one impersonating the `GitRepository`'s service
-/// account). Nothing is changed.
+/// account). Nothing is changed. The objects `settled` holds with the same manifest are neither
+/// checked nor applied: applying them again would change nothing.
 ///
 /// `owners` reads the `GitRepository` objects that labels name (the operator's own client: a
 /// tenant's account need not read other namespaces' `GitRepository` objects).
@@ -240,6 +250,7 @@ pub async fn dry_run<'p>(
     owners: &kube::Client,
     catalog: &Catalog,
     plan: &'p Plan,
+    settled: &Settled,
 ) -> Result<Checked<'p>, ApplyError> {
     let mut kinds = catalog.kinds(client).await?;
     if plan
@@ -258,11 +269,24 @@ pub async fn dry_run<'p>(
     let dry = PatchParams::apply(FIELD_MANAGER).force().dry_run();
 
     // 1. Dry-run what can be checked now, [`PER_REVISION`] objects at a time.
+    let (known, dry, new_namespaces) = (&kinds, &dry, &new_namespaces);
     let checks: Vec<_> = plan
         .objects
         .iter()
         .enumerate()
-        .map(|(i, object)| dry_run_one(client, owners, &kinds, &dry, &new_namespaces, i, object))
+        .map(|(i, object)| {
+            let live = settled
+                .unchanged(&object.id, manifest_hash(&object.object))
+                .cloned();
+            async move {
+                match live {
+                    Some(live) => Ok(DryRun::Settled(i, live)),
+                    None => {
+                        dry_run_one(client, owners, known, dry, new_namespaces, i, object).await
+                    }
+                }
+            }
+        })
         .collect();
     let outcomes: Vec<DryRun> = futures::stream::iter(checks)
         .buffered(PER_REVISION)
@@ -270,6 +294,7 @@ pub async fn dry_run<'p>(
         .await?;
     let mut held_back: Vec<&PlannedObject> = Vec::new();
     let mut dry_rv: HashMap<usize, Option<String>> = HashMap::new();
+    let mut left = HashMap::new();
     let mut conflicts = Vec::new();
     for (object, outcome) in plan.objects.iter().zip(outcomes) {
         match outcome {
@@ -277,6 +302,9 @@ pub async fn dry_run<'p>(
             DryRun::Checked(i, rv, conflict) => {
                 dry_rv.insert(i, rv);
                 conflicts.extend(conflict);
+            }
+            DryRun::Settled(i, live) => {
+                left.insert(i, live);
             }
         }
     }
@@ -306,6 +334,7 @@ pub async fn dry_run<'p>(
         kinds,
         held_back,
         dry_rv,
+        settled: left,
     })
 }
 
@@ -362,10 +391,15 @@ pub async fn apply(
         mut kinds,
         held_back,
         dry_rv,
+        settled,
     } = checked;
     let dry = PatchParams::apply(FIELD_MANAGER).force().dry_run();
     let mut applied = Applied::default();
     let real = PatchParams::apply(FIELD_MANAGER).force();
+    for live in settled.values() {
+        applied.record(Action::Unchanged, 1);
+        applied.live.push(live.clone());
+    }
 
     // 3. CRDs and Namespaces first.
     let mut first: Vec<usize> = Vec::new();
@@ -378,8 +412,9 @@ pub async fn apply(
     let mut crds_changed = false;
     for &i in &first {
         let object = &plan.objects[i];
-        let action = apply_one(client, &kinds, object, &real, dry_rv.get(&i)).await?;
+        let (action, live) = apply_one(client, &kinds, object, &real, dry_rv.get(&i)).await?;
         applied.record(action, 1);
+        applied.live.push(live);
         if object.is_crd() {
             new_crds.push(object.id.name.clone());
             crds_changed |= action != Action::Unchanged;
@@ -447,15 +482,16 @@ pub async fn apply(
         .objects
         .iter()
         .enumerate()
-        .filter(|(i, _)| !first.contains(i))
+        .filter(|(i, _)| !first.contains(i) && !settled.contains_key(i))
         .map(|(i, object)| apply_one(client, &kinds, object, &real, dry_rv.get(&i)))
         .collect();
-    let actions: Vec<Action> = futures::stream::iter(applies)
+    let actions: Vec<(Action, Live)> = futures::stream::iter(applies)
         .buffer_unordered(PER_REVISION)
         .try_collect()
         .await?;
-    for action in actions {
+    for (action, live) in actions {
         applied.record(action, 1);
+        applied.live.push(live);
     }
     Ok(applied)
 }
@@ -498,7 +534,7 @@ async fn apply_one(
     object: &PlannedObject,
     params: &PatchParams,
     dry_rv: Option<&Option<String>>,
-) -> Result<Action, ApplyError> {
+) -> Result<(Action, Live), ApplyError> {
     let Some(resource) = kinds.resource(&object.id) else {
         return Err(ApplyError::UnknownKind {
             file: object.file.clone(),
@@ -509,14 +545,21 @@ async fn apply_one(
         .patch(&object.id.name, params, &Patch::Apply(&object.object))
         .await
         .map_err(|e| classify(object, e))?;
-    Ok(match dry_rv {
+    let action = match dry_rv {
         Some(Some(rv)) if result.metadata.resource_version.as_ref() == Some(rv) => {
             Action::Unchanged
         }
         Some(Some(_)) => Action::Configured,
         // No resourceVersion in the dry-run: the object did not exist. Held back: new this revision.
         Some(None) | None => Action::Created,
-    })
+    };
+    let live = Live {
+        resource: resource.clone(),
+        id: object.id.clone(),
+        manifest: manifest_hash(&object.object),
+        fingerprint: Fingerprint::of(&result.metadata),
+    };
+    Ok((action, live))
 }
 
 /// What pruning did.

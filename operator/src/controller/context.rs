@@ -13,6 +13,7 @@ use super::deps::{Dependents, Wakes};
 use super::error::Error;
 use crate::crd::GitRepository;
 use crate::discovery::Catalog;
+use crate::drift::Drift;
 use crate::git::MirrorCache;
 use crate::leader::Guard;
 use crate::metrics::Metrics;
@@ -33,12 +34,13 @@ pub struct Policy {
 }
 
 /// How the operator reaches the API server: its own client, the config that the clients
-/// impersonating a `serviceAccountName` are built from, and, with leader election, the guard every
-/// one of them checks before it writes.
+/// impersonating a `serviceAccountName` are built from, with leader election the guard every
+/// one of them checks before it writes, and with `--namespace` the one namespace it works in.
 pub struct ApiAccess {
     pub client: kube::Client,
     pub config: kube::Config,
     pub guard: Option<Guard>,
+    pub namespace: Option<String>,
 }
 
 /// Shared by every reconcile.
@@ -46,6 +48,8 @@ pub struct Context {
     pub(super) client: kube::Client,
     config: kube::Config,
     pub(super) catalog: Catalog,
+    /// What the last applies left, and the watches that tell whether it changed.
+    pub(super) drift: Drift,
     pub(super) mirrors: MirrorCache,
     pub(super) metrics: Metrics,
     /// Who publishes Events. A recorder is made per Event: kube's `Recorder` folds Events with the
@@ -108,12 +112,15 @@ impl Context {
             client,
             config,
             guard,
+            namespace,
         } = api;
         let (dependents, wakes) = Dependents::new();
+        let drift = Drift::new(client.clone(), namespace);
         let ctx = Arc::new(Self {
             client,
             config,
             catalog: Catalog::default(),
+            drift,
             mirrors,
             metrics,
             reporter,

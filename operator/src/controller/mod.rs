@@ -177,6 +177,7 @@ async fn reconcile_with_finalizer(
 async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error> {
     let mut timer = ctx.metrics.reconcile_timer();
     let oref = Ref::from_obj(&*obj);
+    let (namespace, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     let spec = ValidSpec::parse(&obj.spec, ctx.policy.allow_file_urls);
     ctx.triggers
         .track(oref.clone(), spec.as_ref().ok().map(|s| s.repo.clone()));
@@ -242,6 +243,7 @@ async fn converge(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Erro
             Ok(Action::requeue(jittered(interval)))
         }
         Attempt::Failed { error, .. } => {
+            ctx.drift.forget((&namespace, &name));
             if let Some(event) = next.event {
                 publish(ctx, &obj, event).await;
             }
@@ -272,6 +274,7 @@ async fn cleanup(obj: Arc<GitRepository>, ctx: &Context) -> Result<Action, Error
     ctx.triggers.track(Ref::from_obj(&*obj), None);
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
+    ctx.drift.forget((&namespace, &name));
     if obj.spec.prune
         && let Some(status) = &obj.status
         && !status.inventory.is_empty()

@@ -1,4 +1,5 @@
-//! The stages of one reconcile: resolve, fetch, plan, apply, prune, wait. Each records what it did
+//! The stages of one reconcile: resolve, fetch, plan, apply, prune, wait (all but the first
+//! skipped when the revision is applied and nothing drifted). Each records what it did
 //! in the [`Attempt`] it returns; the only status written here are the two checkpoints before
 //! applying (progress shown, inventory widened).
 
@@ -17,8 +18,9 @@ use super::spec::ValidSpec;
 use super::status::{self, Attempt};
 use super::writer::write_status;
 use crate::apply::{self, Action};
-use crate::crd::{GitRepository, ObjectRef, reason};
+use crate::crd::{ANNOTATION_RECONCILE_REQUESTED_AT, GitRepository, ObjectRef, condition, reason};
 use crate::discovery::Kinds;
+use crate::drift::Verdict;
 use crate::git::{self, Credentials};
 use crate::plan::{self, ManifestFilter, PlanError, PlanInput};
 
@@ -111,6 +113,9 @@ async fn stages(
     };
     let revision = resolved.revision.clone();
     progress.revision = Some(revision.clone());
+    if let Some(inventory) = settled_inventory(obj, ctx, &revision) {
+        return Ok((revision, inventory, "nothing drifted".into()));
+    }
     if let Some(next) = status::progressing(obj, &revision, Timestamp::now()) {
         write_status(ctx, obj, next).await?;
     }
@@ -152,7 +157,14 @@ async fn stages(
     let new = planned.inventory();
 
     // Dry-run, then record what may be created (only once the server accepted it), then apply.
-    let checked = apply::dry_run(&client, &ctx.client, &ctx.catalog, &planned).await?;
+    // Asked for by the annotation: everything is applied again, drift watched or not.
+    let settled = if reconcile_requested(obj) {
+        Default::default()
+    } else {
+        ctx.drift
+            .settled((&namespace, &name), obj.metadata.generation)
+    };
+    let checked = apply::dry_run(&client, &ctx.client, &ctx.catalog, &planned, &settled).await?;
     if let Some(next) = status::widened(obj, &revision, &new, Timestamp::now()) {
         let inventory = next.inventory.clone();
         write_status(ctx, obj, next).await?;
@@ -184,10 +196,55 @@ async fn stages(
     if obj.spec.wait {
         crate::health::wait(&client, &ctx.catalog, &planned, timeout).await?;
     }
+    ctx.drift.record(
+        (&namespace, &name),
+        &revision,
+        obj.metadata.generation,
+        &applied.live,
+    );
     ctx.metrics
         .apply_duration
         .observe(started.elapsed().as_secs_f64());
     Ok((resolved.revision, new, applied.summary()))
+}
+
+/// The inventory, when this revision is applied at this spec already, no reconcile is asked for,
+/// and nothing the apply left has changed ([`crate::drift`]): the interval then costs only
+/// the look at the remote, made above with this object's own credentials. `None`: apply it all.
+fn settled_inventory(obj: &GitRepository, ctx: &Context, revision: &str) -> Option<Vec<ObjectRef>> {
+    let status = obj.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::READY && c.status == "True");
+    if status.last_applied_revision.as_deref() != Some(revision)
+        || status.observed_generation != obj.metadata.generation
+        || reconcile_requested(obj)
+        || !ready
+    {
+        return None;
+    }
+    let namespace = obj.namespace().unwrap_or_default();
+    let verdict = ctx.drift.verdict(
+        (&namespace, &obj.name_any()),
+        revision,
+        obj.metadata.generation,
+    );
+    ctx.metrics
+        .drift_checks
+        .with_label_values(&[verdict.as_str()])
+        .inc();
+    (verdict == Verdict::Clean).then(|| status.inventory.clone())
+}
+
+/// Whether the reconcile-requested-at annotation asks for a reconcile not handled yet.
+fn reconcile_requested(obj: &GitRepository) -> bool {
+    let requested = obj.annotations().get(ANNOTATION_RECONCILE_REQUESTED_AT);
+    let handled = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.last_handled_reconcile_at.as_ref());
+    requested.is_some() && requested != handled
 }
 
 /// Plans on a blocking thread: parsing a revision's manifests is CPU work of a size the

@@ -39,7 +39,6 @@ const RESULT: &str = "application/x-git-upload-pack-result";
 const USER_AGENT: &str = concat!("git/2.0 (tether-operator/", env!("CARGO_PKG_VERSION"), ")");
 
 static SOCKET_TIMEOUT: OnceLock<Duration> = OnceLock::new();
-static SYSTEM_ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
 
 thread_local! {
     static OPERATION: RefCell<Option<Arc<Operation>>> = const { RefCell::new(None) };
@@ -377,26 +376,13 @@ impl Shared {
 
     /// The system's roots (read once) and caFile's certificates.
     fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, git2::Error> {
-        let mut roots = SYSTEM_ROOTS
-            .get_or_init(|| {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-                roots
-            })
-            .clone();
+        let mut roots = crate::net::tls::system_roots().clone();
         for cert in &self.operation.ca {
             roots
                 .add(cert.clone())
                 .map_err(|e| net_error(format!("caFile: not a usable trust anchor: {e}")))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| net_error(format!("TLS: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        crate::net::tls::http1_client(roots).map_err(|e| net_error(format!("TLS: {e}")))
     }
 
     /// Sends one request and waits for its answer's head; the body is left to read.
