@@ -157,13 +157,9 @@ async fn stages(
     let new = planned.inventory();
 
     // Dry-run, then record what may be created (only once the server accepted it), then apply.
-    // Asked for by the annotation: everything is applied again, drift watched or not.
-    let settled = if reconcile_requested(obj) {
-        Default::default()
-    } else {
-        ctx.drift
-            .settled((&namespace, &name), obj.metadata.generation)
-    };
+    let settled = ctx
+        .drift
+        .settled((&namespace, &name), obj.metadata.generation);
     let checked = apply::dry_run(&client, &ctx.client, &ctx.catalog, &planned, &settled).await?;
     if let Some(next) = status::widened(obj, &revision, &new, Timestamp::now()) {
         let inventory = next.inventory.clone();
@@ -208,8 +204,9 @@ async fn stages(
     Ok((resolved.revision, new, applied.summary()))
 }
 
-/// The inventory, when this revision is applied at this spec already, no reconcile is asked for,
-/// and nothing the apply left has changed ([`crate::drift`]): the interval then costs only
+/// The inventory, when this revision is applied at this spec already, no reconcile is asked for
+/// (one that is renders and plans the revision again, and so finds what changed outside it: a
+/// decryption key gone), and nothing the apply left has changed ([`crate::drift`]): the interval then costs only
 /// the look at the remote, made above with this object's own credentials. `None`: apply it all.
 fn settled_inventory(obj: &GitRepository, ctx: &Context, revision: &str) -> Option<Vec<ObjectRef>> {
     let status = obj.status.as_ref()?;
