@@ -52,10 +52,8 @@ pub struct Context {
     pub(super) drift: Drift,
     pub(super) mirrors: MirrorCache,
     pub(super) metrics: Metrics,
-    /// Who publishes Events. A recorder is made per Event: kube's `Recorder` folds Events with the
-    /// same reason into one series that keeps the first note, so a second "Applied revision" would
-    /// still name the first revision. Events come only on a change, so there is no flood to fold.
-    pub(super) reporter: Reporter,
+    /// Where Events go to be published, in order, off the reconcile's path.
+    pub(super) events: tokio::sync::mpsc::Sender<super::writer::Queued>,
     pub(super) triggers: Arc<Triggers>,
     pub(super) policy: Policy,
     /// Per object, the backoff of its consecutive transient failures.
@@ -116,6 +114,7 @@ impl Context {
         } = api;
         let (dependents, wakes) = Dependents::new();
         let drift = Drift::new(client.clone(), namespace);
+        let events = super::writer::publisher(client.clone(), reporter);
         let ctx = Arc::new(Self {
             client,
             config,
@@ -123,7 +122,7 @@ impl Context {
             drift,
             mirrors,
             metrics,
-            reporter,
+            events,
             triggers,
             policy,
             retries: Mutex::new(HashMap::new()),

@@ -96,17 +96,45 @@ pub async fn run(
 }
 
 /// What besides the spec's generation calls for a reconcile: the reconcile-requested-at
-/// annotation, the finalizers (the finalizer's own addition is followed by the first real reconcile)
-/// and a deletion.
+/// annotation and a deletion. Not the finalizers: the reconcile that adds Tether's goes on to
+/// apply ([`with_finalizer`]).
 fn requested_at(obj: &GitRepository) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     obj.annotations()
         .get(ANNOTATION_RECONCILE_REQUESTED_AT)
         .hash(&mut h);
-    obj.finalizers().hash(&mut h);
     obj.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
+}
+
+/// `obj` with Tether's finalizer, added now when it is missing (and `obj` is not being deleted),
+/// so that the same reconcile can go on to apply: kube's helper would end it there and wait for
+/// the change to come back through the watch and the queue. The patch carries the
+/// resourceVersion read, so that a finalizer someone else added meanwhile is never lost (a
+/// conflict is retried).
+async fn with_finalizer(
+    api: &Api<GitRepository>,
+    obj: Arc<GitRepository>,
+) -> Result<Arc<GitRepository>, Error> {
+    if obj.metadata.deletion_timestamp.is_some() || obj.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        return Ok(obj);
+    }
+    let mut finalizers = obj.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()},
+    });
+    let updated = api
+        .patch(
+            &obj.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    Ok(Arc::new(updated))
 }
 
 fn error_policy(obj: Arc<GitRepository>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -157,6 +185,7 @@ async fn reconcile_with_finalizer(
 ) -> Result<Action, Error> {
     let namespace = obj.namespace().unwrap_or_default();
     let api: Api<GitRepository> = Api::namespaced(ctx.client.clone(), &namespace);
+    let obj = with_finalizer(&api, obj).await?;
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => converge(obj, &ctx).await,

@@ -1,11 +1,12 @@
 //! The stages of one reconcile: resolve, fetch, plan, apply, prune, wait (all but the first
 //! skipped when the revision is applied and nothing drifted). Each records what it did
 //! in the [`Attempt`] it returns; the only status written here are the two checkpoints before
-//! applying (progress shown, inventory widened).
+//! applying: progress shown (once the work has taken a second; work done sooner shows it with the
+//! next checkpoint or not at all) and the inventory widened.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -16,25 +17,76 @@ use super::context::Context;
 use super::error::Error;
 use super::spec::ValidSpec;
 use super::status::{self, Attempt};
-use super::writer::write_status;
+use super::writer::{write_status, write_status_with};
 use crate::apply::{self, Action};
-use crate::crd::{ANNOTATION_RECONCILE_REQUESTED_AT, GitRepository, ObjectRef, condition, reason};
+use crate::crd::{
+    ANNOTATION_RECONCILE_REQUESTED_AT, GitRepository, GitRepositoryStatus, ObjectRef, condition,
+    reason,
+};
 use crate::discovery::Kinds;
 use crate::drift::Verdict;
 use crate::git::{self, Credentials};
 use crate::plan::{self, ManifestFilter, PlanError, PlanInput};
+
+/// How long work on a new revision runs before `Reconciling` is written for it on its own; work
+/// done sooner shows it only with the inventory checkpoint, or not at all (one write fewer).
+const SHOW_PROGRESS_AFTER: Duration = Duration::from_secs(1);
 
 /// What the stages learn as they go, kept for a failure's status.
 #[derive(Debug, Default)]
 struct Progress {
     revision: Option<String>,
     recorded_inventory: Option<Vec<ObjectRef>>,
+    /// The `Reconciling` status, written should the work take [`SHOW_PROGRESS_AFTER`].
+    shown: Option<Shown>,
+}
+
+/// A `Reconciling` status waiting to be written in the background.
+#[derive(Debug)]
+struct Shown {
+    cancel: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shown {
+    /// Writes `status` once `after` has passed, unless [`Shown::settle`] comes first.
+    fn after(
+        ctx: &Context,
+        obj: &GitRepository,
+        status: GitRepositoryStatus,
+        after: Duration,
+    ) -> Self {
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        let (client, obj) = (ctx.client.clone(), obj.clone());
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = cancelled => {}
+                () = tokio::time::sleep(after) => {
+                    if let Err(e) = write_status_with(&client, &obj, status).await {
+                        tracing::debug!(error = %e, "writing Reconciling");
+                    }
+                }
+            }
+        });
+        Self { cancel, task }
+    }
+
+    /// Stops the timer; a write already under way is waited for, so that it can never land
+    /// after a later status.
+    async fn settle(self) {
+        let _ = self.cancel.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// Runs every stage for `obj`, whose spec is `spec`.
 pub async fn attempt(obj: &GitRepository, spec: &ValidSpec, ctx: &Context) -> Attempt {
     let mut progress = Progress::default();
-    match stages(obj, spec, ctx, &mut progress).await {
+    let result = stages(obj, spec, ctx, &mut progress).await;
+    if let Some(shown) = progress.shown.take() {
+        shown.settle().await;
+    }
+    match result {
         Ok((revision, inventory, summary)) => Attempt::Applied {
             revision,
             inventory,
@@ -117,7 +169,7 @@ async fn stages(
         return Ok((revision, inventory, "nothing drifted".into()));
     }
     if let Some(next) = status::progressing(obj, &revision, Timestamp::now()) {
-        write_status(ctx, obj, next).await?;
+        progress.shown = Some(Shown::after(ctx, obj, next, SHOW_PROGRESS_AFTER));
     }
 
     // Render (or read the plain manifests), then plan.
@@ -162,6 +214,11 @@ async fn stages(
         .settled((&namespace, &name), obj.metadata.generation);
     let checked = apply::dry_run(&client, &ctx.client, &ctx.catalog, &planned, &settled).await?;
     if let Some(next) = status::widened(obj, &revision, &new, Timestamp::now()) {
+        // This write shows Reconciling too; a later one of Reconciling alone would take the
+        // widened inventory back.
+        if let Some(shown) = progress.shown.take() {
+            shown.settle().await;
+        }
         let inventory = next.inventory.clone();
         write_status(ctx, obj, next).await?;
         progress.recorded_inventory = Some(inventory);
