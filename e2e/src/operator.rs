@@ -201,6 +201,8 @@ fn spawn(
             ("RUST_LOG", "info,tether_operator=debug".to_string()),
             // The test repositories are local folders.
             ("TETHER_ALLOW_FILE_URLS", "true".to_string()),
+            // As the image and the chart run it (operator/Dockerfile).
+            ("MALLOC_ARENA_MAX", "2".to_string()),
         ]
         .into_iter()
         .chain(crate::render_tools::operator_env())

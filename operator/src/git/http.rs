@@ -13,8 +13,9 @@
 //! that `remote::classify` tells them apart as it does for libgit2's own callbacks.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +40,12 @@ const RESULT: &str = "application/x-git-upload-pack-result";
 const USER_AGENT: &str = concat!("git/2.0 (tether-operator/", env!("CARGO_PKG_VERSION"), ")");
 
 static SOCKET_TIMEOUT: OnceLock<Duration> = OnceLock::new();
+
+/// TLS client configs by the caFile certificates added to the system's roots (none: the system's
+/// alone); emptied when it reaches [`MAX_TLS_CONFIGS`] (distinct caFiles, which are few).
+static TLS_CONFIGS: LazyLock<Mutex<TlsConfigs>> = LazyLock::new(Mutex::default);
+type TlsConfigs = HashMap<Vec<Vec<u8>>, Arc<rustls::ClientConfig>>;
+const MAX_TLS_CONFIGS: usize = 64;
 
 thread_local! {
     static OPERATION: RefCell<Option<Arc<Operation>>> = const { RefCell::new(None) };
@@ -374,15 +381,29 @@ impl Shared {
         Ok(sender)
     }
 
-    /// The system's roots (read once) and caFile's certificates.
+    /// The system's roots (read once) and caFile's certificates. One config per set of extra
+    /// certificates, kept: it holds the TLS sessions, so that the next operation on the same server
+    /// resumes one instead of a full handshake (a session is only ever resumed under the trust it
+    /// was verified with, and carries no credentials: those go in each request).
     fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, git2::Error> {
+        let key: Vec<Vec<u8>> = self.operation.ca.iter().map(|c| c.to_vec()).collect();
+        let mut configs = TLS_CONFIGS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(config) = configs.get(&key) {
+            return Ok(Arc::clone(config));
+        }
         let mut roots = crate::net::tls::system_roots().clone();
         for cert in &self.operation.ca {
             roots
                 .add(cert.clone())
                 .map_err(|e| net_error(format!("caFile: not a usable trust anchor: {e}")))?;
         }
-        crate::net::tls::http1_client(roots).map_err(|e| net_error(format!("TLS: {e}")))
+        let config =
+            crate::net::tls::http1_client(roots).map_err(|e| net_error(format!("TLS: {e}")))?;
+        if configs.len() >= MAX_TLS_CONFIGS {
+            configs.clear();
+        }
+        configs.insert(key, Arc::clone(&config));
+        Ok(config)
     }
 
     /// Sends one request and waits for its answer's head; the body is left to read.
