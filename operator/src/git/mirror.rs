@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use git2::Repository;
@@ -266,16 +266,21 @@ impl MirrorCache {
     }
 }
 
-/// Opens the mirror at `path`, creating it when missing. The caller holds the mirror's lock, and
-/// the cache belongs to this process alone, so a `*.lock` file found now was left by a process
-/// killed mid-write and is removed; a mirror that does not open is removed and created again (it
-/// is only a cache of the remote).
 /// The folder name of the mirror for `key`.
 fn mirror_name(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     hex::encode(&digest[..16])
 }
 
+/// Mirrors swept for stale lock files by this process: each once, at its first open.
+static SWEPT: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Mutex::default);
+
+/// Opens the mirror at `path`, creating it when missing. The caller holds the mirror's lock, and
+/// the cache belongs to this process alone, so a `*.lock` file found at the first open was left by
+/// a process killed mid-write and is removed (later opens skip the walk: this process's own git
+/// work ends before the mirror's lock is released, and libgit2 removes its lock files when it
+/// fails); a mirror that does not open is removed and created again (it is only a cache of the
+/// remote).
 fn open_or_init(path: &Path) -> Result<Repository, GitError> {
     let cache = |source| GitError::Cache {
         path: path.to_owned(),
@@ -289,7 +294,11 @@ fn open_or_init(path: &Path) -> Result<Repository, GitError> {
     if !path.exists() {
         return create();
     }
-    let stale = remove_stale_locks(path);
+    let first = SWEPT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(path.to_owned());
+    let stale = if first { remove_stale_locks(path) } else { 0 };
     if stale > 0 {
         tracing::info!(mirror = %path.display(), files = stale, "removed lock files left by an earlier run");
     }
