@@ -1,7 +1,9 @@
 //! The main sync scenarios, as a user works: `kubectl apply` a `GitRepository`, commit and push,
 //! `kubectl wait` / `kubectl get`.
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::fixtures::{config_map, git_repository, greeting_args, write_app};
 use tether_e2e::git_server::Upstream;
@@ -11,6 +13,7 @@ use tether_e2e::gitrepo::{
 };
 use tether_e2e::kubectl::Kubectl;
 use tether_e2e::operator::Operator;
+use tether_e2e::wait::wait_until;
 
 /// Waits until the `GitRepository` `app` reports `main@sha1:<sha>` as applied.
 fn wait_for_revision(
@@ -35,26 +38,32 @@ fn wait_for_revision(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result<()> {
-    let ns = TestNamespace::create("sync").await?;
+/// A namespace `prefix-…`, the app of [`write_app`] pushed to a local repository, an operator, and
+/// the `GitRepository` `app` on `deploy/` at `interval`, Ready.
+async fn app_syncing(prefix: &str, interval: &str) -> Result<(TestNamespace, Upstream, Operator)> {
+    let ns = TestNamespace::create(prefix).await?;
     let kubectl = ns.kubectl();
     install_crds(kubectl)?;
     let repo = Upstream::new("app")?;
     write_app(&repo, ns.name(), "hello")?;
     repo.commit("the app")?;
     repo.push()?;
-
     let operator = Operator::start(ns.kubeconfig(), ns.name(), &[])?;
     kubectl.apply(&git_repository(
         ns.name(),
         "app",
         &repo.file_url(),
-        "  path: deploy\n  interval: 2s\n",
+        &format!("  path: deploy\n  interval: {interval}\n"),
     ))?;
-
-    // 1. Ready, the columns, the objects with their owner labels, the revision.
     wait_ready(kubectl, ns.name(), "app", "90s", &operator)?;
+    Ok((ns, repo, operator))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_a_repo_then_follows_pushes_prunes_and_reverts_drift() -> Result<()> {
+    // 1. Ready, the columns, the objects with their owner labels, the revision.
+    let (ns, repo, operator) = app_syncing("sync", "2s").await?;
+    let kubectl = ns.kubectl();
     let head = repo.head()?;
     assert_eq!(
         get_field(kubectl, ns.name(), "app", "{.status.lastAppliedRevision}")?,
@@ -213,29 +222,25 @@ fn counter(operator: &Operator, name: &str, labels: &str) -> Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// Waits until `n` more reconciles of the applied revision have found nothing drifted.
+fn intervals_skipped(operator: &Operator, n: f64) -> Result<()> {
+    let clean = || counter(operator, "tether_drift_checks_total", r#"result="clean""#);
+    let from = clean()?;
+    wait_until(
+        "intervals that find nothing drifted",
+        Duration::from_secs(60),
+        || {
+            let now = clean()?;
+            ensure!(now >= from + n, "{} clean so far", now - from);
+            Ok(())
+        },
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applied_revision_is_not_applied_again_until_something_drifts() -> Result<()> {
-    use std::time::Duration;
-
-    use anyhow::ensure;
-    use tether_e2e::wait::wait_until;
-
-    let ns = TestNamespace::create("drift").await?;
+    let (ns, _repo, operator) = app_syncing("drift", "1s").await?;
     let kubectl = ns.kubectl();
-    install_crds(kubectl)?;
-    let repo = Upstream::new("app")?;
-    write_app(&repo, ns.name(), "hello")?;
-    repo.commit("the app")?;
-    repo.push()?;
-    let operator = Operator::start(ns.kubeconfig(), ns.name(), &[])?;
-    kubectl.apply(&git_repository(
-        ns.name(),
-        "app",
-        &repo.file_url(),
-        "  path: deploy\n  interval: 1s\n",
-    ))?;
-    wait_ready(kubectl, ns.name(), "app", "90s", &operator)?;
-    let clean = || counter(&operator, "tether_drift_checks_total", r#"result="clean""#);
     let drifted = || {
         counter(
             &operator,
@@ -251,24 +256,11 @@ async fn an_applied_revision_is_not_applied_again_until_something_drifts() -> Re
         }
         Ok(sum)
     };
-    let intervals_skipped = |n: f64| -> Result<()> {
-        let from = clean()?;
-        wait_until(
-            "intervals that find nothing drifted",
-            Duration::from_secs(60),
-            || {
-                let now = clean()?;
-                ensure!(now >= from + n, "{} clean so far", now - from);
-                Ok(())
-            },
-        )
-    };
-
     // Idle: the deployment controller writes the Deployment's status (and its revision annotation,
     // which counts once); after that, intervals apply nothing at all.
-    intervals_skipped(3.0)?;
+    intervals_skipped(&operator, 3.0)?;
     let before = applied()?;
-    intervals_skipped(4.0)?;
+    intervals_skipped(&operator, 4.0)?;
     let after = applied()?;
     ensure!(
         after == before,
@@ -368,11 +360,6 @@ fn pod_template(ns: &str, name: &str, image: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_revision_applies_only_the_objects_it_changed() -> Result<()> {
-    use std::time::Duration;
-
-    use anyhow::ensure;
-    use tether_e2e::wait::wait_until;
-
     let ns = TestNamespace::create("changed").await?;
     let kubectl = ns.kubectl();
     install_crds(kubectl)?;
@@ -394,19 +381,7 @@ async fn a_new_revision_applies_only_the_objects_it_changed() -> Result<()> {
         "  path: deploy\n  interval: 2s\n",
     ))?;
     wait_ready(kubectl, ns.name(), "app", "90s", &operator)?;
-    let clean = || counter(&operator, "tether_drift_checks_total", r#"result="clean""#);
-    let settle = || -> Result<()> {
-        let from = clean()?;
-        wait_until(
-            "an interval that finds nothing drifted",
-            Duration::from_secs(60),
-            || {
-                ensure!(clean()? > from, "not yet");
-                Ok(())
-            },
-        )
-    };
-    settle()?;
+    intervals_skipped(&operator, 1.0)?;
     let before = pod_template_applies(kubectl)?;
 
     repo.write(
@@ -426,7 +401,7 @@ async fn a_new_revision_applies_only_the_objects_it_changed() -> Result<()> {
         "jsonpath={.template.spec.containers[0].image}",
     ];
     ensure!(kubectl.run(&image)?.trim() == "registry.example/app:2");
-    settle()?;
+    intervals_skipped(&operator, 1.0)?;
     let after = pod_template_applies(kubectl)?;
     // One dry run and one apply, of t3 alone: the five others are as the last apply left them.
     ensure!(
