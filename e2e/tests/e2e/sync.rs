@@ -41,11 +41,25 @@ fn wait_for_revision(
 /// A namespace `prefix-…`, the app of [`write_app`] pushed to a local repository, an operator, and
 /// the `GitRepository` `app` on `deploy/` at `interval`, Ready.
 async fn app_syncing(prefix: &str, interval: &str) -> Result<(TestNamespace, Upstream, Operator)> {
+    syncing(prefix, "app", interval, |repo, ns| {
+        write_app(repo, ns, "hello")
+    })
+    .await
+}
+
+/// A namespace `prefix-…`, a local repository `repo` with what `write` puts in it (given the
+/// namespace) pushed, an operator, and the `GitRepository` `app` on `deploy/` at `interval`, Ready.
+async fn syncing(
+    prefix: &str,
+    repo: &str,
+    interval: &str,
+    write: impl FnOnce(&Upstream, &str) -> Result<()>,
+) -> Result<(TestNamespace, Upstream, Operator)> {
     let ns = TestNamespace::create(prefix).await?;
     let kubectl = ns.kubectl();
     install_crds(kubectl)?;
-    let repo = Upstream::new("app")?;
-    write_app(&repo, ns.name(), "hello")?;
+    let repo = Upstream::new(repo)?;
+    write(&repo, ns.name())?;
     repo.commit("the app")?;
     repo.push()?;
     let operator = Operator::start(ns.kubeconfig(), ns.name(), &[])?;
@@ -360,27 +374,16 @@ fn pod_template(ns: &str, name: &str, image: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_revision_applies_only_the_objects_it_changed() -> Result<()> {
-    let ns = TestNamespace::create("changed").await?;
+    let six = |repo: &Upstream, ns: &str| -> Result<()> {
+        for i in 1..=6 {
+            let name = format!("t{i}");
+            let template = pod_template(ns, &name, "registry.example/app:1");
+            repo.write(&format!("deploy/{name}.yaml"), &template)?;
+        }
+        Ok(())
+    };
+    let (ns, repo, operator) = syncing("changed", "templates", "2s", six).await?;
     let kubectl = ns.kubectl();
-    install_crds(kubectl)?;
-    let repo = Upstream::new("templates")?;
-    for i in 1..=6 {
-        let name = format!("t{i}");
-        repo.write(
-            &format!("deploy/{name}.yaml"),
-            &pod_template(ns.name(), &name, "registry.example/app:1"),
-        )?;
-    }
-    repo.commit("six templates")?;
-    repo.push()?;
-    let operator = Operator::start(ns.kubeconfig(), ns.name(), &[])?;
-    kubectl.apply(&git_repository(
-        ns.name(),
-        "app",
-        &repo.file_url(),
-        "  path: deploy\n  interval: 2s\n",
-    ))?;
-    wait_ready(kubectl, ns.name(), "app", "90s", &operator)?;
     intervals_skipped(&operator, 1.0)?;
     let before = pod_template_applies(kubectl)?;
 

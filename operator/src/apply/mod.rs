@@ -236,6 +236,8 @@ pub struct Checked<'p> {
     /// Per object index, an object left as it is: its manifest and the cluster's copy are as the
     /// last apply left them.
     settled: HashMap<usize, Live>,
+    /// Per object index, its manifest's hash (hashed once: the objects may be thousands).
+    manifests: Vec<u64>,
 }
 
 /// Steps 1 and 2 of the module's order of work: dry-runs every object that can be checked now,
@@ -270,14 +272,18 @@ pub async fn dry_run<'p>(
 
     // 1. Dry-run what can be checked now, [`PER_REVISION`] objects at a time.
     let (known, dry, new_namespaces) = (&kinds, &dry, &new_namespaces);
+    let manifests: Vec<u64> = plan
+        .objects
+        .iter()
+        .map(|o| manifest_hash(&o.object))
+        .collect();
     let checks: Vec<_> = plan
         .objects
         .iter()
+        .zip(&manifests)
         .enumerate()
-        .map(|(i, object)| {
-            let live = settled
-                .unchanged(&object.id, manifest_hash(&object.object))
-                .cloned();
+        .map(|(i, (object, &manifest))| {
+            let live = settled.unchanged(&object.id, manifest).cloned();
             async move {
                 match live {
                     Some(live) => Ok(DryRun::Settled(i, live)),
@@ -335,6 +341,7 @@ pub async fn dry_run<'p>(
         held_back,
         dry_rv,
         settled: left,
+        manifests,
     })
 }
 
@@ -392,6 +399,7 @@ pub async fn apply(
         held_back,
         dry_rv,
         settled,
+        manifests,
     } = checked;
     let dry = PatchParams::apply(FIELD_MANAGER).force().dry_run();
     let mut applied = Applied::default();
@@ -412,7 +420,8 @@ pub async fn apply(
     let mut crds_changed = false;
     for &i in &first {
         let object = &plan.objects[i];
-        let (action, live) = apply_one(client, &kinds, object, &real, dry_rv.get(&i)).await?;
+        let (action, live) =
+            apply_one(client, &kinds, object, manifests[i], &real, dry_rv.get(&i)).await?;
         applied.record(action, 1);
         applied.live.push(live);
         if object.is_crd() {
@@ -483,7 +492,7 @@ pub async fn apply(
         .iter()
         .enumerate()
         .filter(|(i, _)| !first.contains(i) && !settled.contains_key(i))
-        .map(|(i, object)| apply_one(client, &kinds, object, &real, dry_rv.get(&i)))
+        .map(|(i, object)| apply_one(client, &kinds, object, manifests[i], &real, dry_rv.get(&i)))
         .collect();
     let actions: Vec<(Action, Live)> = futures::stream::iter(applies)
         .buffer_unordered(PER_REVISION)
@@ -527,11 +536,13 @@ fn crd_kind(object: &PlannedObject) -> Option<(String, String)> {
 }
 
 /// Applies one object. The dry-run's resourceVersion tells what happened: none means the object did
-/// not exist; the same one after the real apply means nothing changed.
+/// not exist; the same one after the real apply means nothing changed. `manifest` is the hash of
+/// what is sent, kept with the result for [`crate::drift`].
 async fn apply_one(
     client: &kube::Client,
     kinds: &Kinds,
     object: &PlannedObject,
+    manifest: u64,
     params: &PatchParams,
     dry_rv: Option<&Option<String>>,
 ) -> Result<(Action, Live), ApplyError> {
@@ -556,7 +567,7 @@ async fn apply_one(
     let live = Live {
         resource: resource.clone(),
         id: object.id.clone(),
-        manifest: manifest_hash(&object.object),
+        manifest,
         fingerprint: Fingerprint::of(&result.metadata),
     };
     Ok((action, live))
