@@ -16,6 +16,8 @@
 //!   password), and a Redis Cluster of three masters: what hub replicas share.
 //! - [`haproxy`]: HAProxy in TCP mode in front of hub replicas, checking each one's `/readyz`.
 //! - [`proxy`]: a real HTTP `CONNECT` proxy (`tinyproxy`) that logs what went through it.
+//! - [`api_front`]: a plain-HTTP front for the API server that records the writes it forwards and
+//!   can leave Lease requests hanging, a leader cut off from leader election alone.
 //! - [`netns`]: a network namespace that lets nothing in, with relays out to the host's services.
 //! - [`flux`]: Flux's source-controller and kustomize-controller as local processes, for benchmarks
 //!   that set Tether beside them.
@@ -41,6 +43,7 @@
 //! - [`process`]: child processes that end with the test binary, even when it panics or is killed.
 //! - [`workspace`]: where the workspace is, and the binaries built from it.
 
+pub mod api_front;
 pub mod browser;
 pub mod ci;
 pub mod cluster;
