@@ -39,10 +39,14 @@ pub const TUNNEL_PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const TUNNEL_DEAD_AFTER: Duration = Duration::from_secs(60);
 
 #[cfg(feature = "tunnel")]
+mod body;
+#[cfg(feature = "tunnel")]
 mod ends;
 #[cfg(feature = "tunnel")]
 mod headers;
 
+#[cfg(feature = "tunnel")]
+pub use body::Metered;
 #[cfg(feature = "tunnel")]
 pub use ends::{BridgeEnd, Incoming, Keepalive, OpenError, Opener, Stream, accept, bridge, open};
 #[cfg(feature = "tunnel")]

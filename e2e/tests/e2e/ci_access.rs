@@ -307,6 +307,25 @@ async fn kubectl_and_helm_reach_the_cluster_through_the_hub_as_the_mapped_identi
         !log.contains(&scene.deployer.token),
         "the token reached the operator's log"
     );
+    // A line is written once its response has ended, with the bytes it carried: every GET the
+    // API server answered 200 sent a body.
+    let fields = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let gets: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("CI request"))
+        .map(fields)
+        .filter(|f| f.iter().any(|w| w == "verb=\"get\"" || w == "verb=get"))
+        .filter(|f| f.iter().any(|w| w == "status=200"))
+        .collect();
+    ensure!(
+        !gets.is_empty() && gets.iter().all(|f| !f.iter().any(|w| w == "bytes_out=0")),
+        "GETs answered 200 without the bytes they carried in the audit line:\n{}",
+        scene.operator.log_tail()
+    );
     ensure!(
         !scene.hub.log().contains(&scene.deployer.token),
         "the token reached the hub's log"

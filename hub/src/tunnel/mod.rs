@@ -6,7 +6,6 @@
 //! who the caller is and what it may do. An operator started without `--ci-access` opens no tunnel,
 //! and its agent's `/k8s-proxy` answers 404.
 
-mod body;
 mod relay;
 
 use std::collections::HashMap;

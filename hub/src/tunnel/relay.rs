@@ -17,10 +17,9 @@ use hyper_util::rt::TokioIo;
 use tether_protocol::tunnel::K8S_PROXY_PREFIX;
 use tracing::debug;
 
-use super::body::Counted;
 use super::{GaugeGuard, TunnelState};
 use crate::conn::LongLived;
-use tether_protocol::tunnel::{end_to_end, wants_upgrade};
+use tether_protocol::tunnel::{Metered, end_to_end, wants_upgrade};
 
 /// A Kubernetes `Status` object, so that kubectl and helm show the message.
 pub(super) fn status(code: StatusCode, reason: &str, message: String) -> Response {
@@ -287,6 +286,13 @@ async fn forward(state: &TunnelState, agent: &str, request: Request, address: &s
     exchange(stream, request, target, headers, held, agent, metrics).await
 }
 
+/// A relayed body, its data bytes counted as they pass, holding what the exchange holds.
+type Counted<B> = Metered<B, Box<dyn FnMut(usize) + Send>, Vec<Box<dyn Send>>>;
+
+fn metered<B>(body: B, bytes: prometheus::IntCounter, held: Vec<Box<dyn Send>>) -> Counted<B> {
+    Metered::new(body, Box::new(move |n| bytes.inc_by(n as u64)), held)
+}
+
 /// Send `request` (to `target`, with `headers`) over `stream` as HTTP/1.1 and stream the answer
 /// back, carrying an upgrade through as raw bytes. `held` lives as long as the exchange does.
 async fn exchange<S>(
@@ -317,7 +323,7 @@ where
     let upgrading = wants_upgrade(request.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
-    let mut outbound = hyper::Request::new(Counted::new(
+    let mut outbound = hyper::Request::new(metered(
         body,
         metrics.tunnel_bytes.with_label_values(&["to_cluster"]),
         Vec::new(),
@@ -371,7 +377,7 @@ where
         return answer;
     }
     let (parts, body) = response.into_parts();
-    let body = Counted::new(
+    let body = metered(
         body,
         metrics.tunnel_bytes.with_label_values(&["from_cluster"]),
         held,

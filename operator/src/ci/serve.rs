@@ -5,13 +5,10 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
@@ -20,8 +17,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tether_protocol::tunnel::{end_to_end, wants_upgrade};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tether_protocol::tunnel::{Metered, end_to_end, wants_upgrade};
+use tokio::sync::Semaphore;
 use tower::BoxError;
 use tracing::{debug, info};
 
@@ -193,11 +190,10 @@ impl CiProxy {
             return answer;
         }
         let (parts, body) = response.into_parts();
-        let body = Audited {
-            inner: body,
-            audit,
-            _held: (slot, in_flight),
-        };
+        // The audit line is written when the body ends (or the client goes away): the meter
+        // owns the whole record.
+        let mut audit = audit;
+        let body = Metered::new(body, move |n| audit.sent(n), (slot, in_flight));
         let mut answer = Response::new(body.map_err(BoxError::from).boxed_unsync());
         *answer.status_mut() = parts.status;
         *answer.headers_mut() = headers;
@@ -315,6 +311,10 @@ struct Audit {
 }
 
 impl Audit {
+    fn sent(&mut self, bytes: usize) {
+        self.bytes_out += bytes as u64;
+    }
+
     fn finish_now(mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
         self.status = response.status().as_u16();
         response
@@ -348,43 +348,6 @@ impl Drop for Audit {
         };
         self.metrics
             .finished(label, self.status, self.bytes_in, self.bytes_out);
-    }
-}
-
-/// A response body that counts what it carries into its [`Audit`], written when it ends.
-struct Audited<B> {
-    inner: B,
-    audit: Audit,
-    _held: (OwnedSemaphorePermit, InFlight),
-}
-
-impl<B> Body for Audited<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.audit.bytes_out += data.len() as u64;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
