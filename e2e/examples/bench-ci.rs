@@ -232,7 +232,11 @@ async fn main() -> Result<()> {
     println!("{:<34} {hub0:>9.1} {op0:>9.1}", "idle, tunnel open");
     println!(
         "{:<34} {hub1:>9.1} {op1:>9.1}",
-        format!("after {} GETs and {} LISTs", 3 * (gets + 100), 3 * (LISTS + 1))
+        format!(
+            "after {} GETs and {} LISTs",
+            3 * (gets + 100),
+            3 * (LISTS + 1)
+        )
     );
     println!(
         "{:<34} {hub2:>9.1} {op2:>9.1}",
