@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams, WatchParams};
 use tether_e2e::ci::{CiToken, operator_flags, wait_tunnel, write_kubeconfig};
 use tether_e2e::cluster::{TestNamespace, shared};
-use tether_e2e::controlplane::client_for;
+use tether_e2e::controlplane::{client_for, config_for};
 use tether_e2e::gitrepo::install_crds;
 use tether_e2e::http::metric_value;
 use tether_e2e::hub::{Hub, HubOptions, sha256_hex};
@@ -76,10 +76,7 @@ async fn main() -> Result<()> {
     // impersonation check costs time of its own: this path pays it too, so the difference between
     // it and the tunnel is what the relay adds.
     let direct_as = {
-        let kc = kube::config::Kubeconfig::read_from(shared().kubeconfig())?;
-        let mut config =
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?;
+        let mut config = config_for(&shared().kubeconfig()).await?;
         config.auth_info.impersonate = Some(USER.to_owned());
         kube::Client::try_from(config)?
     };

@@ -277,11 +277,17 @@ fn kubectl_output(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<St
 
 /// A kube client from a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(config_for(kubeconfig).await?)?)
+}
+
+/// The kube client configuration of a kubeconfig file's current context, to adjust before
+/// building a client.
+pub async fn config_for(kubeconfig: &Path) -> Result<kube::Config> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config =
+    Ok(
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    Ok(kube::Client::try_from(config)?)
+            .await?,
+    )
 }
 
 /// The certificates of one control plane: a CA, the API server's serving certificate, an admin client

@@ -309,20 +309,15 @@ async fn kubectl_and_helm_reach_the_cluster_through_the_hub_as_the_mapped_identi
     );
     // A line is written once its response has ended, with the bytes it carried: every GET the
     // API server answered 200 sent a body.
-    let fields = |line: &str| {
-        line.split_whitespace()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
     let gets: Vec<_> = log
         .lines()
         .filter(|l| l.contains("CI request"))
-        .map(fields)
-        .filter(|f| f.iter().any(|w| w == "verb=\"get\"" || w == "verb=get"))
-        .filter(|f| f.iter().any(|w| w == "status=200"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.iter().any(|w| *w == "verb=\"get\"" || *w == "verb=get"))
+        .filter(|f| f.contains(&"status=200"))
         .collect();
     ensure!(
-        !gets.is_empty() && gets.iter().all(|f| !f.iter().any(|w| w == "bytes_out=0")),
+        !gets.is_empty() && gets.iter().all(|f| !f.contains(&"bytes_out=0")),
         "GETs answered 200 without the bytes they carried in the audit line:\n{}",
         scene.operator.log_tail()
     );

@@ -287,9 +287,9 @@ async fn forward(state: &TunnelState, agent: &str, request: Request, address: &s
 }
 
 /// A relayed body, its data bytes counted as they pass, holding what the exchange holds.
-type Counted<B> = Metered<B, Box<dyn FnMut(usize) + Send>, Vec<Box<dyn Send>>>;
+type Relayed<B> = Metered<B, Box<dyn FnMut(usize) + Send>, Vec<Box<dyn Send>>>;
 
-fn metered<B>(body: B, bytes: prometheus::IntCounter, held: Vec<Box<dyn Send>>) -> Counted<B> {
+fn metered<B>(body: B, bytes: prometheus::IntCounter, held: Vec<Box<dyn Send>>) -> Relayed<B> {
     Metered::new(body, Box::new(move |n| bytes.inc_by(n as u64)), held)
 }
 
@@ -308,7 +308,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
-        .handshake::<_, Counted<Body>>(TokioIo::new(stream))
+        .handshake::<_, Relayed<Body>>(TokioIo::new(stream))
         .await
     {
         Ok(pair) => pair,

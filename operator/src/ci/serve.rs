@@ -192,7 +192,6 @@ impl CiProxy {
         let (parts, body) = response.into_parts();
         // The audit line is written when the body ends (or the client goes away): the meter
         // owns the whole record.
-        let mut audit = audit;
         let body = Metered::new(body, move |n| audit.sent(n), (slot, in_flight));
         let mut answer = Response::new(body.map_err(BoxError::from).boxed_unsync());
         *answer.status_mut() = parts.status;
