@@ -2,9 +2,10 @@
 //! admin, and as admin impersonating the CI token's user, which is what the API server sees from
 //! the tunnel) and through hub + tunnel + operator (TLS hub, the token mapped and impersonated),
 //! side by side in one run on loopback. Prints, for each path: the latency of a small GET (p50/p99 over many
-//! requests, one at a time), the throughput of a large LIST (ConfigMaps of 10 KiB), and the hub's
-//! and operator's RSS before and after moving those bytes and while 1,000 watches are open through
-//! one agent. Asserts nothing.
+//! requests, one at a time), the throughput of a large LIST (ConfigMaps of 10 KiB) with the CPU time
+//! each process (client, hub, operator, control plane) spent on it, and the hub's and operator's
+//! RSS before and after moving those bytes and while 1,000 watches are open through one agent.
+//! Asserts nothing.
 //!
 //! Usage: `bench-ci [GETS] [OBJECTS] [WATCHES]` (defaults 2000, 2000, 1000). Binaries come from
 //! `TETHER_BIN_DIR` (release builds in `make bench`).
@@ -22,7 +23,7 @@ use tether_e2e::gitrepo::install_crds;
 use tether_e2e::http::metric_value;
 use tether_e2e::hub::{Hub, HubOptions, sha256_hex};
 use tether_e2e::operator::Operator;
-use tether_e2e::process::rss_bytes;
+use tether_e2e::process::{cpu_seconds, rss_bytes};
 use tether_e2e::wait::wait_until;
 
 /// The user the bench's CI token acts as.
@@ -162,13 +163,28 @@ async fn main() -> Result<()> {
         .map(|(_, client)| Api::<ConfigMap>::namespaced((*client).clone(), ns.name()))
         .collect();
     let mut best = vec![f64::MAX; apis.len()];
+    // CPU seconds each process spent over a path's timed rounds: with two cores, what the hub and
+    // the operator burn is taken from the API server and the client.
+    let mut procs: Vec<(String, u32)> = vec![
+        ("bench client".into(), std::process::id()),
+        ("hub".into(), hub_pid),
+        ("operator".into(), operator_pid),
+    ];
+    procs.extend(shared().pids());
+    let cpu = || -> Result<Vec<f64>> { procs.iter().map(|(_, pid)| cpu_seconds(*pid)).collect() };
+    let mut spent = vec![vec![0.0; procs.len()]; apis.len()];
     let mut bytes = 0usize;
     for round in 0..=LISTS {
         for (i, api) in apis.iter().enumerate() {
+            let before = cpu()?;
             let t = Instant::now();
             let list = api.list(&ListParams::default()).await?;
             if round > 0 {
                 best[i] = best[i].min(t.elapsed().as_secs_f64());
+                for (total, (after, before)) in spent[i].iter_mut().zip(cpu()?.iter().zip(&before))
+                {
+                    *total += after - before;
+                }
             }
             bytes = list
                 .items
@@ -192,6 +208,22 @@ async fn main() -> Result<()> {
         100.0 * rates[2] / rates[1],
         100.0 * rates[2] / rates[0]
     );
+    println!("\nCPU ms per LIST (mean of {LISTS} rounds; 10 ms ticks)");
+    print!("{:<22}", "path");
+    for (name, _) in &procs {
+        print!(" {name:>14}");
+    }
+    println!(" {:>9}", "all");
+    for ((name, _), spent) in paths.iter().zip(&spent) {
+        print!("{name:<22}");
+        for s in spent {
+            print!(" {:>14.1}", 1000.0 * s / LISTS as f64);
+        }
+        println!(
+            " {:>9.1}",
+            1000.0 * spent.iter().sum::<f64>() / LISTS as f64
+        );
+    }
     let (hub1, op1) = rss()?;
 
     println!("\n{watches} watches open at once through one agent");
