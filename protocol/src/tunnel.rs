@@ -48,6 +48,9 @@ mod headers;
 #[cfg(feature = "tunnel")]
 pub use body::Metered;
 #[cfg(feature = "tunnel")]
-pub use ends::{BridgeEnd, Incoming, Keepalive, OpenError, Opener, Stream, accept, bridge, open};
+pub use ends::{
+    BridgeEnd, Incoming, Keepalive, OpenError, Opener, Stream, accept, bridge, open,
+    websocket_config,
+};
 #[cfg(feature = "tunnel")]
 pub use headers::{end_to_end, wants_upgrade};

@@ -20,12 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use hyper_util::rt::TokioIo;
 use tether_protocol::tunnel::{
-    K8S_PROXY_PREFIX, Keepalive, MAX_MESSAGE_BYTES, Opener, TUNNEL_PATH, TUNNEL_SUBPROTOCOL,
+    K8S_PROXY_PREFIX, Keepalive, Opener, TUNNEL_PATH, TUNNEL_SUBPROTOCOL,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::{debug, info, warn};
 
 use crate::agents::authenticate;
@@ -293,9 +293,7 @@ async fn carry(
     state: TunnelState,
     _slots: [OwnedSemaphorePermit; 2],
 ) {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let config = tether_protocol::tunnel::websocket_config();
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
     let (bytes, pump) = tether_protocol::tunnel::bridge(ws, Keepalive::default());
     let (opener, driver) = tether_protocol::tunnel::open(bytes);

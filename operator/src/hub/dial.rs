@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use tether_protocol::tunnel::{MAX_MESSAGE_BYTES, TUNNEL_PATH, TUNNEL_SUBPROTOCOL};
+use tether_protocol::tunnel::{TUNNEL_PATH, TUNNEL_SUBPROTOCOL};
 use tether_protocol::{CONNECT_PATH, SUBPROTOCOL};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Request, Uri};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream, client_async_tls_with_config};
 use tracing::warn;
 
@@ -199,11 +198,8 @@ impl Dialer {
             None => Connector::Plain,
         };
         // The tunnel's frames are bounded by the protocol; the push channel keeps the defaults.
-        let ws_config = (self.channel == Channel::Tunnel).then(|| {
-            WebSocketConfig::default()
-                .max_message_size(Some(MAX_MESSAGE_BYTES))
-                .max_frame_size(Some(MAX_MESSAGE_BYTES))
-        });
+        let ws_config =
+            (self.channel == Channel::Tunnel).then(tether_protocol::tunnel::websocket_config);
         let (ws, response) =
             client_async_tls_with_config(self.request()?, stream, ws_config, Some(connector))
                 .await

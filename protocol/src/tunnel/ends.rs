@@ -7,23 +7,91 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, interval_at, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 use yamux::{Connection, ConnectionError, Mode};
 
-use super::{MAX_FRAME_BYTES, MAX_STREAMS, TUNNEL_DEAD_AFTER, TUNNEL_PING_INTERVAL};
+use super::{
+    MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_STREAMS, TUNNEL_DEAD_AFTER, TUNNEL_PING_INTERVAL,
+};
+
+/// The most one read of a [`Stream`] returns: what a yamux frame carries.
+const STREAM_READ: usize = SPLIT_SEND;
 
 /// One multiplexed stream, as tokio I/O.
-pub type Stream = Compat<yamux::Stream>;
+///
+/// A read fills at most [`STREAM_READ`] bytes of the caller's buffer. yamux reads into initialised
+/// memory, so each read must zero what it offers first, and hyper offers all of its read buffer's
+/// spare room (up to 400 KiB) to every read: unbounded, the zeroing cost more than the bytes read.
+pub struct Stream(yamux::Stream);
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Stream").field(&self.0.id()).finish()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let room = buf.initialize_unfilled_to(buf.remaining().min(STREAM_READ));
+        let n = futures::ready!(futures::AsyncRead::poll_read(
+            Pin::new(&mut self.get_mut().0),
+            cx,
+            room
+        ))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        futures::AsyncWrite::poll_write(Pin::new(&mut self.get_mut().0), cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures::AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().0), cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures::AsyncWrite::poll_close(Pin::new(&mut self.get_mut().0), cx)
+    }
+}
 
 /// Bytes buffered between the websocket and the multiplexer, each way.
 const BRIDGE_BUFFER: usize = 256 * 1024;
+
+/// How much the tunnel's websocket reads from its connection at once. tungstenite zero-fills that
+/// much of its buffer before every read, and a read through TLS returns about one record (at most
+/// 16 KiB): with the library's 128 KiB, the relay wrote several bytes of zeros for each it carried.
+const READ_BUFFER: usize = 32 * 1024;
+
+/// The websocket settings of the tunnel, the same at both ends: messages up to
+/// [`MAX_MESSAGE_BYTES`], reads of [`READ_BUFFER`].
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .read_buffer_size(READ_BUFFER)
+}
+
+/// The most data one yamux frame carries: with its header, one read of the bridge's.
+const SPLIT_SEND: usize = MAX_FRAME_BYTES / 2;
 
 /// The tunnel's keepalive: how often to ping, and when silence means the peer is gone.
 #[derive(Debug, Clone, Copy)]
@@ -89,16 +157,20 @@ where
         let (mut sink, mut messages) = ws.split();
         let (mut from_mux, mut to_mux) = tokio::io::split(theirs);
         let outbound = async {
-            let mut buf = vec![0u8; MAX_FRAME_BYTES];
+            // Read straight into the message's buffer; once the websocket has taken a message,
+            // its allocation is this buffer's again.
+            let mut buf = BytesMut::with_capacity(MAX_FRAME_BYTES);
             let mut ping = interval_at(Instant::now() + ping_every, ping_every);
             loop {
+                buf.reserve(MAX_FRAME_BYTES);
+                let mut next = (&mut from_mux).take(MAX_FRAME_BYTES as u64);
                 let message = tokio::select! {
-                    read = from_mux.read(&mut buf) => match read {
+                    read = next.read_buf(&mut buf) => match read {
                         Ok(0) | Err(_) => {
                             let _ = timeout(dead_after, sink.send(Message::Close(None))).await;
                             return BridgeEnd::Local;
                         }
-                        Ok(n) => Message::Binary(Bytes::copy_from_slice(&buf[..n])),
+                        Ok(_) => Message::Binary(buf.split().freeze()),
                     },
                     _ = ping.tick() => Message::Ping(Bytes::new()),
                 };
@@ -151,6 +223,7 @@ fn config() -> yamux::Config {
     // stream, so a peer cannot make this end buffer more than MAX_STREAMS windows.
     config.set_max_connection_receive_window(Some(MAX_STREAMS * yamux::DEFAULT_CREDIT as usize));
     config.set_max_num_streams(MAX_STREAMS);
+    config.set_split_send_size(SPLIT_SEND);
     config
 }
 
@@ -247,7 +320,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 match this.connection.poll_new_outbound(cx) {
                     Poll::Ready(Ok(stream)) => {
                         if let Some(reply) = this.waiting.pop_front() {
-                            let _ = reply.send(Ok(stream.compat()));
+                            let _ = reply.send(Ok(Stream(stream)));
                         }
                         continue;
                     }
@@ -311,7 +384,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> futures::Stream for Incoming<T> {
         self.get_mut()
             .connection
             .poll_next_inbound(cx)
-            .map(|next| next.map(|r| r.map(FuturesAsyncReadCompatExt::compat)))
+            .map(|next| next.map(|r| r.map(Stream)))
     }
 }
 
@@ -320,14 +393,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> futures::Stream for Incoming<T> {
 mod tests {
     use super::*;
 
+    /// An opening end (its driver running) and an accepting end, over an in-memory pipe.
+    fn ends() -> (Opener, Incoming<DuplexStream>) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (opener, driver) = open(a);
+        tokio::spawn(driver);
+        (opener, accept(b))
+    }
+
     /// Two ends over an in-memory pipe: every stream the opener opens arrives, and bytes cross
     /// both ways on each independently.
     #[tokio::test]
     async fn streams_opened_arrive_and_carry_bytes_both_ways() {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let (opener, driver) = open(a);
-        tokio::spawn(driver);
-        let mut incoming = accept(b);
+        let (opener, mut incoming) = ends();
         let server = tokio::spawn(async move {
             while let Some(Ok(mut stream)) = incoming.next().await {
                 tokio::spawn(async move {
@@ -367,10 +445,7 @@ mod tests {
     /// in flight stay bounded instead of piling up in memory.
     #[tokio::test]
     async fn a_reader_that_stops_holds_back_the_writer() {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let (opener, driver) = open(a);
-        tokio::spawn(driver);
-        let mut incoming = accept(b);
+        let (opener, mut incoming) = ends();
         let (written_tx, written_rx) = oneshot::channel();
         tokio::spawn(async move {
             let mut stream = incoming.next().await.unwrap().unwrap();
@@ -396,5 +471,39 @@ mod tests {
             written <= 2 * 1024 * 1024,
             "{written} bytes went out to a reader that read none"
         );
+    }
+
+    /// However much room a read is offered, it fills at most [`STREAM_READ`] bytes (the rest of
+    /// the room is not zeroed), and the bytes still arrive whole and in order.
+    #[tokio::test]
+    async fn a_read_offered_a_large_buffer_takes_at_most_one_frame() {
+        let (opener, mut incoming) = ends();
+        let sent: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+        let expected = sent.clone();
+        let (written_tx, written_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut stream = incoming.next().await.unwrap().unwrap();
+            stream.write_all(&sent).await.unwrap();
+            stream.shutdown().await.unwrap();
+            let _ = written_tx.send(());
+            while incoming.next().await.is_some() {}
+        });
+        let mut stream = opener.open().await.unwrap();
+        stream.write_all(b"x").await.unwrap();
+        stream.flush().await.unwrap();
+        written_rx.await.unwrap();
+        // Everything is buffered on this side by now (within one window); each read still takes
+        // one frame's worth at most.
+        let mut room = vec![0u8; 512 * 1024];
+        let mut got = Vec::new();
+        loop {
+            let n = stream.read(&mut room).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(n <= STREAM_READ, "one read filled {n} bytes");
+            got.extend_from_slice(&room[..n]);
+        }
+        assert_eq!(got, expected);
     }
 }
