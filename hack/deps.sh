@@ -35,11 +35,11 @@ for tool in cargo go; do
   command -v "$tool" >/dev/null || { echo "deps: $tool is not on PATH (Rust via rustup, Go >= 1.24 are needed)" >&2; exit 1; }
 done
 
-# A cold `make test` writes about 6 GiB into target/ (and a first build of the Go tools about 13 GiB
+# A cold `make test` writes about 4.5 GiB into target/ (and a first build of the Go tools about 13 GiB
 # of Go caches): warn while there is still time to make room, rather than fail half-way through.
-target_dir=${CARGO_TARGET_DIR:-target}
+target_dir=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}
 mkdir -p "$target_dir"
 free_gib=$(df -Pk "$target_dir" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')
 if ((free_gib < 8)); then
-  echo "deps: warning: only ${free_gib} GiB free on the disk of $target_dir; a cold build and test run needs about 6 GiB there (cargo clean in other checkouts frees most)" >&2
+  echo "deps: warning: only ${free_gib} GiB free on the disk of $target_dir; a cold build and test run needs about 4.5 GiB there (cargo clean in other checkouts frees most)" >&2
 fi
