@@ -36,7 +36,20 @@ impl CiToken {
 
 /// Writes the access file for `tokens` to `path` (the tokens as their SHA-256 only).
 pub fn write_access_file(path: &Path, tokens: &[CiToken]) -> Result<()> {
-    let mut text = String::from("# Written by tether-e2e.\ntokens:\n");
+    write_access_file_limited(path, tokens, None)
+}
+
+/// [`write_access_file`] with `limits.max_requests_per_identity` set when given.
+pub fn write_access_file_limited(
+    path: &Path,
+    tokens: &[CiToken],
+    max_requests_per_identity: Option<usize>,
+) -> Result<()> {
+    let mut text = String::from("# Written by tether-e2e.\n");
+    if let Some(n) = max_requests_per_identity {
+        let _ = writeln!(text, "limits:\n  max_requests_per_identity: {n}");
+    }
+    text.push_str("tokens:\n");
     for t in tokens {
         let _ = writeln!(
             text,

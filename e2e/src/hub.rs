@@ -90,6 +90,8 @@ pub struct HubOptions {
     /// A peer listener on a port of its own per replica (`peers:`), with a secret every replica
     /// shares, so that CI requests reach a tunnel another replica holds. Needs `redis`.
     pub peers: bool,
+    /// `max_tunnel_streams_per_agent` in the config; the hub's default without it.
+    pub max_tunnel_streams_per_agent: Option<usize>,
 }
 
 impl Default for HubOptions {
@@ -102,6 +104,7 @@ impl Default for HubOptions {
             redis: None,
             redis_cluster: false,
             peers: false,
+            max_tunnel_streams_per_agent: None,
         }
     }
 }
@@ -660,6 +663,9 @@ fn write_config(d: &Path, port: u16, options: &HubOptions, shared: &SharedFiles)
         d.join("data").display(),
         options.max_body_bytes
     );
+    if let Some(streams) = options.max_tunnel_streams_per_agent {
+        let _ = writeln!(config, "max_tunnel_streams_per_agent: {streams}");
+    }
     if let Some((ca, cert, key)) = &shared.tls {
         std::fs::write(d.join("ca.pem"), ca)?;
         std::fs::write(d.join("tls.crt"), cert)?;

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use futures::{SinkExt as _, StreamExt as _};
 use tether_e2e::ci::{
-    CiToken, Streaming, operator_flags, wait_tunnel, write_access_file, write_kubeconfig,
+    CiToken, Streaming, operator_flags, wait_tunnel, write_access_file, write_access_file_limited,
+    write_kubeconfig,
 };
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::gitrepo::install_crds;
@@ -43,17 +44,35 @@ struct Scene {
     _netns: IsolatedNetns,
     operator: Operator,
     deployer: CiToken,
+    /// Further tokens the access file names, each for [`DEPLOYER`] too.
+    others: Vec<CiToken>,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
 }
 
+/// Limits a scene sets below their defaults, and the further tokens it names.
+#[derive(Default)]
+struct Caps {
+    /// The hub's `max_tunnel_streams_per_agent`.
+    streams_per_agent: Option<usize>,
+    /// The access file's `limits.max_requests_per_identity`.
+    requests_per_identity: Option<usize>,
+    /// Names of further tokens.
+    others: &'static [&'static str],
+}
+
 impl Scene {
     fn start(prefix: &str) -> Result<Self> {
+        Self::start_with(prefix, Caps::default())
+    }
+
+    fn start_with(prefix: &str, caps: Caps) -> Result<Self> {
         let ns = block(TestNamespace::create(prefix))?;
         install_crds(ns.kubectl())?;
         ns.kubectl().apply(&deployer_rbac(ns.name()))?;
         let hub = Hub::start_with(HubOptions {
             tls: true,
+            max_tunnel_streams_per_agent: caps.streams_per_agent,
             ..HubOptions::default()
         })?;
         let mut netns = IsolatedNetns::create()?;
@@ -63,8 +82,16 @@ impl Scene {
         }
         let dir = tempfile::Builder::new().prefix("tether-ci-").tempdir()?;
         let deployer = CiToken::new("deployer", DEPLOYER, &["tether:ci"]);
+        let others: Vec<CiToken> = caps
+            .others
+            .iter()
+            .map(|name| CiToken::new(name, DEPLOYER, &["tether:ci"]))
+            .collect();
         let access = dir.path().join("ci-access.yaml");
-        write_access_file(&access, std::slice::from_ref(&deployer))?;
+        let tokens: Vec<CiToken> = std::iter::once(deployer.clone())
+            .chain(others.iter().cloned())
+            .collect();
+        write_access_file_limited(&access, &tokens, caps.requests_per_identity)?;
         let flags = operator_flags(&hub, &access);
         let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
         let operator = Operator::start_in(ns.kubeconfig(), ns.name(), &refs, Some(netns.name()))?;
@@ -80,6 +107,7 @@ impl Scene {
             _netns: netns,
             operator,
             deployer,
+            others,
             dir,
             kubeconfig,
         };
@@ -680,6 +708,108 @@ async fn two_hundred_concurrent_requests_through_one_tunnel_all_succeed() -> Res
     ensure!(codes.len() == 200, "{} answers: {codes:?}", codes.len());
     let failed: Vec<&&str> = codes.iter().filter(|c| **c != "200").collect();
     ensure!(failed.is_empty(), "not 200: {failed:?}");
+    Ok(())
+}
+
+/// Past a cap a CI request gets 429 with `Retry-After` and a message naming the cap: the operator
+/// counts each identity's requests apart from another's, the hub counts every stream through the
+/// agent's tunnel and refuses before the operator sees the request, and a slot comes back when its
+/// request ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_per_identity_and_per_agent_caps_get_429_naming_the_cap() -> Result<()> {
+    let scene = Scene::start_with(
+        "ci-caps",
+        Caps {
+            streams_per_agent: Some(2),
+            requests_per_identity: Some(1),
+            others: &["second-job"],
+        },
+    )?;
+    let ns = scene.ns.name();
+    let ca = scene.hub.ca_file().display().to_string();
+    let url = format!(
+        "{}/k8s-proxy/e2e/api/v1/namespaces/{ns}/configmaps",
+        scene.hub.https_url()
+    );
+    // Headers, body and status code of one GET.
+    let get = |token: &str| -> Result<String> {
+        let bearer = format!("Authorization: Bearer {token}");
+        let args = [
+            "-sS",
+            "-m",
+            "10",
+            "--cacert",
+            &ca,
+            "-H",
+            &bearer,
+            "-D",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ];
+        tether_e2e::tool::run("curl", &args, None)
+    };
+    // A watch from no resourceVersion begins with an ADDED event per object there: once one shows,
+    // the request holds its slots.
+    scene.ns.kubectl().apply(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: present, namespace: {ns} }}\n"
+    ))?;
+    let watch = |token: &str, name: &str| -> Result<Streaming> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-N", "--cacert", &ca, "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("{url}?watch=true"));
+        let mut streaming = Streaming::start(cmd, &scene.dir.path().join(format!("{name}.err")))?;
+        streaming
+            .wait_for_line("\"ADDED\"", SHOWS_WITHIN)
+            .with_context(|| scene.logs())?;
+        Ok(streaming)
+    };
+    let refused = |answer: &str, cap: &str| -> Result<()> {
+        ensure!(
+            answer.trim_end().ends_with("429")
+                && answer.to_ascii_lowercase().contains("retry-after: 1")
+                && answer.contains("TooManyRequests")
+                && answer.contains(cap),
+            "expected a 429 with Retry-After naming {cap}: {answer}"
+        );
+        Ok(())
+    };
+    let streams = || -> Result<Option<f64>> {
+        Ok(metric_value(
+            &scene.hub_metrics()?,
+            "tether_hub_tunnel_streams",
+        ))
+    };
+    let deployer = &scene.deployer.token;
+    let second = &scene.others[0].token;
+
+    let first = watch(deployer, "first")?;
+    refused(&get(deployer)?, "max_requests_per_identity")?;
+    // The refused request passed the hub, which gives its stream back once the answer is sent.
+    wait_until("one stream in flight", SHOWS_WITHIN, || {
+        let now = streams()?;
+        ensure!(now == Some(1.0), "streams in flight: {now:?}");
+        Ok(())
+    })?;
+    // Another identity has slots of its own while the deployer is at its cap.
+    let _second = watch(second, "second")?;
+    // Two streams through the agent: the hub refuses a third for any identity.
+    refused(&get(deployer)?, "max_tunnel_streams_per_agent")?;
+    refused(&get(second)?, "max_tunnel_streams_per_agent")?;
+    ensure!(
+        streams()? == Some(2.0),
+        "streams in flight: {:?}",
+        streams()?
+    );
+
+    drop(first);
+    wait_until("the deployer served again", SHOWS_WITHIN, || {
+        let answer = get(deployer)?;
+        ensure!(answer.trim_end().ends_with("200"), "{answer}");
+        Ok(())
+    })?;
     Ok(())
 }
 
