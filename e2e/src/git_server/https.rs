@@ -194,10 +194,17 @@ impl HttpsGitServer {
     /// The access log's lines for requests that came by the name `localhost` (the target of the
     /// redirects), each ending `auth=yes` or `auth=no`: whether it carried an Authorization header.
     pub fn requests_to_localhost(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|l| l.contains(" host=localhost "))
+            .collect()
+    }
+
+    /// Every line of the access log so far: one per request, on any of the server's ports.
+    pub fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(" host=localhost "))
             .map(str::to_owned)
             .collect()
     }

@@ -5,7 +5,7 @@
 use anyhow::{Context as _, Result, ensure};
 use tether_e2e::cluster::TestNamespace;
 use tether_e2e::fixtures::{config_map, git_repository, namespace};
-use tether_e2e::git_server::{HttpsGitServer, SshGitServer, Upstream};
+use tether_e2e::git_server::{HttpsGitServer, HttpsOptions, SshGitServer, Upstream};
 use tether_e2e::gitrepo::{install_crds, ready_condition, wait_applied, wait_failed, wait_ready};
 use tether_e2e::kubectl::Kubectl;
 use tether_e2e::operator::Operator;
@@ -395,6 +395,74 @@ async fn a_pinned_commit_of_a_private_repository_needs_credentials_of_its_own() 
             .run(&["get", "configmap", "-n", n, "-o", "name"])?
             .contains("stolen"),
         "the private repository's manifests were applied for a GitRepository without credentials"
+    );
+    Ok(())
+}
+
+/// A password bound for a plain `http://` URL is never sent: the GitRepository fails as an invalid
+/// spec naming the way out, and the git server sees no request at all. An operator started with
+/// `--allow-http-credentials` sends it and syncs the same object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_go_over_plain_http_only_when_the_operator_allows_it() -> Result<()> {
+    let ns = TestNamespace::create("creds-http").await?;
+    let (kubectl, n) = (ns.kubectl(), ns.name());
+    install_crds(kubectl)?;
+    let server = HttpsGitServer::start_with(HttpsOptions {
+        plain_http: true,
+        ..HttpsOptions::default()
+    })?;
+    let repo = server.create_repo("clear")?;
+    repo.write("deploy/config.yaml", &config_map(n, "settings", "clear"))?;
+    let commit = repo.commit("first")?;
+    repo.push_to(&server.remote(&repo))?;
+    create_secret(
+        kubectl,
+        n,
+        "git-basic",
+        &[
+            ("username", server.username()),
+            ("password", server.password()),
+        ],
+    )?;
+    let url = server
+        .http_url("clear")
+        .context("the server has a plain-http port")?;
+    let before = server.requests().len();
+
+    let operator = Operator::start(ns.kubeconfig(), n, &[])?;
+    kubectl.apply(&git_repository(
+        n,
+        "clear",
+        &url,
+        "  path: deploy\n  secretRef: {name: git-basic}\n",
+    ))?;
+    let (_, reason, message) = wait_failed(kubectl, n, "clear", "", &operator)?;
+    ensure!(
+        reason == "InvalidSpec" && message.contains("--allow-http-credentials"),
+        "reason {reason:?}, message {message:?}"
+    );
+    let sent = server.requests();
+    ensure!(
+        sent.len() == before,
+        "the git server was asked while the credentials were refused:\n{}",
+        sent[before..].join("\n")
+    );
+    drop(operator);
+
+    let operator = Operator::start(ns.kubeconfig(), n, &["--allow-http-credentials"])?;
+    wait_applied(
+        kubectl,
+        n,
+        "clear",
+        &format!("main@sha1:{commit}"),
+        &operator,
+    )?;
+    ensure!(
+        server.requests()[before..]
+            .iter()
+            .any(|l| l.ends_with("auth=yes")),
+        "the allowed fetch carried no credentials:\n{}",
+        server.access_log_tail()
     );
     Ok(())
 }
