@@ -141,6 +141,31 @@ impl Scene {
         Ok(Kubectl::new(self.binary("kubectl"), path))
     }
 
+    /// curl through the hub: `url` with `token` as the bearer and `headers` added. The answer's
+    /// headers, its body and, on the last line, its status code.
+    fn curl(&self, url: &str, token: Option<&str>, headers: &[&str]) -> Result<String> {
+        let ca = self.hub.ca_file().display().to_string();
+        let mut args: Vec<String> = ["-sS", "-m", "10", "--cacert", &ca, "-D", "-"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let bearer = token.map(|t| format!("Authorization: Bearer {t}"));
+        for header in bearer
+            .iter()
+            .map(String::as_str)
+            .chain(headers.iter().copied())
+        {
+            args.extend(["-H".to_string(), header.to_string()]);
+        }
+        args.extend([
+            "-w".to_string(),
+            "\n%{http_code}".to_string(),
+            url.to_string(),
+        ]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        tether_e2e::tool::run("curl", &refs, None)
+    }
+
     fn binary(&self, name: &str) -> PathBuf {
         tether_e2e::cluster::shared().binaries().path(name)
     }
@@ -376,21 +401,7 @@ async fn wrong_tokens_unknown_agents_and_client_impersonation_are_refused() -> R
     let done = unknown.output(&["get", "configmaps", "-n", ns])?;
     ensure!(!done.status.success(), "succeeded: {}", done.stdout);
     // kubectl words a 404 in discovery its own way; the hub's answer names the agent.
-    let ca = scene.hub.ca_file().display().to_string();
-    let answer = tether_e2e::tool::run(
-        "curl",
-        &[
-            "-sS",
-            "-m",
-            "10",
-            "--cacert",
-            &ca,
-            "-w",
-            "\n%{http_code}",
-            &format!("{elsewhere}/api"),
-        ],
-        None,
-    )?;
+    let answer = scene.curl(&format!("{elsewhere}/api"), None, &[])?;
     ensure!(
         answer.trim_end().ends_with("404")
             && answer.contains(r#"this hub has no agent \"no-such-agent\""#),
@@ -401,24 +412,10 @@ async fn wrong_tokens_unknown_agents_and_client_impersonation_are_refused() -> R
     // kubectl's discovery words the 403 without its message; the operator's answer has it.
     let as_admin = ci.output(&["get", "configmaps", "-n", ns, "--as=admin"])?;
     failed_with(&as_admin, "Forbidden")?;
-    let bearer = format!("Authorization: Bearer {}", scene.deployer.token);
-    let answer = tether_e2e::tool::run(
-        "curl",
-        &[
-            "-sS",
-            "-m",
-            "10",
-            "--cacert",
-            &ca,
-            "-H",
-            &bearer,
-            "-H",
-            "Impersonate-User: admin",
-            "-w",
-            "\n%{http_code}",
-            &format!("{server}/api/v1/namespaces/{ns}/configmaps"),
-        ],
-        None,
+    let answer = scene.curl(
+        &format!("{server}/api/v1/namespaces/{ns}/configmaps"),
+        Some(&scene.deployer.token),
+        &["Impersonate-User: admin"],
     )?;
     ensure!(
         answer.trim_end().ends_with("403")
@@ -731,25 +728,7 @@ async fn requests_past_the_per_identity_and_per_agent_caps_get_429_naming_the_ca
         "{}/k8s-proxy/e2e/api/v1/namespaces/{ns}/configmaps",
         scene.hub.https_url()
     );
-    // Headers, body and status code of one GET.
-    let get = |token: &str| -> Result<String> {
-        let bearer = format!("Authorization: Bearer {token}");
-        let args = [
-            "-sS",
-            "-m",
-            "10",
-            "--cacert",
-            &ca,
-            "-H",
-            &bearer,
-            "-D",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            &url,
-        ];
-        tether_e2e::tool::run("curl", &args, None)
-    };
+    let get = |token: &str| scene.curl(&url, Some(token), &[]);
     // A watch from no resourceVersion begins with an ADDED event per object there: once one shows,
     // the request holds its slots.
     scene.ns.kubectl().apply(&format!(
