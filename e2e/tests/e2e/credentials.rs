@@ -70,7 +70,17 @@ fn private_https_repo(
     ns: &str,
     files: &[(&str, String)],
 ) -> Result<(HttpsGitServer, Upstream, String)> {
-    let server = HttpsGitServer::start()?;
+    private_repo_on(HttpsOptions::default(), kubectl, ns, files)
+}
+
+/// [`private_https_repo`] on a server started with `options`.
+fn private_repo_on(
+    options: HttpsOptions,
+    kubectl: &Kubectl,
+    ns: &str,
+    files: &[(&str, String)],
+) -> Result<(HttpsGitServer, Upstream, String)> {
+    let server = HttpsGitServer::start_with(options)?;
     let repo = server.create_repo("private")?;
     for (path, contents) in files {
         repo.write(path, contents)?;
@@ -407,25 +417,14 @@ async fn credentials_go_over_plain_http_only_when_the_operator_allows_it() -> Re
     let ns = TestNamespace::create("creds-http").await?;
     let (kubectl, n) = (ns.kubectl(), ns.name());
     install_crds(kubectl)?;
-    let server = HttpsGitServer::start_with(HttpsOptions {
+    let files = [("deploy/config.yaml", config_map(n, "settings", "clear"))];
+    let options = HttpsOptions {
         plain_http: true,
         ..HttpsOptions::default()
-    })?;
-    let repo = server.create_repo("clear")?;
-    repo.write("deploy/config.yaml", &config_map(n, "settings", "clear"))?;
-    let commit = repo.commit("first")?;
-    repo.push_to(&server.remote(&repo))?;
-    create_secret(
-        kubectl,
-        n,
-        "git-basic",
-        &[
-            ("username", server.username()),
-            ("password", server.password()),
-        ],
-    )?;
+    };
+    let (server, _repo, commit) = private_repo_on(options, kubectl, n, &files)?;
     let url = server
-        .http_url("clear")
+        .http_url("private")
         .context("the server has a plain-http port")?;
     let before = server.requests().len();
 
@@ -434,7 +433,7 @@ async fn credentials_go_over_plain_http_only_when_the_operator_allows_it() -> Re
         n,
         "clear",
         &url,
-        "  path: deploy\n  secretRef: {name: git-basic}\n",
+        "  path: deploy\n  secretRef: {name: git-https}\n",
     ))?;
     let (_, reason, message) = wait_failed(kubectl, n, "clear", "", &operator)?;
     ensure!(
